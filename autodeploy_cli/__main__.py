@@ -1,0 +1,3 @@
+from autodeploy_cli.cli import main
+
+main()

@@ -1,0 +1,166 @@
+"""The `ad` command line. Thin: parse -> resolve config -> call one function per command.
+
+Heavy imports (torch, transformers) happen inside commands so `ad --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import typer
+
+from autodeploy_cli.errors import ADError
+
+app = typer.Typer(
+    name="ad",
+    help="Deploy a Hugging Face causal LM for fast inference, automatically: build, run, bench, dump-graphs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+CONFIG_HELP = (
+    "YAML config file; repeatable, deep-merged in the order given (later files win). "
+    "Precedence: built-in default.yaml < model-registry layers < --config files < overrides."
+)
+OVERRIDES_HELP = (
+    "Overrides after the options, highest precedence: `key.sub=value` or `--key.sub-name=value` "
+    "(e.g. `max_seq_len=1024`, `--model-kwargs.num-hidden-layers=2`, `attn_backend=torch`)."
+)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
+YamlExtraOpt = typer.Option(None, "--yaml-extra", help="Alias of --config (AutoDeploy's name).")
+ModelOpt = typer.Option(None, "--model", "-m", help="HF hub id, local HF folder, or model-registry name.")
+PrintConfigOpt = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit.")
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Print ADError as one paragraph (exit 2); internal errors keep their traceback only at DEBUG."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except ADError as e:
+            typer.secho(f"ad: error: {e}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.secho("ad: interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def resolve_config(ctx: typer.Context, config: Optional[List[Path]], yaml_extra: Optional[List[Path]],
+                   model: Optional[str], print_config: bool):
+    from autodeploy_cli.config.loader import resolve, to_yaml
+
+    cfg = resolve(list(config or []) + list(yaml_extra or []), list(ctx.args), model=model)
+    if print_config:
+        typer.echo(to_yaml(cfg), nl=False)
+        raise typer.Exit(0)
+    return cfg
+
+
+def console():
+    from rich.console import Console
+
+    return Console()
+
+
+@app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
+@user_errors
+def build(
+    ctx: typer.Context,
+    config: Optional[List[Path]] = ConfigOpt,
+    yaml_extra: Optional[List[Path]] = YamlExtraOpt,
+    model: Optional[str] = ModelOpt,
+    print_config: bool = PrintConfigOpt,
+    verify: bool = typer.Option(False, "--verify", help="Compare logits with the HF eager model after every transform."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write the build report as JSON to this file."),
+) -> None:
+    """Build the optimised model and print the build report (transforms, matches, timings, coverage)."""
+    cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    from autodeploy_cli.pipeline.build import build as run_build
+    from autodeploy_cli.pipeline.report import print_report, write_json
+
+    result = run_build(cfg, verify=verify)
+    print_report(result.report, console())
+    if report:
+        write_json(result.report, report)
+        typer.echo(f"report written to {report}")
+    if result.verify_failure:
+        raise ADError(
+            f"Verification failed: `{result.verify_failure}` is the first transform whose logits differ from the HF "
+            "eager model beyond tolerance (see the table). Disable it with "
+            f"`transforms.{result.verify_failure}.enabled=false` and report the model."
+        )
+
+
+@app.command("dump-graphs", context_settings=EXTRA, epilog=OVERRIDES_HELP)
+@user_errors
+def dump_graphs(
+    ctx: typer.Context,
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for one graph file per pipeline entry."),
+    force: bool = typer.Option(False, "--force", help="Replace the contents of a non-empty directory."),
+    config: Optional[List[Path]] = ConfigOpt,
+    yaml_extra: Optional[List[Path]] = YamlExtraOpt,
+    model: Optional[str] = ModelOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Build the model and write the graph after every transform as NNN_<stage>_<transform>.txt."""
+    cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    from autodeploy_cli.pipeline.build import build as run_build
+
+    result = run_build(cfg, dump_dir=out, force_dump=force)
+    files = sorted(p for p in out.iterdir() if p.suffix == ".txt")
+    typer.echo(f"wrote {len(files)} graph files to {out} ({len(result.records)} pipeline entries)")
+
+
+@app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
+@user_errors
+def run(
+    ctx: typer.Context,
+    prompt: Optional[List[str]] = typer.Option(None, "--prompt", "-p", help="A prompt; repeatable (default: prompt.queries)."),
+    json_out: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of text."),
+    config: Optional[List[Path]] = ConfigOpt,
+    yaml_extra: Optional[List[Path]] = YamlExtraOpt,
+    model: Optional[str] = ModelOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Build the model and generate completions for prompts with the built-in runtime."""
+    cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    from autodeploy_cli.runtime.run_command import run_prompts
+
+    run_prompts(cfg, prompts=list(prompt or []), as_json=json_out)
+
+
+@app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
+@user_errors
+def bench(
+    ctx: typer.Context,
+    config: Optional[List[Path]] = ConfigOpt,
+    yaml_extra: Optional[List[Path]] = YamlExtraOpt,
+    model: Optional[str] = ModelOpt,
+    print_config: bool = PrintConfigOpt,
+) -> None:
+    """Benchmark the built model on synthetic or dataset workloads (TTFT, ITL, throughput)."""
+    cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    from autodeploy_cli.bench.command import run_bench
+
+    run_bench(cfg)
+
+
+def main() -> None:
+    if os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "").upper() == "DEBUG":
+        app.pretty_exceptions_enable = True
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Config: schema, layered loading, and the built-in pipeline (default.yaml)."""

@@ -1,0 +1,109 @@
+"""The one config schema of `ad` (OmegaConf structured dataclasses).
+
+Wrong types and unknown keys fail with the path of the bad key. Transform options are validated separately,
+against each transform's own options dataclass (see `autodeploy_cli.pipeline.interface`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+DEFAULT_MODEL = "ad-tiny-llama"
+
+DEFAULT_QUERIES = [
+    "How big is the universe? ",
+    "In simple words and a single sentence, explain the concept of gravity: ",
+    "How to fix slicing in golf? ",
+    "Where is the capital of Iceland? ",
+]
+
+
+@dataclass
+class KvCacheConfig:
+    dtype: str = "auto"  # auto (= model dtype) | float32 | float16 | bfloat16 | fp8
+    # shortcut for transforms.resize_kv_cache.free_gpu_memory_fraction (None: keep the transform's value)
+    free_gpu_memory_fraction: Optional[float] = None
+
+
+@dataclass
+class SamplingConfig:
+    max_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    top_k: Optional[int] = None
+    top_p: float = 1.0
+    seed: Optional[int] = None
+    stop: List[str] = field(default_factory=list)
+    stop_token_ids: List[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+
+@dataclass
+class PromptConfig:
+    batch_size: int = 4
+    queries: List[str] = field(default_factory=lambda: list(DEFAULT_QUERIES))
+    sp_kwargs: SamplingConfig = field(default_factory=SamplingConfig)
+    chat_template: bool = True  # wrap queries in the tokenizer's chat template when it has one
+
+
+@dataclass
+class BenchmarkConfig:
+    isl: int = 128
+    osl: int = 128
+    num_requests: int = 8
+    concurrency: Optional[int] = None  # None: max_batch_size
+    isl_stdev: float = 0.0
+    osl_stdev: float = 0.0
+    seed: int = 0
+    dataset: Optional[str] = None
+    mode: str = "throughput"  # throughput | latency
+    baseline: List[str] = field(default_factory=list)  # hf | hf-compile
+    output: Optional[str] = None
+    warmup: bool = True
+
+
+@dataclass
+class ADConfig:
+    # --- model ---
+    model: str = DEFAULT_MODEL  # hub id, local HF folder, or model-registry name
+    model_factory: str = "AutoModelForCausalLM"
+    model_kwargs: Dict[str, Any] = field(default_factory=dict)  # deep override of the HF config
+    tokenizer: Optional[str] = None
+    tokenizer_kwargs: Dict[str, Any] = field(default_factory=dict)
+    skip_loading_weights: bool = False
+    trust_remote_code: bool = False
+    dtype: str = "auto"  # auto | float32 | float16 | bfloat16 (auto: checkpoint dtype on GPU, float32 on CPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 42  # random weights and the verify probe
+    # --- deployment ---
+    world_size: int = 1
+    runtime: str = "demollm"
+    attn_backend: Optional[str] = None  # shortcut: transforms.insert_cached_attention.backend
+    compile_backend: Optional[str] = None  # shortcut: transforms.compile_model.backend
+    cuda_graph_batch_sizes: Optional[List[int]] = None  # shortcut: transforms.compile_model.cuda_graph_batch_sizes
+    attn_page_size: int = 64
+    max_seq_len: int = 512
+    max_batch_size: int = 8
+    max_num_tokens: Optional[int] = None  # None: max_batch_size * max_seq_len, capped at 8192
+    enable_chunked_prefill: bool = False
+    kv_cache_config: KvCacheConfig = field(default_factory=KvCacheConfig)
+    transforms: Dict[str, Any] = field(default_factory=dict)
+    # --- commands ---
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+
+
+# shortcut key -> (transform, option)
+SHORTCUTS: dict[str, tuple[str, str]] = {
+    "attn_backend": ("insert_cached_attention", "backend"),
+    "compile_backend": ("compile_model", "backend"),
+    "cuda_graph_batch_sizes": ("compile_model", "cuda_graph_batch_sizes"),
+    "kv_cache_config.free_gpu_memory_fraction": ("resize_kv_cache", "free_gpu_memory_fraction"),
+}
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dtype": ("auto", "float32", "float16", "bfloat16"),
+    "runtime": ("demollm",),
+    "kv_cache_config.dtype": ("auto", "float32", "float16", "bfloat16", "fp8"),
+    "benchmark.mode": ("throughput", "latency"),
+}

@@ -1,0 +1,1 @@
+"""The fixed-order pass manager: stages, transform registry, runner, report, dumps, verification."""

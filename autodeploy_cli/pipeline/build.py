@@ -1,0 +1,86 @@
+"""Build = resolve device + factory, run the pipeline with dumps/verification, and produce the report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from torch import fx, nn
+
+from autodeploy_cli.config.schema import ADConfig
+from autodeploy_cli.pipeline.dump import GraphDumper, dump_dir_from_env, prepare_dump_dir
+from autodeploy_cli.pipeline.interface import TransformContext
+from autodeploy_cli.pipeline.registry import ordered_entries
+from autodeploy_cli.pipeline.report import build_report
+from autodeploy_cli.pipeline.runner import PipelineRunner, TransformRecord
+
+
+@dataclass
+class BuildResult:
+    config: ADConfig
+    ctx: TransformContext
+    records: list[TransformRecord]
+    report: dict[str, Any]
+    dump_dir: Optional[Path] = None
+    verify_failure: Optional[str] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.ctx.model  # type: ignore[return-value]
+
+
+def _final_graph(model: Any) -> fx.GraphModule | None:
+    if isinstance(model, fx.GraphModule):
+        return model
+    inner = getattr(model, "graph_module", None) or getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, fx.GraphModule) else None
+
+
+def build(
+    cfg: ADConfig,
+    dump_dir: str | Path | None = None,
+    force_dump: bool = False,
+    verify: bool = False,
+    stop_after: str | None = None,
+) -> BuildResult:
+    """Run the whole pipeline for `cfg`. `dump_dir` (or AD_DUMP_GRAPHS_DIR) writes one graph file per entry."""
+    from autodeploy_cli.factory import ModelFactory
+    from autodeploy_cli.pipeline.coverage import coverage_rows
+
+    factory = ModelFactory(cfg)
+    ctx = TransformContext(config=cfg, factory=factory, device=factory.device, world_size=cfg.world_size)
+    entries = ordered_entries(cfg.transforms)
+    if stop_after is not None:
+        names = [n for n, _ in entries]
+        entries = entries[: names.index(stop_after) + 1]
+    dump_path = dump_dir or dump_dir_from_env()
+    dumper = GraphDumper(prepare_dump_dir(dump_path, force=force_dump)) if dump_path else None
+    runner = PipelineRunner(entries, dumper=dumper)
+    exported_nodes: dict[str, int] = {}
+
+    def remember_export_size(rec: TransformRecord, _ctx: TransformContext) -> None:
+        if rec.name == "export_to_gm":
+            exported_nodes["n"] = rec.nodes_after or 0
+
+    runner.after_hooks.append(remember_export_size)
+    verifier = None
+    if verify:
+        from autodeploy_cli.pipeline.verify import Verifier
+
+        verifier = Verifier.create(ctx)
+        runner.after_hooks.append(verifier)
+    records = runner.run(ctx)
+    final = _final_graph(ctx.model)
+    report = build_report(
+        model=cfg.model,
+        records=records,
+        graph_nodes_exported=exported_nodes.get("n"),
+        final_graph=final,
+        coverage=coverage_rows(final, factory.hf_config(), ctx.state) if final is not None else [],
+        verify_rows=verifier.rows if verifier else None,
+        verify_failure=verifier.first_failure if verifier else None,
+    )
+    return BuildResult(cfg, ctx, records, report, Path(dump_path) if dump_path else None,
+                       verifier.first_failure if verifier else None)

@@ -1,0 +1,84 @@
+"""Graph helpers shared by the runner and transforms: cleanup, shape propagation, node queries."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import fx
+
+
+def is_graph_module(mod: Any) -> bool:
+    return isinstance(mod, fx.GraphModule)
+
+
+def canonicalize(gm: fx.GraphModule) -> None:
+    """Dead-code elimination, lint and recompile."""
+    gm.graph.eliminate_dead_code()
+    gm.graph.lint()
+    gm.recompile()
+
+
+def placeholder_values(gm: fx.GraphModule) -> list[Any]:
+    return [n.meta.get("val") for n in gm.graph.nodes if n.op == "placeholder"]
+
+
+def shape_prop(gm: fx.GraphModule) -> None:
+    """Refresh node.meta["val"] with fake tensors, starting from the placeholders' fake values (symbolic dims kept)."""
+    from torch._guards import detect_fake_mode
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    vals = placeholder_values(gm)
+    if any(v is None for v in vals):
+        raise RuntimeError("shape propagation needs placeholder meta['val'] on every graph input")
+    mode = detect_fake_mode(vals) or FakeTensorMode(allow_non_fake_inputs=True)
+    prev = mode.allow_non_fake_inputs
+    mode.allow_non_fake_inputs = True
+    try:
+        with mode:
+            FakeTensorProp(gm, mode=mode).propagate_dont_convert_inputs(*vals)
+    finally:
+        mode.allow_non_fake_inputs = prev
+
+
+def is_op(node: fx.Node, ops: Any | Iterable[Any]) -> bool:
+    """True if `node` calls one of `ops` (an OpOverloadPacket matches each of its overloads)."""
+    if node.op != "call_function":
+        return False
+    targets = ops if isinstance(ops, (list, tuple, set)) else [ops]
+    for op in targets:
+        if node.target is op:
+            return True
+        if isinstance(op, torch._ops.OpOverloadPacket) and getattr(node.target, "overloadpacket", None) is op:
+            return True
+    return False
+
+
+def count_ops(gm: fx.GraphModule, ops: Any | Iterable[Any]) -> int:
+    return sum(1 for n in gm.graph.nodes if is_op(n, ops))
+
+
+def op_name(node: fx.Node) -> str:
+    """A readable name for a node's target, e.g. `aten.add.Tensor` or `auto_deploy.torch_attention`."""
+    target = node.target
+    if node.op in ("placeholder", "output", "get_attr"):
+        return node.op
+    if isinstance(target, torch._ops.OpOverload):
+        ns, name = target.namespace, target._schema.name.split("::")[-1]
+        overload = target._overloadname
+        return f"{ns}.{name}" + ("" if overload == "default" else f".{overload}")
+    if isinstance(target, str):
+        return target
+    return getattr(target, "__name__", str(target))
+
+
+def num_call_nodes(gm: fx.GraphModule) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_function")
+
+
+def get_attr_value(gm: fx.GraphModule, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,143 @@
+"""The fixed-order pass manager.
+
+For each entry (sorted by stage): [PRE-CLEANUP] -> [APPLY] -> [POST-CLEANUP] -> [SUMMARY], plus timing, graph dumps
+and the verification hook. Transforms only implement `apply`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from autodeploy_cli.errors import ADError
+from autodeploy_cli.log import get_logger, log_prefix
+from autodeploy_cli.pipeline.dump import GraphDumper
+from autodeploy_cli.pipeline.graph import canonicalize, is_graph_module, num_call_nodes, shape_prop
+from autodeploy_cli.pipeline.interface import TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.pipeline.registry import get_transform_class
+
+
+@dataclass
+class TransformRecord:
+    """One row of the build report."""
+
+    position: int
+    name: str
+    stage: str
+    enabled: bool
+    skipped: bool = False
+    num_matches: int = 0
+    time_s: float = 0.0
+    pre_s: float = 0.0
+    apply_s: float = 0.0
+    post_s: float = 0.0
+    note: str = ""
+    error: str = ""
+    nodes_after: Optional[int] = None
+    verify: Optional[dict] = None  # filled by the verification hook
+
+
+class TransformFailed(ADError):
+    """A transform raised; the message names it, its stage and what ran before it."""
+
+
+# called after each enabled transform: (record, ctx) -> None
+AfterHook = Callable[[TransformRecord, TransformContext], None]
+
+
+@dataclass
+class PipelineRunner:
+    entries: list[tuple[str, TransformOptions]]
+    dumper: Optional[GraphDumper] = None
+    after_hooks: list[AfterHook] = field(default_factory=list)
+
+    def run(self, ctx: TransformContext) -> list[TransformRecord]:
+        log = get_logger()
+        records: list[TransformRecord] = []
+        applied: list[str] = []
+        state = {"is_clean": False, "has_valid_shapes": False}
+        for position, (name, opts) in enumerate(self.entries, start=1):
+            rec = TransformRecord(position=position, name=name, stage=opts.stage, enabled=opts.enabled)
+            with log_prefix(f"[stage={opts.stage}, transform={name}]"):
+                if not opts.enabled:
+                    log.info("[SUMMARY] disabled")
+                    rec.note = "disabled"
+                else:
+                    self._run_one(name, opts, ctx, rec, state, applied)
+            if is_graph_module(ctx.model):
+                rec.nodes_after = num_call_nodes(ctx.model)  # type: ignore[arg-type]
+            records.append(rec)
+            if rec.enabled and not rec.skipped:
+                applied.append(name)
+                for hook in self.after_hooks:
+                    hook(rec, ctx)
+            if self.dumper is not None:
+                status = "disabled" if not rec.enabled else ("skipped" if rec.skipped else f"matches={rec.num_matches}")
+                self.dumper.write(position, opts.stage, name, ctx.model, status)
+        return records
+
+    def _cleanup(self, phase: str, want_shapes: bool, want_clean: bool, ctx: TransformContext, state: dict) -> None:
+        log = get_logger()
+        gm = ctx.model
+        if not is_graph_module(gm):
+            log.info(f"[{phase}] skipped (no graph)")
+            return
+        if want_shapes and not (state["is_clean"] and state["has_valid_shapes"]):
+            log.info(f"[{phase}] graph canonicalization + shape_prop")
+            canonicalize(gm)  # type: ignore[arg-type]
+            shape_prop(gm)  # type: ignore[arg-type]
+            state.update(is_clean=True, has_valid_shapes=True)
+        elif want_clean and not state["is_clean"]:
+            log.info(f"[{phase}] graph canonicalization")
+            canonicalize(gm)  # type: ignore[arg-type]
+            state["is_clean"] = True
+        else:
+            log.info(f"[{phase}] skipped (graph already clean)" if want_clean or want_shapes else f"[{phase}] skipped (disabled)")
+
+    def _run_one(self, name, opts, ctx, rec, state, applied) -> None:
+        log = get_logger()
+        transform = get_transform_class(name)(opts)
+        t0 = time.perf_counter()
+        try:
+            self._cleanup("PRE-CLEANUP", opts.requires_shape_prop, opts.requires_clean_graph, ctx, state)
+            t1 = time.perf_counter()
+            with log_prefix("[APPLY]"):
+                log.info("applying transform...")
+                info = transform.apply(ctx.model, ctx)
+            if not isinstance(info, TransformInfo):
+                raise TypeError(f"{name}.apply returned {type(info).__name__}, not TransformInfo")
+            t2 = time.perf_counter()
+            state.update(is_clean=state["is_clean"] and info.is_clean,
+                         has_valid_shapes=state["has_valid_shapes"] and info.has_valid_shapes)
+            if info.num_matches == 0 and info.is_clean and info.has_valid_shapes:
+                pass  # untouched graph keeps its flags
+            else:
+                state.update(is_clean=info.is_clean, has_valid_shapes=info.has_valid_shapes)
+            self._cleanup("POST-CLEANUP", opts.run_shape_prop, opts.run_graph_cleanup, ctx, state)
+            t3 = time.perf_counter()
+        except ADError:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported with context below
+            where = f"Transform `{name}` (stage {opts.stage}) failed: {type(e).__name__}: {e}."
+            before = f" Transforms applied before it: {', '.join(applied) if applied else 'none'}."
+            if opts.skip_on_error:
+                log.warning(f"{where} Skipped because skip_on_error is set.")
+                rec.skipped, rec.error, rec.note = True, f"{type(e).__name__}: {e}", "skipped on error"
+                rec.time_s = time.perf_counter() - t0
+                log.info(f"[SUMMARY] skipped | time: {rec.time_s:.3f}s")
+                state.update(is_clean=False, has_valid_shapes=False)
+                return
+            raise TransformFailed(
+                where + before + f" To continue without it set `transforms.{name}.skip_on_error=true` "
+                "(or `enabled=false`); run with AUTO_DEPLOY_LOG_LEVEL=DEBUG for the full traceback."
+            ) from e
+        rec.skipped, rec.num_matches, rec.note = info.skipped, info.num_matches, info.note
+        rec.pre_s, rec.apply_s, rec.post_s, rec.time_s = t1 - t0, t2 - t1, t3 - t2, t3 - t0
+        if info.skipped:
+            log.info(f"[SUMMARY] skipped{' (' + info.note + ')' if info.note else ''} | time: {rec.time_s:.3f}s")
+        else:
+            log.info(
+                f"[SUMMARY] matches={info.num_matches} | time: {rec.time_s:.3f}s "
+                f"(pre={rec.pre_s:.3f}s, apply={rec.apply_s:.3f}s, post={rec.post_s:.3f}s)"
+            )

@@ -1,0 +1,77 @@
+"""Putting real tensors into a GraphModule whose parameters and buffers are on the meta device."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import fx, nn
+
+from autodeploy_cli.errors import ADError
+
+# name -> fn(source tensors by name) -> tensor; lets transforms that reshape weights before loading
+# (e.g. GEMM fusion, sharding) build their tensors from the checkpoint's
+WeightHook = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+
+
+def source_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """All parameters and buffers of a HF model by name, tied weights listed under every name."""
+    tensors = {n: p.detach() for n, p in model.named_parameters(remove_duplicate=False)}
+    for n, b in model.named_buffers(remove_duplicate=False):
+        tensors[n] = b
+    return tensors
+
+
+def graph_tensor_names(gm: nn.Module) -> dict[str, bool]:
+    """name -> is_parameter, for every parameter and buffer the graph holds."""
+    names = {n: True for n, _ in gm.named_parameters(remove_duplicate=False)}
+    names.update({n: False for n, _ in gm.named_buffers(remove_duplicate=False)})
+    return names
+
+
+def _set_tensor(root: nn.Module, name: str, tensor: torch.Tensor, is_param: bool) -> None:
+    owner_name, _, leaf = name.rpartition(".")
+    owner = root.get_submodule(owner_name) if owner_name else root
+    if is_param:
+        setattr(owner, leaf, nn.Parameter(tensor, requires_grad=False))
+    else:
+        owner.register_buffer(leaf, tensor, persistent=name in dict(owner.named_buffers(recurse=False)))
+
+
+def assign_weights(gm: nn.Module, tensors: dict[str, torch.Tensor], hooks: dict[str, WeightHook] | None = None) -> int:
+    """Replace every parameter/buffer of `gm` by the same-named source tensor (no copy). Returns the count."""
+    hooks = hooks or {}
+    wanted = graph_tensor_names(gm)
+    missing = [n for n in wanted if n not in tensors and n not in hooks]
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" (+{len(missing) - 8} more)" if len(missing) > 8 else "")
+        raise ADError(
+            f"The checkpoint has no tensor for {len(missing)} graph weight(s): {shown}. Check that the "
+            "checkpoint matches the model config (and `model_kwargs`)."
+        )
+    for name, is_param in wanted.items():
+        tensor = hooks[name](tensors) if name in hooks else tensors[name]
+        _set_tensor(gm, name, tensor, is_param)
+    return len(wanted)
+
+
+def retarget_device_kwargs(gm: fx.GraphModule, device: torch.device) -> int:
+    """Nodes created on the capture device (meta) get `device` instead; returns how many changed."""
+    count = 0
+    for node in gm.graph.nodes:
+        if node.op != "call_function":
+            continue
+        args = tuple(device if isinstance(a, torch.device) and a != device else a for a in node.args)
+        kwargs = dict(node.kwargs)
+        if kwargs.get("device") is not None and torch.device(kwargs["device"]) != device:
+            kwargs["device"] = device
+        if args != node.args or kwargs != node.kwargs:
+            node.args, node.kwargs = args, kwargs
+            count += 1
+    for name, value in list(vars(gm).items()):
+        if isinstance(value, torch.Tensor) and value.device != device:
+            setattr(gm, name, value.to(device))  # lifted constants (e.g. _tensor_constant0)
+            count += 1
+    if count:
+        gm.recompile()
+    return count
