@@ -52,6 +52,18 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.secho("ad: interrupted", err=True)
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:  # an internal bug: one paragraph unless the user asked for the traceback
+            if os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "").upper() == "DEBUG":
+                raise
+            first = (str(e).strip().splitlines() or [""])[0]
+            typer.secho(
+                f"ad: internal error: {type(e).__name__}: {first} This is a bug in ad, not in your input. Re-run "
+                "with AUTO_DEPLOY_LOG_LEVEL=DEBUG for the full traceback and include it in a bug report.",
+                fg=typer.colors.RED, err=True,
+            )
+            raise typer.Exit(1) from None
 
     return wrapper
 

@@ -71,7 +71,16 @@ class PipelineRunner:
             if rec.enabled and not rec.skipped:
                 applied.append(name)
                 for hook in self.after_hooks:
-                    hook(rec, ctx)
+                    try:
+                        hook(rec, ctx)
+                    except ADError:
+                        raise
+                    except Exception as e:  # noqa: BLE001 - name the transform the hook was checking
+                        raise TransformFailed(
+                            f"Checking the graph after transform `{name}` (stage {opts.stage}) failed: "
+                            f"{type(e).__name__}: {e}. Transforms applied: {', '.join(applied)}. Run with "
+                            "AUTO_DEPLOY_LOG_LEVEL=DEBUG for the full traceback."
+                        ) from e
             if self.dumper is not None:
                 status = "disabled" if not rec.enabled else ("skipped" if rec.skipped else f"matches={rec.num_matches}")
                 self.dumper.write(position, opts.stage, name, ctx.model, status)

@@ -4,6 +4,7 @@ compare its logits with the HF eager model holding the same weights."""
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -60,7 +61,9 @@ class Verifier:
         gm = ctx.model
         assert isinstance(gm, fx.GraphModule)
         if any(p.device.type == "meta" for p in gm.parameters()):
-            gm = copy.deepcopy(gm)  # before load_weights: run a copy holding the reference weights
+            with warnings.catch_warnings():  # torch's deepcopy of pytree specs warns about its own internals
+                warnings.simplefilter("ignore", FutureWarning)
+                gm = copy.deepcopy(gm)  # before load_weights: run a copy holding the reference weights
             retarget_device_kwargs(gm, ctx.device)
             assign_weights(gm, source_tensors(self.reference), ctx.state.get("weight_hooks"))
         with torch.no_grad():
