@@ -1,0 +1,30 @@
+"""Shared test fixtures: tiny local HF model folders (no downloads) and quiet logs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.tiny_models import write_tiny_model_dir
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(monkeypatch):
+    monkeypatch.setenv("AUTO_DEPLOY_LOG_LEVEL", "WARNING")
+    monkeypatch.delenv("AD_DUMP_GRAPHS_DIR", raising=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """tiny_dir(family, **config_overrides) -> a local HF folder (config + byte tokenizer), cached per session."""
+    cache: dict[tuple, Path] = {}
+
+    def make(family: str, **overrides) -> Path:
+        key = (family, tuple(sorted(overrides.items())))
+        if key not in cache:
+            path = tmp_path_factory.mktemp(f"tiny_{family}")
+            cache[key] = write_tiny_model_dir(path, family, **overrides)
+        return cache[key]
+
+    return make
