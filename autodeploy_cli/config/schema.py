@@ -48,18 +48,18 @@ class PromptConfig:
 
 @dataclass
 class BenchmarkConfig:
-    isl: int = 128
-    osl: int = 128
-    num_requests: int = 8
-    concurrency: Optional[int] = None  # None: max_batch_size
-    isl_stdev: float = 0.0
+    isl: int = 128  # prompt tokens per synthetic request
+    osl: int = 128  # output tokens per request, EOS ignored (dataset lines: default max_tokens)
+    num_requests: Optional[int] = None  # None: 8 synthetic requests, or every line of `dataset`
+    concurrency: Optional[int] = None  # None: max_batch_size (latency mode: 1)
+    isl_stdev: float = 0.0  # > 0: lengths drawn from a normal distribution, clipped to [1, max_seq_len]
     osl_stdev: float = 0.0
-    seed: int = 0
-    dataset: Optional[str] = None
+    seed: int = 0  # synthetic prompts and lengths
+    dataset: Optional[str] = None  # JSONL file of {"prompt": ..., "max_tokens": ...} instead of synthetic prompts
     mode: str = "throughput"  # throughput | latency
     baseline: List[str] = field(default_factory=list)  # hf | hf-compile
-    output: Optional[str] = None
-    warmup: bool = True
+    output: Optional[str] = None  # JSON result file
+    warmup: bool = True  # run the workload's shapes once before timing (ours and every baseline)
 
 
 @dataclass
