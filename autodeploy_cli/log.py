@@ -21,6 +21,18 @@ class _PrefixFormatter(logging.Formatter):
         return f"[AUTO-DEPLOY] [{level}] {prefix + ' ' if prefix else ''}{msg}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (test runners and tools swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def log_level_from_env() -> int:
     name = os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "INFO").upper()
     return _LEVELS.get(name, logging.INFO)
@@ -30,7 +42,7 @@ def get_logger() -> logging.Logger:
     """The shared logger; its handler is attached on first use (no import-time side effects)."""
     logger = logging.getLogger("autodeploy")
     if not getattr(logger, "_ad_configured", False):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(_PrefixFormatter())
         logger.addHandler(handler)
         logger.propagate = False

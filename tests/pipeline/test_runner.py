@@ -1,0 +1,87 @@
+"""The pass manager: stage order, config-added transforms, logs, failures and skip_on_error."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from autodeploy_cli.config.loader import resolve
+from autodeploy_cli.pipeline import registry
+from autodeploy_cli.pipeline.build import build
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformInfo
+from autodeploy_cli.pipeline.registry import ordered_entries, register
+from autodeploy_cli.pipeline.runner import TransformFailed
+
+
+@pytest.fixture
+def extra_transforms():
+    """Register throwaway transforms for one test and remove them afterwards."""
+    registry.discover()
+    before = dict(registry._REGISTRY)
+
+    class Boom(BaseTransform):
+        def apply(self, gm, ctx):
+            raise RuntimeError("kaboom")
+
+    class Noop(BaseTransform):
+        def apply(self, gm, ctx):
+            return TransformInfo.untouched(note="looked, found nothing")
+
+    register("tst_boom")(Boom)
+    register("tst_noop")(Noop)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)
+
+
+def test_entries_sorted_by_stage_and_added_one_lands_at_end_of_its_stage(extra_transforms):
+    cfg = resolve([], ["transforms.tst_noop.stage=post_export"])
+    names = [n for n, _ in ordered_entries(cfg.transforms)]
+    post = [n for n in names if n.startswith("cleanup_") or n == "tst_noop"]
+    assert post[-1] == "tst_noop"
+    assert names.index("export_to_gm") < names.index("tst_noop") < names.index("load_weights")
+    assert names[0] == "build_model" and names[-1] == "compile_model"
+
+
+def test_failure_names_transform_stage_and_predecessors(extra_transforms):
+    cfg = resolve([], ["transforms.tst_boom.stage=post_export"])
+    with pytest.raises(TransformFailed) as e:
+        build(cfg)
+    msg = str(e.value)
+    assert "Transform `tst_boom` (stage post_export) failed: RuntimeError: kaboom." in msg
+    assert "Transforms applied before it: build_model, export_to_gm, cleanup_noop_slice" in msg
+    assert "skip_on_error=true" in msg
+
+
+def test_skip_on_error_logs_and_reports_skip(extra_transforms):
+    cfg = resolve([], ["transforms.tst_boom.stage=post_export", "transforms.tst_boom.skip_on_error=true"])
+    result = build(cfg)
+    row = next(r for r in result.report["transforms"] if r["name"] == "tst_boom")
+    assert row["skipped"] is True and row["error"] == "RuntimeError: kaboom"
+    assert result.report["transforms"][-1]["name"] == "compile_model"  # the pipeline went on
+
+
+def test_log_lines_follow_the_contract(monkeypatch, capfd):
+    monkeypatch.setenv("AUTO_DEPLOY_LOG_LEVEL", "INFO")
+    build(resolve([], ["transforms.cleanup_noop_slice.enabled=false"]))
+    err = capfd.readouterr().err
+    assert "[stage=post_export, transform=cleanup_noop_slice] [SUMMARY] disabled" in err
+    assert "[stage=export, transform=export_to_gm] [APPLY] applying transform..." in err
+    assert "[stage=post_export, transform=cleanup_input_constraints] [PRE-CLEANUP]" in err
+    assert "[stage=post_export, transform=cleanup_input_constraints] [POST-CLEANUP]" in err
+    import re
+
+    assert re.search(r"\[stage=weight_load, transform=load_weights\] \[SUMMARY\] matches=\d+ \| time: "
+                     r"\d+\.\d{3}s \(pre=\d+\.\d{3}s, apply=\d+\.\d{3}s, post=\d+\.\d{3}s\)", err)
+    logging.getLogger("autodeploy").setLevel(logging.WARNING)
+
+
+def test_report_has_every_entry_in_order_and_graph_sizes():
+    cfg = resolve()
+    result = build(cfg)
+    expected = [n for n, _ in ordered_entries(cfg.transforms)]
+    assert [r["name"] for r in result.report["transforms"]] == expected
+    assert [r["position"] for r in result.report["transforms"]] == list(range(1, len(expected) + 1))
+    nodes = result.report["graph_nodes"]
+    assert nodes["after_export"] > 0 and 0 < nodes["final"] <= nodes["after_export"]
