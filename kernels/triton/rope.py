@@ -1,0 +1,89 @@
+"""Triton rotary embedding applied to q and k in one launch, reading one cos/sin cache shared by all layers.
+
+cos_sin_cache [max_positions, rot_dim] holds cos in the first rot_dim/2 columns and sin in the rest (fp32).
+positions [T] index it. Two layouts: "neox" (rotate halves, HF's rotate_half) and "interleaved" (pairs 2i, 2i+1,
+the complex-multiplication form). Dimensions past rot_dim (partial rotary) pass through unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rope_heads(x_ptr, y_ptr, t, cos, sin, i, im, stride_xt, stride_xh, stride_yt, stride_yh, n_heads, D, HALF,
+                BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr):
+    if INTERLEAVED:
+        i1 = 2 * i
+        i2 = 2 * i + 1
+    else:
+        i1 = i
+        i2 = i + HALF
+    for h0 in range(0, n_heads, BLOCK_H):
+        heads = h0 + tl.arange(0, BLOCK_H)
+        hm = heads < n_heads
+        xb = x_ptr + t * stride_xt + heads[:, None] * stride_xh
+        yb = y_ptr + t * stride_yt + heads[:, None] * stride_yh
+        m = hm[:, None] & im[None, :]
+        x1 = tl.load(xb + i1[None, :], mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(xb + i2[None, :], mask=m, other=0.0).to(tl.float32)
+        tl.store(yb + i1[None, :], (x1 * cos[None, :] - x2 * sin[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(yb + i2[None, :], (x2 * cos[None, :] + x1 * sin[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+        if BLOCK_D > 0:  # partial rotary: copy the tail
+            j = 2 * HALF + tl.arange(0, BLOCK_D)
+            mt = hm[:, None] & (j[None, :] < D)
+            tl.store(yb + j[None, :], tl.load(xb + j[None, :], mask=mt, other=0.0), mask=mt)
+
+
+@triton.jit
+def _rope_qk_kernel(q_ptr, k_ptr, yq_ptr, yk_ptr, pos_ptr, cache_ptr, sq_t, sq_h, sk_t, sk_h, syq_t, syq_h, syk_t,
+                    syk_h, stride_c, n_q, n_k, D, HALF, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                    BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr):
+    # one program per token: cos/sin are read once and applied to every q and k head
+    t = tl.program_id(0).to(tl.int64)
+    i = tl.arange(0, BLOCK_HALF)
+    im = i < HALF
+    pos = tl.load(pos_ptr + t).to(tl.int64)
+    # the eager model multiplies in the activation dtype: round cos/sin to it first
+    cos = tl.load(cache_ptr + pos * stride_c + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty).to(tl.float32)
+    sin = tl.load(cache_ptr + pos * stride_c + HALF + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty)
+    sin = sin.to(tl.float32)
+    _rope_heads(q_ptr, yq_ptr, t, cos, sin, i, im, sq_t, sq_h, syq_t, syq_h, n_q, D, HALF, BLOCK_H, BLOCK_D,
+                INTERLEAVED)
+    _rope_heads(k_ptr, yk_ptr, t, cos, sin, i, im, sk_t, sk_h, syk_t, syk_h, n_k, D, HALF, BLOCK_H, BLOCK_D,
+                INTERLEAVED)
+
+
+def _rows3(x: torch.Tensor, T: int) -> torch.Tensor:
+    x = x.reshape(T, -1, x.shape[-1])
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def rope_qk(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
+            interleaved: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
+    """q [..., n, d], k [..., n_kv, d], positions [...] (one per token) -> rotated (q, k), same shapes/dtypes."""
+    pos = positions.reshape(-1)
+    T = pos.shape[0]
+    q2, k2 = _rows3(q, T), _rows3(k, T)
+    yq, yk = torch.empty_like(q2), torch.empty_like(k2)
+    if T:
+        d, half = q2.shape[-1], cos_sin_cache.shape[-1] // 2
+        tail = d - 2 * half
+        _rope_qk_kernel[(T,)](
+            q2, k2, yq, yk, pos, cos_sin_cache, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1),
+            yq.stride(0), yq.stride(1), yk.stride(0), yk.stride(1), cos_sin_cache.stride(0), q2.shape[1],
+            k2.shape[1], d, half, BLOCK_H=min(8, triton.next_power_of_2(max(q2.shape[1], k2.shape[1]))),
+            BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(tail) if tail > 0 else 0,
+            INTERLEAVED=interleaved, num_warps=4)
+    return yq.view(q.shape), yk.view(k.shape)
+
+
+def build_cos_sin_cache(inv_freq: torch.Tensor, max_positions: int, scaling: float = 1.0) -> torch.Tensor:
+    """[max_positions, rot_dim] fp32 cache (cos | sin) from the model's inv_freq [rot_dim / 2]."""
+    t = torch.arange(max_positions, dtype=torch.float32, device=inv_freq.device)
+    freqs = torch.outer(t, inv_freq.float())
+    return torch.cat([freqs.cos() * scaling, freqs.sin() * scaling], dim=-1).contiguous()
