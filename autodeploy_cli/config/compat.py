@@ -1,21 +1,414 @@
-"""Reading config files into layers.
+"""Reading config files into layers, including TensorRT-LLM AutoDeploy's file shapes.
 
 A `--config` file becomes one or more layers (lowest precedence first). This is the single place that knows
-about other tools' file shapes, so the rest of `ad` sees only its own schema.
+about other tools' file shapes, so the rest of `ad` sees only its own schema. Two AutoDeploy shapes are read as-is:
+
+* flat (`trtllm-serve/bench --extra_llm_api_options`): LlmArgs keys at the top;
+* nested (`build_and_run_ad.py`): `args:` (the LlmArgs), `prompt:`, `benchmark:`, and `yaml_extra: [files]` at the
+  top or inside `args:`. Files named by `yaml_extra` are resolved relative to the file naming them (then to the
+  working directory) and become layers just below that file, so the outer file's values win, as in AutoDeploy.
+
+AutoDeploy keys are renamed onto ours where an equivalent exists (an info note says so); keys that only
+TensorRT-LLM's runtime reads are dropped with exactly one warning each, naming the key and what `ad` does instead
+(see `anchor_keys.py`). The notes and warnings of the last resolve are kept in `last_report()`.
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from autodeploy_cli.config.loader import Layer, load_yaml_file
+from autodeploy_cli.config import anchor_keys as K
+from autodeploy_cli.config.loader import Layer, deep_merge, get_path, load_yaml_file, set_path
+from autodeploy_cli.errors import ADError, did_you_mean
+
+_MISSING = object()
+
+
+@dataclass
+class CompatReport:
+    """Warnings (a key was ignored) and notes (a key was mapped, or dropped as a no-op) of one resolve."""
+
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def warn(self, msg: str) -> None:
+        if msg not in self.warnings:  # one warning per key, however many layers repeat it
+            self.warnings.append(msg)
+            _logger().warning(msg)
+
+    def note(self, msg: str) -> None:
+        if msg not in self.notes:
+            self.notes.append(msg)
+            _logger().info(msg)
+
+
+_report = CompatReport()
+
+
+def _logger():
+    from autodeploy_cli.log import get_logger
+
+    return get_logger()
+
+
+def begin() -> CompatReport:
+    """Start a new report (the loader calls this at the start of every resolve)."""
+    global _report
+    _report = CompatReport()
+    return _report
+
+
+def last_report() -> CompatReport:
+    """The warnings and notes recorded since the last `begin()`."""
+    return _report
+
+
+# --- file expansion -------------------------------------------------------------------------------------------------
+def expand_file(path: str | Path) -> list[Layer]:
+    """Load a config file as layers: the files its `yaml_extra` lists name (recursively), then the file itself."""
+    return _expand_file(Path(path), ())
 
 
 def normalize_layer(data: dict, source: str) -> dict:
-    """Map one layer onto `ad`'s schema (identity for files already written for `ad`)."""
+    """Map one layer onto `ad`'s schema (the command-line layer); `yaml_extra` files are merged below it."""
+    merged: dict = {}
+    for _, layer in _expand(data, source, Path.cwd(), ()):
+        merged = deep_merge(merged, layer)
+    return merged
+
+
+def _expand_file(path: Path, stack: tuple[Path, ...]) -> list[Layer]:
+    key = path.resolve()
+    if key in stack:
+        chain = " -> ".join(str(p) for p in (*stack, key))
+        raise ADError(f"Config files include each other in a loop through `yaml_extra`: {chain}. Remove one of them.")
+    return _expand(load_yaml_file(path), str(path), path.parent, (*stack, key))
+
+
+def _expand(data: dict, source: str, base_dir: Path, stack: tuple[Path, ...]) -> list[Layer]:
+    data = copy.deepcopy(data)
+    inner = data["args"].pop("yaml_extra", None) if isinstance(data.get("args"), dict) else None
+    outer = data.pop("yaml_extra", None)
+    layers: list[Layer] = []
+    # AutoDeploy: args.yaml_extra files feed LlmArgs below the experiment files' `args`, and top-level ones below
+    # the file naming them; both lie below this file's own values.
+    for label, files in (("args.yaml_extra", inner), ("yaml_extra", outer)):
+        for name in _as_list(files, label, source):
+            layers += _expand_file(_locate(name, base_dir, label, source), stack)
+    layers.append((source, _normalize(data, source)))
+    return layers
+
+
+def _as_list(files: Any, label: str, source: str) -> list[str]:
+    if files is None or files == "":
+        return []
+    if isinstance(files, str):
+        return [files]
+    if isinstance(files, list) and all(isinstance(f, str) for f in files):
+        return files
+    raise ADError(f"`{label}` in {source} must be a list of YAML file paths, got {_fmt(files)}.")
+
+
+def _locate(name: str, base_dir: Path, label: str, source: str) -> Path:
+    p = Path(name).expanduser()
+    candidates = [p] if p.is_absolute() else [base_dir / p, Path.cwd() / p]
+    for c in candidates:
+        if c.is_file():
+            return c
+    tried = ", ".join(str(c.resolve()) for c in dict.fromkeys(candidates))
+    raise ADError(
+        f"`{label}` in {source} names `{name}`, which does not exist (tried {tried}). Paths are relative to the "
+        "file that names them, then to the working directory; fix the path or remove the entry."
+    )
+
+
+# --- one layer ----------------------------------------------------------------------------------------------------
+def _normalize(data: dict, source: str) -> dict:
+    data = _hoist_args(data, source)
+    _top_level(data, source)
+    _kv_cache(data, source)
+    _transforms(data, source)
+    _prompt(data)
+    _benchmark(data, source)
     return data
 
 
-def expand_file(path: str | Path) -> list[Layer]:
-    """Load a config file as layers."""
-    return [(str(path), normalize_layer(load_yaml_file(path), str(path)))]
+def _hoist_args(data: dict, source: str) -> dict:
+    """Nested shape: `args:` holds the deployment config; its keys go to our top level (they win over the rest)."""
+    if "args" not in data:
+        return data
+    args = data.pop("args")
+    if args is None:
+        args = {}
+    if not isinstance(args, dict):
+        raise ADError(f"`args` in {source} must be a mapping (AutoDeploy's deployment config), got {_fmt(args)}.")
+    if "model" in data and "model" in args and data["model"] != args["model"]:
+        raise ADError(
+            f"{source} sets `model: {data['model']}` and `args.model: {args['model']}`; keep one of them."
+        )
+    return deep_merge(data, args)
+
+
+def _top_level(data: dict, source: str) -> None:
+    for key in list(data):
+        if key in K.RENAMED_TOP:
+            _move(data, data, key, K.RENAMED_TOP[key], key, source)
+        elif key in K.IGNORED_TOP:
+            _ignore(data, key, key, K.IGNORED_TOP[key])
+    if data.get("runtime") == "trtllm":
+        data.pop("runtime")
+        _report.warn("`runtime: trtllm` is ignored: it selects TensorRT-LLM's runtime; ad always runs its built-in "
+                     "runtime (`runtime: demollm`).")
+    if "cuda_graph_config" in data:
+        cg = data.pop("cuda_graph_config")
+        if cg is None:
+            _report.warn(f"`cuda_graph_config: null` is ignored: {K.CUDA_GRAPH_OFF}.")
+        elif not isinstance(cg, dict):
+            raise ADError(f"`cuda_graph_config` in {source} must be a mapping or null, got {_fmt(cg)}.")
+        elif not cg:
+            _report.note(f"`cuda_graph_config: {{}}` dropped: {K.CUDA_GRAPH_OFF}.")
+        for key in list(cg or {}):
+            label = f"cuda_graph_config.{key}"
+            if key in K.RENAMED_CUDA_GRAPH:
+                _move(data, cg, key, K.RENAMED_CUDA_GRAPH[key], label, source)
+            elif key in K.IGNORED_CUDA_GRAPH:
+                _ignore(cg, key, label, K.IGNORED_CUDA_GRAPH[key])
+            else:
+                _ignore(cg, key, label, ((), "it is a TensorRT-LLM CUDA-graph option with no equivalent in ad"))
+    from autodeploy_cli.config.schema import SHORTCUTS
+
+    for key in ("attn_backend", "compile_backend"):
+        tname, option = SHORTCUTS[key]
+        _check_backend(data, key, key, tname, option)
+
+
+def _kv_cache(data: dict, source: str) -> None:
+    kv = data.get("kv_cache_config")
+    if not isinstance(kv, dict):
+        return
+    for key in list(kv):
+        label = f"kv_cache_config.{key}"
+        if key in K.RENAMED_KV_CACHE:
+            _move(data, kv, key, K.RENAMED_KV_CACHE[key], label, source)
+        elif key in K.IGNORED_KV_CACHE:
+            _ignore(kv, key, label, K.IGNORED_KV_CACHE[key])
+
+
+def _transforms(data: dict, source: str) -> None:
+    """Options of transforms `ad` registers: map or drop AutoDeploy-only ones, and check backend values.
+
+    Transforms `ad` does not register are judged after all layers are merged (`finalize`), because a later layer
+    may disable them.
+    """
+    transforms = data.get("transforms")
+    if not isinstance(transforms, dict):
+        return
+    from autodeploy_cli.pipeline.interface import options_field_names
+    from autodeploy_cli.pipeline.registry import get_transform_class, registered_names
+
+    registered = set(registered_names())
+    for name, entry in transforms.items():
+        if name not in registered or not isinstance(entry, dict):
+            continue
+        ours = set(options_field_names(get_transform_class(name).options_cls))
+        for opt in list(entry):
+            label = f"transforms.{name}.{opt}"
+            renamed = K.RENAMED_TRANSFORM_OPTIONS.get((name, opt))
+            if opt in ours:
+                continue
+            if renamed in ours:
+                _move(entry, entry, opt, renamed, label, source)
+            elif opt in K.GENERIC_TRANSFORM_OPTIONS or opt in K.TRANSFORM_OPTIONS.get(name, ()):
+                _ignore(entry, opt, label, ((), f"ad's `{name}` has no such option"))
+        for opt in list(entry):
+            if opt.endswith("backend"):
+                _check_backend(entry, opt, f"transforms.{name}.{opt}", name, opt)
+
+
+def _prompt(data: dict) -> None:
+    prompt = data.get("prompt")
+    if not isinstance(prompt, dict):
+        return
+    if isinstance(prompt.get("queries"), str):  # AutoDeploy accepts one string
+        prompt["queries"] = [prompt["queries"]]
+    sp = prompt.get("sp_kwargs")
+    if isinstance(sp, dict):
+        for key in list(sp):
+            if key in K.SAMPLING_KEYS_IGNORED:
+                _ignore(sp, key, f"prompt.sp_kwargs.{key}", ((), K.SAMPLING_REASON))
+
+
+def _benchmark(data: dict, source: str) -> None:
+    bench = data.get("benchmark")
+    if not isinstance(bench, dict):
+        return
+    for key in list(bench):
+        label = f"benchmark.{key}"
+        if key in K.RENAMED_BENCHMARK:
+            _move(data, bench, key, f"benchmark.{K.RENAMED_BENCHMARK[key]}", label, source)
+        elif key in K.IGNORED_BENCHMARK:
+            _ignore(bench, key, label, K.IGNORED_BENCHMARK[key])
+    # results_path / store_results are mapped in finalize(): they depend on each other across layers
+
+
+# --- after merging ------------------------------------------------------------------------------------------------
+def finalize(data: dict) -> dict:
+    """Judge what needs the merged view (the loader calls this before validating): AutoDeploy transforms `ad`
+    does not implement, and the benchmark's results_path/store_results pair."""
+    _finalize_benchmark(data)
+    _finalize_transforms(data)
+    return data
+
+
+def _finalize_benchmark(data: dict) -> None:
+    bench = data.get("benchmark")
+    if not isinstance(bench, dict) or not ({"store_results", "results_path"} & set(bench)):
+        return
+    store = bench.pop("store_results", None)
+    path = bench.pop("results_path", None)
+    if store is False:
+        if path is not None:
+            _report.warn("`benchmark.results_path` is ignored because `benchmark.store_results` is false: ad prints "
+                         "the results and writes no file.")
+        else:
+            _report.note("`benchmark.store_results: false` dropped: ad writes a results file only when "
+                         "`benchmark.output` is set.")
+        return
+    bench["output"] = path if path is not None else "./benchmark_results.json"  # AutoDeploy's default path
+    _report.note(f"`benchmark.results_path`/`benchmark.store_results` -> `benchmark.output: {bench['output']}`.")
+
+
+def _finalize_transforms(data: dict) -> None:
+    transforms = data.get("transforms")
+    if not isinstance(transforms, dict):
+        return
+    from autodeploy_cli.pipeline.registry import registered_names
+
+    registered = registered_names()
+    for name in list(transforms):
+        if name in registered or name not in K.ANCHOR_TRANSFORMS:
+            continue  # ours, or unknown to both (the registry's error names it)
+        entry = transforms[name] if isinstance(transforms[name], dict) else {}
+        if entry.get("enabled", True) is False:
+            del transforms[name]
+            _report.note(f"`transforms.{name}` (AutoDeploy) is disabled and ad does not implement it; dropped.")
+        elif name in K.SHARDING_TRANSFORMS:
+            plan = _tp_plan(name, entry)
+            del transforms[name]
+            msg = (f"`transforms.{name}` is accepted but not applied: ad has no sharding transform yet, so the "
+                   "weights are not sharded")
+            if plan:
+                msg += "; the manual tp_plan is kept unapplied: " + ", ".join(f"{k}: {v}" for k, v in plan.items())
+            _report.warn(msg + ".")
+        else:
+            raise ADError(
+                f"Transform `{name}` is a TensorRT-LLM AutoDeploy transform that ad does not implement, and your "
+                f"config enables it. Disable it with `transforms.{name}.enabled: false` or remove it. "
+                f"ad's transforms: {', '.join(registered)}."
+            )
+
+
+def _tp_plan(name: str, entry: dict) -> dict:
+    plan = get_path(entry, "manual_config.tp_plan") or {}
+    where = f"transforms.{name}.manual_config.tp_plan"
+    if not isinstance(plan, dict):
+        raise ADError(f"`{where}` must map module-name patterns to a sharding style, got {_fmt(plan)}.")
+    for pattern, style in plan.items():
+        if style not in K.TP_PLAN_VALUES:
+            raise ADError(
+                f"Invalid sharding style `{style}` for `{pattern}` in `{where}`: choose one of "
+                f"{', '.join(K.TP_PLAN_VALUES)}.{did_you_mean(str(style), K.TP_PLAN_VALUES)}"
+            )
+    return plan
+
+
+# --- helpers ------------------------------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    return str(value)
+
+
+def _same(value: Any, harmless: tuple) -> bool:
+    # `1 == True` in Python: compare types too
+    return any(type(value) is type(h) and value == h for h in harmless)
+
+
+def _move(root: dict, parent: dict, old: str, new: str, label: str, source: str) -> None:
+    """Rename `parent[old]` onto the dotted `new` under `root`; refuse two different values in one layer."""
+    value = parent.pop(old)
+    existing = get_path(root, new, _MISSING)
+    if existing is not _MISSING and existing != value:
+        raise ADError(
+            f"{source} sets both `{label}: {_fmt(value)}` (AutoDeploy's name) and `{new}: {_fmt(existing)}`; "
+            f"keep one of them."
+        )
+    set_path(root, new, value)
+    _report.note(f"`{label}` (AutoDeploy) -> `{new}`.")
+
+
+def _ignore(parent: dict, key: str, label: str, rule: tuple[tuple, str]) -> None:
+    value = parent.pop(key)
+    harmless, reason = rule
+    if _same(value, harmless):
+        _report.note(f"`{label}: {_fmt(value)}` dropped: {reason}.")
+    else:
+        _report.warn(f"`{label}: {_fmt(value)}` is ignored: {reason}.")
+
+
+def _check_backend(container: dict, key: str, label: str, tname: str, option: str) -> None:
+    """Map AutoDeploy v1 backend names; drop a documented AutoDeploy backend that ad lacks (one warning)."""
+    value = container.get(key)
+    if not isinstance(value, str):
+        return
+    if value in K.BACKEND_ALIASES:
+        old, value = value, K.BACKEND_ALIASES[value]
+        container[key] = value
+        _report.note(f"`{label}: {old}` (AutoDeploy v1 name) -> `{value}`.")
+    choices = _choices(tname, option)
+    if choices is None:
+        if value in K.TRTLLM_ONLY_BACKENDS:
+            container.pop(key)
+            _report.warn(f"`{label}: {value}` is ignored: it needs TensorRT-LLM's C++ kernels; ad keeps its own "
+                         f"`transforms.{tname}.{option}`.")
+        return
+    if value in choices or value not in K.BACKEND_VALUES:
+        return  # supported, or not an AutoDeploy value (then validation names the valid ones)
+    container.pop(key)
+    _report.warn(
+        f"`{label}: {value}` is ignored: ad's `{tname}` has no such backend (choices: {', '.join(choices)}); ad "
+        f"keeps `transforms.{tname}.{option}` from its defaults or lower config layers (default "
+        f"`{_default_option(tname, option)}`)."
+    )
+
+
+def _choices(tname: str, option: str) -> tuple | None:
+    """ad's valid values for a transform option; None when the transform is not registered or the option is free."""
+    from autodeploy_cli.pipeline.registry import get_transform_class, registered_names
+
+    if tname not in registered_names():
+        return None
+    choices = getattr(get_transform_class(tname).options_cls, "choices", {}) or {}
+    return tuple(choices[option]) if option in choices else None
+
+
+def _default_option(tname: str, option: str) -> Any:
+    from autodeploy_cli.config.loader import default_pipeline
+    from autodeploy_cli.pipeline.registry import get_transform_class
+
+    entry = (default_pipeline().get("transforms") or {}).get(tname) or {}
+    if option in entry:
+        return entry[option]
+    for f in dataclasses.fields(get_transform_class(tname).options_cls):
+        if f.name == option and f.default is not dataclasses.MISSING:
+            return f.default
+    return None

@@ -207,6 +207,7 @@ def resolve(
     from autodeploy_cli.config import compat
     from model_registry import registry_layers
 
+    compat.begin()  # collects the warnings about other tools' keys for this resolve
     user_layers: list[Layer] = []
     for path in config_files:
         user_layers.extend(compat.expand_file(path))
@@ -223,7 +224,7 @@ def resolve(
     layers: list[Layer] = [("default.yaml", base)]
     layers += registry_layers(str(chosen_model))
     layers += user_layers
-    data = resolve_layers(layers)
+    data = compat.finalize(resolve_layers(layers))
     cfg = validate_schema(data)
     from autodeploy_cli.pipeline.registry import validate_transform_entries
 
