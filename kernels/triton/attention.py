@@ -167,7 +167,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                       input_pos: torch.Tensor, cu_seqlen: torch.Tensor, cache_loc: torch.Tensor,
                       cu_num_pages: torch.Tensor, scale: Optional[float] = None, sinks: Optional[torch.Tensor] = None,
                       sliding_window: Optional[int] = None, logit_cap: Optional[float] = None,
-                      out: Optional[torch.Tensor] = None, block_m: int = 64, block_n: int = 64) -> torch.Tensor:
+                      out: Optional[torch.Tensor] = None, block_m: int = 64, block_n: int = 64,
+                      num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
     """Causal attention of every token in q [T, n, d] over its sequence's cached keys (prefix + itself).
 
     Handles any mix of prefill, chunked prefill and decode sequences. The caches must already hold this step's
@@ -189,7 +190,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
         k_cache.stride(2), d, GROUP=n_heads // n_kv, PS=ps, BLOCK_M=block_m, BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(d), LOG_B=max(1, math.ceil(math.log2(B + 1))), HAS_CAP=has_cap,
-        HAS_WINDOW=has_window, HAS_SINKS=sinks is not None, PREC=_prec(q), num_warps=4, num_stages=2)
+        HAS_WINDOW=has_window, HAS_SINKS=sinks is not None, PREC=_prec(q), num_warps=num_warps, num_stages=num_stages)
     return out
 
 
