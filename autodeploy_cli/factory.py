@@ -98,9 +98,10 @@ class ModelFactory:
         return self._hf_config
 
     def _load_error(self, what: str, err: Exception) -> ADError:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__).rstrip(".")
         if self.is_local:
-            return ADError(f"Could not load the {what} from `{self.source}`: {first}")
+            hint = " For random weights of the same shapes set `skip_loading_weights=true`." if what == "weights" else ""
+            return ADError(f"Could not load the {what} from `{self.source}`: {first}.{hint}")
         offline = os.environ.get("HF_HUB_OFFLINE") == "1"
         return ADError(
             f"Could not load the {what} of `{self.source}` from the Hugging Face hub"
@@ -149,17 +150,21 @@ class ModelFactory:
             with torch.device(device):
                 model = self._from_config()
             return model.eval()
+        import importlib.util
+
+        # device_map needs `accelerate`; without it load on the CPU and move (slower, same result)
+        direct = importlib.util.find_spec("accelerate") is not None or device.type == "cpu"
         try:
             model = self._auto_class().from_pretrained(
                 self.source,
                 config=self.hf_config(),
                 dtype=self.model_dtype(),
-                device_map=str(device),
                 trust_remote_code=self.config.trust_remote_code,
+                **({"device_map": str(device)} if direct and device.type != "cpu" else {}),
             )
         except (OSError, ValueError) as e:
             raise self._load_error("weights", e) from None
-        return model.eval()
+        return model.to(device).eval()
 
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer
