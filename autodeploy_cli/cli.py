@@ -69,10 +69,12 @@ def user_errors(fn: Callable) -> Callable:
 
 
 def resolve_config(ctx: typer.Context, config: Optional[List[Path]], yaml_extra: Optional[List[Path]],
-                   model: Optional[str], print_config: bool):
-    from autodeploy_cli.config.loader import resolve, to_yaml
+                   model: Optional[str], print_config: bool, explicit: Optional[dict] = None):
+    """`explicit`: a command's own options as nested config keys; they win over the overrides after the options."""
+    from autodeploy_cli.config.loader import deep_merge, parse_overrides, resolve, to_yaml
 
-    cfg = resolve(list(config or []) + list(yaml_extra or []), list(ctx.args), model=model)
+    overrides = deep_merge(parse_overrides(ctx.args), explicit) if explicit else list(ctx.args)
+    cfg = resolve(list(config or []) + list(yaml_extra or []), overrides, model=model)
     if print_config:
         typer.echo(to_yaml(cfg), nl=False)
         raise typer.Exit(0)
@@ -160,9 +162,25 @@ def bench(
     yaml_extra: Optional[List[Path]] = YamlExtraOpt,
     model: Optional[str] = ModelOpt,
     print_config: bool = PrintConfigOpt,
+    isl: Optional[int] = typer.Option(None, "--isl", help="Prompt tokens per synthetic request (benchmark.isl)."),
+    osl: Optional[int] = typer.Option(None, "--osl", help="Output tokens per request, EOS ignored (benchmark.osl)."),
+    num_requests: Optional[int] = typer.Option(None, "--num-requests", help="Requests to run (default 8; dataset: all)."),
+    concurrency: Optional[int] = typer.Option(None, "--concurrency", help="Requests in flight (default max_batch_size)."),
+    isl_stdev: Optional[float] = typer.Option(None, "--isl-stdev", help="Draw prompt lengths from normal(isl, stdev)."),
+    osl_stdev: Optional[float] = typer.Option(None, "--osl-stdev", help="Draw output lengths from normal(osl, stdev)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the synthetic prompts and lengths (benchmark.seed)."),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines.'),
+    baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Also run a baseline: hf | hf-compile (repeatable)."),
+    mode: Optional[str] = typer.Option(None, "--mode", help="throughput (up to --concurrency in flight) | latency (one at a time)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON."),
 ) -> None:
-    """Benchmark the built model on synthetic or dataset workloads (TTFT, ITL, throughput)."""
-    cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    """Benchmark the built model on synthetic or dataset workloads (TTFT, ITL, throughput), optionally against HF."""
+    options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency,
+               "isl_stdev": isl_stdev, "osl_stdev": osl_stdev, "seed": seed, "mode": mode,
+               "dataset": str(dataset) if dataset else None, "baseline": list(baseline) if baseline else None,
+               "output": str(output) if output else None}
+    explicit = {k: v for k, v in options.items() if v is not None}
+    cfg = resolve_config(ctx, config, yaml_extra, model, print_config, {"benchmark": explicit} if explicit else None)
     from autodeploy_cli.bench.command import run_bench
 
     run_bench(cfg)

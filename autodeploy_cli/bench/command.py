@@ -1,0 +1,178 @@
+"""`ad bench`: check the plan, build the workload, time ours, then each Hugging Face baseline; print and save.
+
+Order: all cheap checks first (bad counts, ISL + OSL above max_seq_len, bad dataset lines fail before the build),
+then our engine (built, warmed up, timed, freed), then each baseline on the same device with the same weights.
+Ctrl-C at any point prints and writes what was gathered so far, marked partial, and exits 130.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from autodeploy_cli.bench import ours
+from autodeploy_cli.bench.metrics import RunTrace, now
+from autodeploy_cli.bench.plan import BenchPlan, make_plan
+from autodeploy_cli.bench.results import BenchResult, write_json
+from autodeploy_cli.bench.table import render
+from autodeploy_cli.bench.workload import Workload, dataset_workload, special_token_ids, synthetic_workload
+from autodeploy_cli.config.schema import ADConfig
+from autodeploy_cli.errors import ADError
+
+
+def _check_output(path: Optional[str]) -> None:
+    """Fail before a long run, not after it, when the result file cannot be written."""
+    if not path:
+        return
+    parent = Path(path).expanduser().resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ADError(f"Cannot create the folder `{parent}` for --output: {e.strerror}. Pick a writable path.") from None
+    if not os.access(parent, os.W_OK) or Path(path).is_dir():
+        raise ADError(f"Cannot write the benchmark results to `{path}`. Pick a writable file path for --output.")
+
+
+def load_workload(plan: BenchPlan, cfg: ADConfig, factory: Any) -> Workload:
+    if plan.dataset:
+        return dataset_workload(plan, cfg, factory.tokenizer())
+    hf_config = factory.hf_config()
+    vocab = getattr(getattr(hf_config, "text_config", None) or hf_config, "vocab_size")
+    return synthetic_workload(plan, vocab, special_token_ids(hf_config))
+
+
+def _conditions(cfg: ADConfig, factory: Any) -> dict[str, Any]:
+    return {
+        "model": cfg.model,
+        "dtype": str(factory.model_dtype()).replace("torch.", ""),
+        "device": str(factory.device),
+        "world_size": cfg.world_size,
+        "compile_backend": cfg.compile_backend,
+        "attn_backend": cfg.attn_backend,
+        "max_seq_len": cfg.max_seq_len,
+        "max_batch_size": cfg.max_batch_size,
+    }
+
+
+def _describe_ours(cfg: ADConfig) -> str:
+    return (f"ad engine: compile backend {cfg.compile_backend or 'default'}, attention backend "
+            f"{cfg.attn_backend or 'default'}, paged KV cache (page {cfg.attn_page_size})")
+
+
+class _Session:
+    """One `ad bench` invocation; `stage` says where an interrupt landed."""
+
+    def __init__(self, cfg: ADConfig, plan: BenchPlan, console: Console):
+        from autodeploy_cli.factory import ModelFactory
+
+        self.cfg, self.plan, self.console = cfg, plan, console
+        self.factory = ModelFactory(cfg)
+        self.workload = load_workload(plan, cfg, self.factory)
+        self.result = BenchResult(plan=plan, config=dataclasses.asdict(cfg), workload=self.workload.summary(),
+                                  conditions=_conditions(cfg, self.factory))
+        self.stage = "setup"
+
+    def run(self) -> None:
+        from autodeploy_cli.bench import hardware
+
+        device = self.factory.device
+        self.result.environment = hardware.environment(device)
+        self.result.model = hardware.model_bytes(self.factory)
+        bw, note = hardware.measure_copy_bandwidth(device)
+        self.result.hardware = {"copy_bandwidth_gb_s": bw / 1e9 if bw else None, "note": note}
+        self.stage = "build"
+        t0 = now()
+        engine = ours.make_engine(self.cfg)
+        self.result.build = ours.build_split(engine.build_result.records, now() - t0)
+        self.result.kv_cache_capacity_tokens = getattr(engine, "kv_capacity_tokens", None)
+        with self._progress() as progress:
+            self._run_ours(engine, progress)
+            del engine
+            self._release(device)
+            for kind in self.plan.baselines:
+                self._run_baseline(kind, progress)
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=Console(stderr=True), transient=True)
+
+    def _run_ours(self, engine: Any, progress: Progress) -> None:
+        from autodeploy_cli.bench import hardware
+
+        requests, c = self.workload.requests, self.plan.concurrency
+        trace = self.result.runs.setdefault("ad", RunTrace("ad", _describe_ours(self.cfg)))
+        self.stage = "ad"
+        task = progress.add_task("ad: warm-up", total=len(requests))
+        if self.plan.warmup:
+            t0 = now()
+            ours.run_engine(engine, requests[:c], c, RunTrace("ad-warmup"))
+            trace.warmup_s = now() - t0
+        progress.update(task, description="ad")
+        hardware.reset_peak_memory(self.factory.device)
+        ours.run_engine(engine, requests, c, trace, on_done=lambda: progress.advance(task))
+        trace.peak_memory_bytes, trace.peak_memory_note = hardware.peak_memory(self.factory.device)
+
+    def _run_baseline(self, kind: str, progress: Progress) -> None:
+        from autodeploy_cli.bench import baselines, hardware
+
+        device = self.factory.device
+        self.stage = kind
+        task = progress.add_task(f"{kind}: load + warm-up", total=len(self.workload.requests))
+        trace = self.result.runs.setdefault(kind, RunTrace(kind))
+        model = self.factory.materialize(device)  # the same weights as ours (checkpoint or the same seeded init)
+
+        def warmed() -> None:
+            progress.update(task, description=kind)
+            hardware.reset_peak_memory(device)
+
+        try:
+            baselines.run_hf(model, kind, self.workload.requests, self.plan.concurrency, trace,
+                             do_warmup=self.plan.warmup, on_done=lambda: progress.advance(task), on_warm=warmed)
+            trace.peak_memory_bytes, trace.peak_memory_note = hardware.peak_memory(device)
+        finally:
+            del model
+            self._release(device)
+
+    @staticmethod
+    def _release(device: Any) -> None:
+        from autodeploy_cli.bench import hardware
+
+        if "torch._dynamo" in sys.modules:  # compiled code holds references to the model's tensors
+            import torch._dynamo
+
+            torch._dynamo.reset()
+        hardware.free_device_memory(device)
+
+
+def _finish(session: _Session, partial: bool) -> dict[str, Any]:
+    result = session.result
+    if partial:
+        result.partial, result.interrupted_during = True, session.stage
+        for trace in result.runs.values():
+            if trace.t_end is None or session.stage == trace.name:
+                trace.partial = True
+    data = result.to_dict()
+    render(data, session.console)
+    if session.plan.output:
+        path = write_json(data, session.plan.output)
+        session.console.print(f"{'partial ' if partial else ''}results written to {path}")
+    return data
+
+
+def run_bench(cfg: ADConfig, console: Optional[Console] = None) -> dict[str, Any]:
+    """Run `ad bench` for the resolved config; returns the result document (also written to --output)."""
+    plan = make_plan(cfg)
+    _check_output(plan.output)
+    session = _Session(cfg, plan, console or Console())
+    try:
+        session.run()
+    except KeyboardInterrupt:
+        _finish(session, partial=True)
+        raise
+    return _finish(session, partial=False)

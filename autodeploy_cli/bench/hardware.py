@@ -1,0 +1,143 @@
+"""What the machine and the model are: copy bandwidth, bytes a decode step must move, peak memory, versions."""
+
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+CPU_MEMORY_NOTE = "CPU run: there is no GPU memory to report"
+CPU_BANDWIDTH_NOTE = "CPU run: the copy bandwidth (and so the decode floor) is measured on CUDA devices only"
+_PACKAGES = ("autodeploy-cli", "torch", "transformers", "triton", "flashinfer-python", "typer", "rich", "omegaconf")
+_KV_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+
+
+def model_bytes(factory: Any) -> dict[str, Any]:
+    """Bytes one decode step must read: every weight except the embedding table (a gather of one row per token;
+    read in full when tied to the LM head), and the KV-cache bytes per cached token over all layers."""
+    model = factory.build_meta_model()
+    unique = {id(p): p for p in model.parameters()}
+    total = sum(p.numel() * p.element_size() for p in unique.values())
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and emb is not None and head.weight is emb.weight
+    emb_bytes = emb.weight.numel() * emb.weight.element_size() if emb is not None else 0
+    cfg = factory.hf_config()
+    text = getattr(cfg, "text_config", None) or cfg
+    heads = getattr(text, "num_attention_heads", 1)
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_dtype = factory.config.kv_cache_config.dtype
+    kv_elem = _KV_DTYPE_BYTES.get(kv_dtype) or torch.empty((), dtype=factory.model_dtype()).element_size()
+    return {
+        "parameters": sum(p.numel() for p in unique.values()),
+        "weight_bytes": total,
+        "embedding_bytes": emb_bytes,
+        "tied_embeddings": tied,
+        "weight_bytes_per_decode_step": total if tied else total - emb_bytes,
+        "kv_bytes_per_token": 2 * text.num_hidden_layers * kv_heads * head_dim * kv_elem,
+        "dtype": str(factory.model_dtype()).replace("torch.", ""),
+    }
+
+
+def measure_copy_bandwidth(device: torch.device, max_bytes: int = 1 << 30, reps: int = 20) -> tuple[Optional[float], str]:
+    """Device-to-device copy rate in bytes/s, counting read + write (None with a reason on CPU)."""
+    if device.type != "cuda":
+        return None, CPU_BANDWIDTH_NOTE
+    free, _ = torch.cuda.mem_get_info(device)
+    nbytes = max(min(max_bytes, free // 8) // 4096 * 4096, 4096)
+    src = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda.synchronize(device)
+    start.record()
+    for _ in range(reps):
+        dst.copy_(src)
+    end.record()
+    end.synchronize()
+    seconds = start.elapsed_time(end) / 1e3 / reps
+    del src, dst
+    free_device_memory(device)
+    return 2 * nbytes / seconds, f"torch copy_ of {nbytes / 2**20:.0f} MiB, {reps} reps, read+write bytes"
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> tuple[Optional[int], str]:
+    if device.type != "cuda":
+        return None, CPU_MEMORY_NOTE
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device), "torch.cuda.max_memory_allocated (weights + KV cache + activations)"
+
+
+def free_device_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
+def _version(name: str) -> Optional[str]:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _git(args: list[str], cwd: Path) -> Optional[str]:
+    try:
+        out = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _driver_version() -> Optional[str]:
+    try:
+        import pynvml  # nvidia-ml-py, when installed
+
+        pynvml.nvmlInit()
+        version = pynvml.nvmlSystemGetDriverVersion()
+        return version.decode() if isinstance(version, bytes) else str(version)
+    except Exception:  # noqa: BLE001 - fall back to nvidia-smi
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Versions, GPU, driver and git commit: what it takes to reproduce and compare a result later."""
+    repo = Path(__file__).resolve().parents[2]
+    commit = _git(["rev-parse", "HEAD"], repo)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], repo) if commit else None
+    gpu = torch.cuda.get_device_properties(device) if device.type == "cuda" else None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "packages": {name: _version(name) for name in _PACKAGES},
+        "torch_cuda": torch.version.cuda,
+        "device": str(device),
+        "gpu_name": gpu.name if gpu else None,
+        "gpu_memory_gib": gpu.total_memory / 2**30 if gpu else None,
+        "gpu_count": torch.cuda.device_count() if gpu else 0,
+        "gpu_driver": _driver_version() if gpu else None,
+        "git_commit": commit,
+        "git_dirty": bool(status) if status is not None else None,
+    }
