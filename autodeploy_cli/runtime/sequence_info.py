@@ -1,0 +1,313 @@
+"""Sequence info: the flattened batch the cached graph reads, and the cache interface that owns the KV pages.
+
+The runtime schedules a batch of sequences; every step becomes ONE flat batch: the tokens of all sequences back to
+back as `input_ids [1, T]` (so one graph shape serves prefill, decode and mixed batches), plus per-sequence metadata.
+Prefill (context) sequences come first, then decode sequences (one token each).
+
+Every field lives in one preallocated host buffer (pinned on GPU) at its maximum size; a step fills it on the host
+and moves it to the device with ONE copy. The graph gets views sized to the current batch. Field `x` is also
+available as `x_host` (the host copy, never synchronises) for backends that plan on the CPU.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+
+from autodeploy_cli.ops.attention_backends import CacheConfig, CacheSpec
+
+
+@dataclass(frozen=True)
+class Field:
+    dtype: torch.dtype
+    size: str  # capacity kind: tokens | seqs | seqs+1 | pages
+    doc: str
+
+
+# T = tokens this step, B = sequences this step, P = pages of all sequences this step
+FIELDS: dict[str, Field] = {
+    "input_ids": Field(torch.int64, "tokens", "[1, T] token ids of every scheduled token, sequence after sequence"),
+    "position_ids": Field(torch.int64, "tokens", "[1, T] position of each token: input_pos[b] + offset in the chunk"),
+    "logits_gather_idx": Field(torch.int64, "tokens", "[G] flat token indices whose logits the graph returns: the "
+                               "last token of each sequence (G = B) at run time, every token in the verify probe"),
+    "seq_len": Field(torch.int32, "seqs", "[B] new tokens of each sequence in this step"),
+    "input_pos": Field(torch.int32, "seqs", "[B] tokens of each sequence already in the KV cache before this step"),
+    "cu_seqlen": Field(torch.int32, "seqs+1", "[B+1] prefix sum of seq_len: sequence b owns tokens "
+                       "cu_seqlen[b]:cu_seqlen[b+1]"),
+    "seq_len_with_cache": Field(torch.int32, "seqs", "[B] input_pos + seq_len: KV length after this step"),
+    "pages_per_seq": Field(torch.int32, "seqs", "[B] pages of each sequence = ceil(seq_len_with_cache / page_size)"),
+    "cu_num_pages": Field(torch.int32, "seqs+1", "[B+1] prefix sum of pages_per_seq: sequence b's pages are "
+                          "cache_loc[cu_num_pages[b]:cu_num_pages[b+1]]"),
+    "last_page_len": Field(torch.int32, "seqs", "[B] tokens in each sequence's last page after this step "
+                           "(1..page_size)"),
+    "cache_loc": Field(torch.int32, "pages", "[P] page ids of all sequences, back to back (ragged by cu_num_pages); "
+                       "two sequences never share a page"),
+}
+# host only: [num_seqs, num_tokens, num_prefill, num_prefill_tokens, num_decode, max_q_len, max_kv_len]
+BATCH_INFO = "batch_info_host"
+BATCH_INFO_KEYS = ("num_seqs", "num_tokens", "num_prefill", "num_prefill_tokens", "num_decode", "max_q_len",
+                   "max_kv_len")
+_NP = {torch.int64: np.int64, torch.int32: np.int32}
+
+
+class SequenceInfo:
+    """Preallocated batch metadata. `set_batch` fills it; `arg(name)` returns the device view for the graph."""
+
+    def __init__(self, max_batch_size: int, max_seq_len: int, max_num_tokens: int, page_size: int,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.max_batch_size = max_batch_size
+        self.max_seq_len = max_seq_len
+        self.page_size = page_size
+        self.max_num_tokens = max(1, min(max_num_tokens, max_batch_size * max_seq_len))
+        self.max_pages_per_seq = -(-max_seq_len // page_size)
+        capacity = {"tokens": self.max_num_tokens, "seqs": max_batch_size, "seqs+1": max_batch_size + 1,
+                    "pages": max_batch_size * self.max_pages_per_seq}
+        # int64 fields first so every field stays 8-byte aligned inside one byte buffer
+        order = sorted(FIELDS, key=lambda n: FIELDS[n].dtype != torch.int64)
+        self._layout: dict[str, tuple[int, int]] = {}  # name -> (byte offset, capacity)
+        offset = 0
+        for name in order:
+            n = capacity[FIELDS[name].size]
+            self._layout[name] = (offset, n)
+            offset += -(-n * FIELDS[name].dtype.itemsize // 8) * 8
+        pin = self.device.type == "cuda"
+        self._host = torch.zeros(offset, dtype=torch.uint8, pin_memory=pin)
+        self._dev = self._host if self.device.type == "cpu" else torch.zeros(offset, dtype=torch.uint8,
+                                                                              device=self.device)
+        self._np = {name: self._view(self._host, name).numpy() for name in FIELDS}
+        self._host_views = {name: self._view(self._host, name) for name in FIELDS}
+        self._dev_views = {name: self._view(self._dev, name) for name in FIELDS}
+        self.batch_info = torch.zeros(len(BATCH_INFO_KEYS), dtype=torch.int64)  # host
+        self._batch_info_np = self.batch_info.numpy()
+        self.num_seqs = self.num_tokens = self.num_pages_used = self.num_gather = 0
+        self.num_prefill = 0
+
+    def _view(self, buf: torch.Tensor, name: str) -> torch.Tensor:
+        off, n = self._layout[name]
+        dtype = FIELDS[name].dtype
+        return buf[off: off + n * dtype.itemsize].view(dtype)
+
+    # --- filling -------------------------------------------------------------------------------------------------
+    def set_batch(self, tokens: Sequence[Sequence[int]], input_pos: Sequence[int], pages: Sequence[Sequence[int]],
+                  num_prefill: int, gather: str | Sequence[int] = "last",
+                  position_ids: Optional[Sequence[Sequence[int]]] = None) -> None:
+        """Fill the host buffer for one step and copy it to the device (one copy).
+
+        tokens[b]: the new token ids of sequence b (prefill sequences first: the first `num_prefill`); input_pos[b]:
+        tokens already cached; pages[b]: every page sequence b owns (covering input_pos + len(tokens[b]));
+        gather: "last" (last token of each sequence), "all", or explicit flat indices.
+        """
+        B = len(tokens)
+        seq_len = np.fromiter(map(len, tokens), np.int64, B)
+        T = int(seq_len.sum())
+        n_pages = [len(p) for p in pages]
+        P = sum(n_pages)
+        if B == 0 or B > self.max_batch_size or T > self.max_num_tokens or min(seq_len) < 1:
+            raise ValueError(f"batch of {B} sequences / {T} tokens outside 1..{self.max_batch_size} / "
+                             f"1..{self.max_num_tokens} (or an empty sequence)")
+        ip = np.fromiter(input_pos, np.int64, B)
+        cu = np.zeros(B + 1, np.int64)
+        np.cumsum(seq_len, out=cu[1:])
+        f = self._np
+        f["input_ids"][:T] = np.fromiter(itertools.chain.from_iterable(tokens), np.int64, T)
+        if position_ids is None:
+            f["position_ids"][:T] = np.arange(T) - np.repeat(cu[:-1] - ip, seq_len)
+        else:
+            f["position_ids"][:T] = np.fromiter(itertools.chain.from_iterable(position_ids), np.int64, T)
+        slwc = ip + seq_len
+        f["seq_len"][:B] = seq_len
+        f["input_pos"][:B] = ip
+        f["cu_seqlen"][: B + 1] = cu
+        f["seq_len_with_cache"][:B] = slwc
+        f["pages_per_seq"][:B] = n_pages
+        f["cu_num_pages"][0] = 0
+        np.cumsum(n_pages, out=f["cu_num_pages"][1: B + 1])
+        f["last_page_len"][:B] = (slwc - 1) % self.page_size + 1
+        f["cache_loc"][:P] = np.fromiter(itertools.chain.from_iterable(pages), np.int32, P)
+        if isinstance(gather, str):
+            idx = cu[1:] - 1 if gather == "last" else np.arange(T)
+        else:
+            idx = np.asarray(gather, np.int64)
+        f["logits_gather_idx"][: len(idx)] = idx
+        pre_tokens = int(seq_len[:num_prefill].sum())
+        self._batch_info_np[:] = (B, T, num_prefill, pre_tokens, B - num_prefill, seq_len.max(), slwc.max())
+        self.num_seqs, self.num_tokens, self.num_pages_used, self.num_gather = B, T, P, len(idx)
+        self.num_prefill = num_prefill
+        if self._dev is not self._host:
+            self._dev.copy_(self._host, non_blocking=True)  # the one H2D copy of the step
+
+    # --- reading -------------------------------------------------------------------------------------------------
+    def _count(self, name: str) -> int:
+        kind = FIELDS[name].size
+        if name == "logits_gather_idx":
+            return self.num_gather
+        return {"tokens": self.num_tokens, "seqs": self.num_seqs, "seqs+1": self.num_seqs + 1,
+                "pages": self.num_pages_used}[kind]
+
+    def arg(self, name: str) -> torch.Tensor:
+        """The tensor for graph input `name`, sized to the current batch (`*_host`: the host copy)."""
+        if name == BATCH_INFO:
+            return self.batch_info
+        host = name.endswith("_host")
+        base = name[: -len("_host")] if host else name
+        if base not in FIELDS:
+            raise KeyError(f"unknown sequence-info field {name!r}")
+        view = (self._host_views if host else self._dev_views)[base][: self._count(base)]
+        return view.view(1, -1) if base in ("input_ids", "position_ids") else view
+
+    @staticmethod
+    def is_field(name: str) -> bool:
+        return name == BATCH_INFO or name in FIELDS or (name.endswith("_host") and name[:-5] in FIELDS)
+
+    def example(self, name: str) -> torch.Tensor:
+        """A small example tensor for graph input `name` (used to give new placeholders a fake value)."""
+        if name == BATCH_INFO:
+            return torch.zeros(len(BATCH_INFO_KEYS), dtype=torch.int64)
+        base = name[:-5] if name.endswith("_host") else name
+        shape = (1, 3) if base in ("input_ids", "position_ids") else (3,)
+        return torch.zeros(shape, dtype=FIELDS[base].dtype)
+
+
+class CachedSequenceInterface:
+    """Sequence info + the caches and buffers the graph takes as inputs, in graph-input order."""
+
+    def __init__(self, info: SequenceInfo, cache_config: CacheConfig):
+        self.info = info
+        self.cache_config = cache_config
+        self.device = info.device
+        self.input_names: list[str] = ["input_ids", "position_ids"]  # the graph's placeholders, in order
+        self.cache_specs: dict[str, CacheSpec] = {}
+        self.caches: dict[str, torch.Tensor] = {}
+        self.buffer_inits: dict[str, Callable[[torch.device], torch.Tensor]] = {}
+        self.buffers: dict[str, torch.Tensor] = {}
+        self.num_pages = 0
+        self.logits_gathered = False  # set by gather_logits_before_lm_head: logits come back as [1, G, vocab]
+
+    @property
+    def page_size(self) -> int:
+        return self.info.page_size
+
+    # --- registration (transforms) -------------------------------------------------------------------------------
+    def add_input(self, name: str) -> None:
+        if name not in self.input_names:
+            self.input_names.append(name)
+
+    def add_cache(self, name: str, spec: CacheSpec) -> None:
+        self.cache_specs[name] = spec
+        self.add_input(name)
+
+    def add_buffer(self, name: str, init: Callable[[torch.device], torch.Tensor]) -> None:
+        self.buffer_inits[name] = init
+        self.add_input(name)
+
+    # --- memory --------------------------------------------------------------------------------------------------
+    def bytes_per_page(self) -> int:
+        return sum(int(np.prod(s.page_shape)) * s.dtype.itemsize for s in self.cache_specs.values())
+
+    def allocate(self, num_pages: int) -> None:
+        """(Re)allocate every cache with `num_pages` pages, and the global buffers once."""
+        self.caches.clear()  # drop the old pool before allocating the new one
+        for name, spec in self.cache_specs.items():
+            self.caches[name] = torch.zeros((num_pages, *spec.page_shape), dtype=spec.dtype, device=self.device)
+        for name, init in self.buffer_inits.items():
+            if name not in self.buffers:
+                self.buffers[name] = init(self.device)
+        self.num_pages = num_pages
+
+    def free(self) -> None:
+        self.caches.clear()
+        self.num_pages = 0
+
+    @property
+    def capacity_tokens(self) -> int:
+        return self.num_pages * self.page_size
+
+    # --- running -------------------------------------------------------------------------------------------------
+    def graph_args(self) -> list[torch.Tensor]:
+        out = []
+        for name in self.input_names:
+            if name in self.caches:
+                out.append(self.caches[name])
+            elif name in self.buffers:
+                out.append(self.buffers[name])
+            elif name in self.cache_specs:
+                raise RuntimeError(f"cache {name!r} is not allocated yet (initialize_cache has not run)")
+            else:
+                out.append(self.info.arg(name))
+        return out
+
+    def forward(self, model: Callable) -> torch.Tensor:
+        """Run `model` on the current batch; returns logits [G, vocab] (one row per gathered token)."""
+        logits = model(*self.graph_args())
+        if self.logits_gathered:
+            return logits.reshape(-1, logits.shape[-1])
+        idx = self.info.arg("logits_gather_idx")
+        return logits.reshape(-1, logits.shape[-1]).index_select(0, idx)
+
+    def run_prefill(self, model: Callable, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
+                    gather: str = "all") -> torch.Tensor:
+        """Prefill b sequences of s tokens through the cached graph: input_ids [b, s] -> logits [b, s, vocab]
+        (gather="all") or [b, vocab] (gather="last").
+
+        Used by `ad build --verify` and the memory probe. Sequences get consecutive pages; when the pool is not
+        allocated yet (or too small) a temporary one is used and released afterwards.
+        """
+        b, s = input_ids.shape
+        per_seq = -(-s // self.page_size)
+        temporary = self.num_pages < b * per_seq
+        if temporary:
+            old = self.num_pages
+            self.allocate(b * per_seq)
+        try:
+            pages = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(b)]
+            pos = None if position_ids is None else position_ids.tolist()
+            self.info.set_batch(input_ids.tolist(), [0] * b, pages, num_prefill=b, gather=gather, position_ids=pos)
+            with torch.no_grad():
+                logits = self.forward(model)
+            return logits.reshape(b, s, -1) if gather == "all" else logits
+        finally:
+            if temporary:
+                self.free() if old == 0 else self.allocate(old)
+
+
+def make_interface(config: Any, device: torch.device, model_dtype: torch.dtype) -> CachedSequenceInterface:
+    """The interface for an ADConfig: limits from max_batch_size / max_seq_len / max_num_tokens / attn_page_size."""
+    from autodeploy_cli.errors import ADError
+
+    kv = config.kv_cache_config.dtype
+    dtypes = {"auto": model_dtype, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+              "fp8": getattr(torch, "float8_e4m3fn", None)}
+    kv_dtype = dtypes.get(kv)
+    if kv_dtype is None:
+        raise ADError(f"`kv_cache_config.dtype: {kv}` is not supported here; use auto, float32, float16 or bfloat16.")
+    for key in ("max_batch_size", "max_seq_len", "attn_page_size"):
+        if getattr(config, key) < 1:
+            raise ADError(f"`{key}` must be at least 1, got {getattr(config, key)}.")
+    max_num_tokens = effective_max_num_tokens(config)
+    info = SequenceInfo(config.max_batch_size, config.max_seq_len, max_num_tokens, config.attn_page_size, device)
+    cc = CacheConfig(dtype=kv_dtype, page_size=config.attn_page_size, max_seq_len=config.max_seq_len,
+                     max_batch_size=config.max_batch_size, max_num_tokens=info.max_num_tokens)
+    return CachedSequenceInterface(info, cc)
+
+
+def effective_max_num_tokens(config: Any) -> int:
+    """max_num_tokens, or by default max_batch_size * max_seq_len capped at max(8192, max_seq_len)."""
+    if config.max_num_tokens is not None:
+        if config.max_num_tokens < 1:
+            from autodeploy_cli.errors import ADError
+
+            raise ADError(f"`max_num_tokens` must be at least 1, got {config.max_num_tokens}.")
+        return int(config.max_num_tokens)
+    return min(config.max_batch_size * config.max_seq_len, max(8192, config.max_seq_len))
+
+
+def ensure_interface(ctx: Any) -> CachedSequenceInterface:
+    """The pipeline's cache interface (ctx.sequence_info), created from the config on first use."""
+    if ctx.sequence_info is None:
+        ctx.sequence_info = make_interface(ctx.config, ctx.device, ctx.factory.model_dtype())
+    return ctx.sequence_info

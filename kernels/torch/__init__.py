@@ -1,0 +1,1 @@
+"""Plain-torch backends of the canonical ops (reference kernels; run on CPU and GPU)."""

@@ -1,0 +1,79 @@
+"""Helpers for transforms that add graph inputs (sequence-info fields, caches) and read op arguments by name."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import fx
+
+from autodeploy_cli.pipeline.graph import placeholder_values
+from autodeploy_cli.runtime.sequence_info import CachedSequenceInterface
+
+
+def drop_input_checks(gm: fx.GraphModule) -> None:
+    """Remove torch.export's pre-hook that checks call inputs against the exported signature (2 inputs): the graph
+    is about to take more."""
+    hooks = getattr(gm, "_forward_pre_hooks", {})
+    for key, hook in list(hooks.items()):
+        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+            del hooks[key]
+            getattr(gm, "_forward_pre_hooks_with_kwargs", {}).pop(key, None)
+
+
+def bound_args(node: fx.Node) -> dict[str, Any]:
+    """The node's arguments by schema name, defaults filled in."""
+    schema = node.target._schema  # type: ignore[union-attr]
+    out = {}
+    for i, arg in enumerate(schema.arguments):
+        if i < len(node.args):
+            out[arg.name] = node.args[i]
+        elif arg.name in node.kwargs:
+            out[arg.name] = node.kwargs[arg.name]
+        else:
+            out[arg.name] = arg.default_value if arg.has_default_value() else None
+    return out
+
+
+def _fake_value(gm: fx.GraphModule, example: torch.Tensor, dynamic: bool, name: str) -> Any:
+    """A fake tensor for a new graph input (symbolic sizes where the batch decides them); None without a fake mode."""
+    from torch._guards import detect_fake_mode
+
+    vals = [v for v in placeholder_values(gm) if v is not None]
+    mode = detect_fake_mode(vals) if vals else None
+    if mode is None:
+        return None
+    device = vals[0].device
+    try:
+        if dynamic and mode.shape_env is not None:
+            from torch._dynamo.source import LocalSource
+            from torch.fx.experimental.symbolic_shapes import DimDynamic, StatelessSymbolicContext
+
+            ctx = StatelessSymbolicContext(dynamic_sizes=[DimDynamic.DYNAMIC] * example.dim())
+            return mode.from_tensor(example.to(device), symbolic_context=ctx, source=LocalSource(name))
+        return mode.from_tensor(example.to(device), static_shapes=True)
+    except Exception:  # noqa: BLE001 - the value is only informational (dumps, shape_prop)
+        return None
+
+
+def add_graph_input(gm: fx.GraphModule, iface: CachedSequenceInterface, name: str,
+                    example: Optional[torch.Tensor] = None, dynamic: bool = True) -> fx.Node:
+    """The placeholder `name`, created after the last one (and registered with the interface) if missing."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    drop_input_checks(gm)
+    for n in placeholders:
+        if n.name == name or n.target == name:
+            return n
+    with gm.graph.inserting_after(placeholders[-1]):
+        node = gm.graph.placeholder(name)
+    if node.name != name:
+        raise RuntimeError(f"graph input name {name!r} is taken (got {node.name!r})")
+    if example is None:
+        example = iface.info.example(name)
+    val = _fake_value(gm, example, dynamic, name)
+    if val is not None:
+        node.meta["val"] = val
+    if name in iface.cache_specs:
+        return node
+    iface.add_input(name)
+    return node

@@ -1,0 +1,77 @@
+"""gather_logits_before_lm_head: compute logits only for the tokens that need them (the last of each sequence).
+
+The LM head is the largest matmul of a prefill ([T, hidden] x [hidden, vocab]); the runtime samples only the last
+token of each sequence. The hidden states are gathered by a new graph input `logits_gather_idx` (flat token
+indices, from the sequence info) before the head; element-wise ops after it (soft-capping, casts) follow unchanged.
+
+Before:
+    %norm = ... : 1 x T x 64
+    %logits = aten.linear(%norm, %lm_head_weight) : 1 x T x 320
+After:
+    %flat = aten.reshape(%norm, [-1, 64]) : T x 64
+    %sel = aten.index_select(%flat, 0, %logits_gather_idx) : G x 64
+    %hid = aten.unsqueeze(%sel, 0) : 1 x G x 64
+    %logits = aten.linear(%hid, %lm_head_weight) : 1 x G x 320
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import fx
+
+from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.pipeline.registry import register
+from autodeploy_cli.runtime.sequence_info import ensure_interface
+from transforms._graph_inputs import add_graph_input
+
+aten = torch.ops.aten
+GATHER_INPUT = "logits_gather_idx"
+_HEAD_OPS = (aten.linear.default, aten.mm.default, aten.matmul.default)
+# ops allowed between the head and the output: element-wise with scalar partners (soft-capping, casts)
+_ELEMENTWISE = (aten.tanh.default, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
+                aten.to.dtype, aten._to_copy.default, aten.alias.default, aten.clone.default)
+
+
+def find_lm_head(gm: fx.GraphModule) -> Optional[fx.Node]:
+    """The matmul producing the graph output through element-wise ops only (None if there is no such node)."""
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    node = out.args[0]
+    while isinstance(node, fx.Node):
+        if is_op(node, _HEAD_OPS):
+            return node
+        if not is_op(node, _ELEMENTWISE):
+            return None
+        tensors = [a for a in node.args if isinstance(a, fx.Node)]
+        if len(tensors) != 1:
+            return None  # e.g. x * y of two tensors: not a per-token op we can move past
+        node = tensors[0]
+    return None
+
+
+@register("gather_logits_before_lm_head")
+class GatherLogitsBeforeLmHead(BaseTransform):
+    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+        if any(n.op == "placeholder" and n.name == GATHER_INPUT for n in gm.graph.nodes):
+            return TransformInfo.untouched("already gathered")
+        head = find_lm_head(gm)
+        if head is None:
+            return TransformInfo.untouched("no LM head matmul feeds the output")
+        hidden = head.args[0]
+        val = hidden.meta.get("val") if isinstance(hidden, fx.Node) else None
+        if val is None:
+            return TransformInfo.untouched("LM head input has no shape")
+        iface = ensure_interface(ctx)
+        idx = add_graph_input(gm, iface, GATHER_INPUT)
+        graph = gm.graph
+        with graph.inserting_before(head):
+            flat = graph.call_function(aten.reshape.default, (hidden, [-1, int(val.shape[-1])]))
+            sel = graph.call_function(aten.index_select.default, (flat, 0, idx))
+            hid = graph.call_function(aten.unsqueeze.default, (sel, 0))
+        head.replace_input_with(hidden, hid)
+        iface.logits_gathered = True
+        if "probe_runner" not in ctx.state:
+            ctx.state["probe_runner"] = lambda ids, pos: ctx.sequence_info.run_prefill(ctx.model, ids, pos)
+        return TransformInfo(num_matches=1, is_clean=False, has_valid_shapes=False)

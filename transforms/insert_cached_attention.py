@@ -1,0 +1,128 @@
+"""insert_cached_attention: replace every canonical attention by the chosen backend's paged cached attention.
+
+Uses only the attention-backend interface (autodeploy_cli.ops.attention_backends); the kernels are imported by the
+registry. The graph gains the sequence-info inputs the backend reads, one metadata-preparation node, and two cache
+inputs per layer. Example (torch backend, one layer):
+
+Before:
+    %input_ids, %position_ids
+    %attn = auto_deploy.torch_attention(%q, %k, %v, None, 0.0, True, 0.25, None, None, None, 'bsnd')
+After:
+    %input_ids, %position_ids, %seq_len, %input_pos, %batch_info_host, %cu_seqlen, %cache_loc, %cu_num_pages,
+    %pages_per_seq, %k_cache_0, %v_cache_0
+    %meta = auto_deploy.torch_attention_prepare_metadata(%position_ids, %seq_len, ..., 64, 8)
+    %attn = auto_deploy.torch_attention_with_paged_cache(%q, %k, %v, %seq_len, %input_pos, %batch_info_host,
+                %meta[0], %meta[1], %meta[2], %meta[3], %k_cache_0, %v_cache_0, 0.25, None, None, None)
+
+After this transform `ctx.sequence_info` holds the cache interface, and `ctx.state["probe_runner"]` runs a prefill
+through the cached graph so `ad build --verify` compares it with HF eager.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import fx
+
+from autodeploy_cli.errors import ADError
+from autodeploy_cli.ops import load_ops
+from autodeploy_cli.ops.attention_backends import BACKEND_MODULES, AttentionNodeInfo, get_attention_backend
+from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.pipeline.registry import register
+from autodeploy_cli.runtime.sequence_info import ensure_interface
+from transforms._graph_inputs import add_graph_input, bound_args
+
+
+@dataclass
+class InsertCachedAttentionOptions(TransformOptions):
+    backend: str = "torch"  # attention backend: torch (plain torch, any device) | triton | flashinfer (GPU)
+    requires_shape_prop: bool = True  # head counts and dims are read from the k/v shapes
+    choices: ClassVar[dict] = {"backend": tuple(BACKEND_MODULES)}
+
+
+def _node_info(node: fx.Node, layer_idx: int) -> AttentionNodeInfo:
+    a = bound_args(node)
+    where = f"attention node `{node.name}` (layer {layer_idx})"
+    if a["attn_mask"] is not None:
+        raise ADError(f"The {where} has an explicit attention mask, which cached attention cannot apply. Disable "
+                      "`transforms.insert_cached_attention` to run without a KV cache, or report the model.")
+    if not a["is_causal"]:
+        raise ADError(f"The {where} is not causal; cached attention supports causal decoder attention only.")
+    q, k, v = (x.meta.get("val") for x in (a["q"], a["k"], a["v"]))
+    if q is None or k is None or v is None:
+        raise RuntimeError(f"{where}: q/k/v have no shape metadata (run shape propagation first)")
+    hd = 2 if a["layout"] == "bnsd" else 3
+    head = 1 if a["layout"] == "bnsd" else 2
+    return AttentionNodeInfo(
+        layer_idx=layer_idx, n_heads=int(q.shape[head]), n_kv_heads=int(k.shape[head]), head_dim=int(k.shape[hd]),
+        v_head_dim=int(v.shape[hd]), dtype=q.dtype, scale=a["scale"], sinks=a["sinks"],
+        sliding_window=a["sliding_window"], logit_cap=a["logit_cap"])
+
+
+@register("insert_cached_attention")
+class InsertCachedAttention(BaseTransform):
+    options_cls = InsertCachedAttentionOptions
+
+    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+        load_ops()
+        source = torch.ops.auto_deploy.torch_attention
+        nodes = [n for n in gm.graph.nodes if is_op(n, source)]
+        if not nodes:
+            return TransformInfo.untouched("no torch_attention nodes")
+        backend = get_attention_backend(self.options.backend)
+        infos = [_node_info(n, i) for i, n in enumerate(nodes)]
+        for info in infos:
+            reason = backend.unsupported_reason(info)
+            if reason:
+                raise ADError(f"The `{backend.name}` attention backend cannot run layer {info.layer_idx}: {reason}. "
+                              "Choose another with `attn_backend=<name>`.")
+        iface = ensure_interface(ctx)
+        cc = iface.cache_config
+        graph = gm.graph
+
+        meta = {f: add_graph_input(gm, iface, f) for f in backend.metadata_fields}
+        prep_outs: list[fx.Node] = []
+        prep = backend.prepare_metadata(cc)
+        if prep is not None:
+            inputs = [meta[f] if f in meta else add_graph_input(gm, iface, f) for f in prep.fields]
+            last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
+            with graph.inserting_after(last_input):
+                prep_node = graph.call_function(prep.op, (*inputs, *prep.constants))
+            with graph.inserting_after(prep_node):
+                prep_outs = [graph.call_function(operator.getitem, (prep_node, i)) for i in range(prep.num_outputs)]
+        buffers = []
+        for name, init in backend.global_buffers(cc).items():
+            iface.add_buffer(name, init)
+            buffers.append(add_graph_input(gm, iface, name, init(torch.device("meta")), dynamic=False))
+
+        for node, info in zip(nodes, infos):
+            caches = []
+            for base, spec in backend.cache_initializers(info, cc).items():
+                name = f"{base}_{info.layer_idx}"
+                iface.add_cache(name, spec)
+                example = torch.empty((1, *spec.page_shape), dtype=spec.dtype, device="meta")
+                caches.append(add_graph_input(gm, iface, name, example, dynamic=False))
+            a = bound_args(node)
+            with graph.inserting_before(node):
+                q, k, v = a["q"], a["k"], a["v"]
+                if a["layout"] != backend.layout:  # bnsd <-> bsnd
+                    q, k, v = (graph.call_function(torch.ops.aten.transpose.int, (x, 1, 2)) for x in (q, k, v))
+                new = graph.call_function(
+                    backend.cached_op(),
+                    (q, k, v, *meta.values(), *prep_outs, *caches, *buffers, *backend.constants(info)))
+                out = new
+                if a["layout"] != backend.layout:
+                    out = graph.call_function(torch.ops.aten.transpose.int, (new, 1, 2))
+            if "val" in node.meta:
+                out.meta["val"] = node.meta["val"]
+            node.replace_all_uses_with(out)
+            graph.erase_node(node)
+
+        ctx.state["probe_runner"] = lambda ids, pos: ctx.sequence_info.run_prefill(ctx.model, ids, pos)
+        ctx.state["attention_backend"] = backend.name
+        return TransformInfo(num_matches=len(nodes), is_clean=False, has_valid_shapes=False,
+                             note=f"backend {backend.name}, page size {cc.page_size}, kv {str(cc.dtype)[6:]}")
