@@ -95,10 +95,6 @@ IGNORED_CUDA_GRAPH: dict[str, tuple[tuple, str]] = {
 CUDA_GRAPH_OFF = ("in ad, CUDA graphs come from `compile_backend` (torch-cudagraph or torch-opt); choose "
                   "torch-simple or torch-compile to run without them")
 
-IGNORED_BENCHMARK: dict[str, tuple[tuple, str]] = {
-    "enabled": ((), "`ad bench` always runs the benchmark and `ad run` never does"),
-}
-
 # TensorRT-LLM SamplingParams fields beyond ad's SamplingConfig
 SAMPLING_KEYS_IGNORED = frozenset({
     "n", "best_of", "use_beam_search", "beam_width_array", "end_id", "pad_id", "min_tokens", "min_p",

@@ -248,18 +248,15 @@ def _benchmark(data: dict, source: str) -> None:
     if not isinstance(bench, dict):
         return
     for key in list(bench):
-        label = f"benchmark.{key}"
         if key in K.RENAMED_BENCHMARK:
-            _move(data, bench, key, f"benchmark.{K.RENAMED_BENCHMARK[key]}", label, source)
-        elif key in K.IGNORED_BENCHMARK:
-            _ignore(bench, key, label, K.IGNORED_BENCHMARK[key])
-    # results_path / store_results are mapped in finalize(): they depend on each other across layers
+            _move(data, bench, key, f"benchmark.{K.RENAMED_BENCHMARK[key]}", f"benchmark.{key}", source)
+    # enabled / results_path / store_results are judged in finalize(): they depend on other keys of all layers
 
 
 # --- after merging ------------------------------------------------------------------------------------------------
 def finalize(data: dict) -> dict:
     """Judge what needs the merged view (the loader calls this before validating): AutoDeploy transforms `ad`
-    does not implement, and the benchmark's results_path/store_results pair."""
+    does not implement, and the benchmark's enabled/results_path/store_results keys."""
     _finalize_benchmark(data)
     _finalize_transforms(data)
     return data
@@ -267,7 +264,11 @@ def finalize(data: dict) -> dict:
 
 def _finalize_benchmark(data: dict) -> None:
     bench = data.get("benchmark")
-    if not isinstance(bench, dict) or not ({"store_results", "results_path"} & set(bench)):
+    if not isinstance(bench, dict):
+        return
+    if "enabled" in bench:
+        _benchmark_enabled(data, bench, bench.pop("enabled"))
+    if not ({"store_results", "results_path"} & set(bench)):
         return
     store = bench.pop("store_results", None)
     path = bench.pop("results_path", None)
@@ -281,6 +282,30 @@ def _finalize_benchmark(data: dict) -> None:
         return
     bench["output"] = path if path is not None else "./benchmark_results.json"  # AutoDeploy's default path
     _report.note(f"`benchmark.results_path`/`benchmark.store_results` -> `benchmark.output: {bench['output']}`.")
+
+
+def _benchmark_enabled(data: dict, bench: dict, enabled: Any) -> None:
+    """AutoDeploy's experiment validator: an enabled benchmark raises max_seq_len to isl + osl and max_batch_size
+    to its batch size, so its files keep working with `ad bench`."""
+    if enabled is not True:
+        _report.warn(f"`benchmark.enabled: {_fmt(enabled)}` is ignored: `ad bench` always runs the benchmark and "
+                     "`ad run` never does.")
+        return
+    from autodeploy_cli.config.schema import ADConfig, BenchmarkConfig
+
+    raised = []
+    isl, osl = bench.get("isl", BenchmarkConfig.isl), bench.get("osl", BenchmarkConfig.osl)
+    max_seq_len = data.get("max_seq_len", ADConfig.max_seq_len)
+    max_bs = data.get("max_batch_size", ADConfig.max_batch_size)
+    if all(isinstance(v, int) for v in (isl, osl, max_seq_len)) and isl + osl > max_seq_len:
+        data["max_seq_len"] = isl + osl
+        raised.append(f"max_seq_len to {isl + osl}")
+    bs = bench.get("concurrency")
+    if isinstance(bs, int) and isinstance(max_bs, int) and bs > max_bs:
+        data["max_batch_size"] = bs
+        raised.append(f"max_batch_size to {bs}")
+    _report.note("`benchmark.enabled: true`: `ad bench` runs the benchmark (`ad run` never does)"
+                 + (f"; as in AutoDeploy, raised {' and '.join(raised)} to fit it." if raised else "."))
 
 
 def _finalize_transforms(data: dict) -> None:

@@ -16,7 +16,6 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from autodeploy_cli.cli import app
 from autodeploy_cli.config import compat
 from autodeploy_cli.config.loader import default_pipeline, resolve
 from autodeploy_cli.errors import ADError
@@ -35,7 +34,6 @@ EXTRA_WARNINGS = [
     "and never reuses blocks across requests.",
     "`prompt.sp_kwargs.repetition_penalty: 1.1` is ignored: ad's sampler supports max_tokens, temperature, top_k, "
     "top_p, seed, stop, stop_token_ids and ignore_eos.",
-    "`benchmark.enabled: true` is ignored: `ad bench` always runs the benchmark and `ad run` never does.",
 ]
 
 
@@ -195,6 +193,7 @@ def test_yaml_extra_files_sit_below_the_file_naming_them(tmp_path, monkeypatch):
         "`kv_cache_config.tokens_per_block` (AutoDeploy) -> `attn_page_size`.",
         "`benchmark.num` (AutoDeploy) -> `benchmark.num_requests`.",
         "`benchmark.bs` (AutoDeploy) -> `benchmark.concurrency`.",
+        "`benchmark.enabled: true`: `ad bench` runs the benchmark (`ad run` never does).",
         "`benchmark.results_path`/`benchmark.store_results` -> `benchmark.output: bench/results.json`.",
         "`transforms.multi_stream_moe` (AutoDeploy) is disabled and ad does not implement it; dropped.",
     ]
@@ -209,7 +208,21 @@ def test_nested_prompt_and_benchmark_sections():
     assert cfg.prompt.queries == ["What is the capital of France?"]  # one string becomes a list
     assert (cfg.prompt.sp_kwargs.max_tokens, cfg.prompt.sp_kwargs.top_k) == (20, 1)
     b = cfg.benchmark
-    assert (b.isl, b.osl, b.num_requests, b.concurrency, b.output) == (512, 64, 16, 4, "bench/results.json")
+    assert (b.isl, b.osl, b.num_requests, b.concurrency, b.output) == (128, 64, 16, 4, "bench/results.json")
+    assert (cfg.max_seq_len, cfg.max_batch_size) == (256, 8)  # the benchmark fits: nothing raised
+
+
+def test_enabled_benchmark_raises_limits_like_autodeploy(tmp_path):
+    f = write(tmp_path, "a.yaml", {"args": {"max_seq_len": 512, "max_batch_size": 4},
+                                   "benchmark": {"enabled": True, "isl": 2048, "osl": 128, "bs": 8}})
+    cfg = resolve([f])
+    assert (cfg.max_seq_len, cfg.max_batch_size, cfg.benchmark.concurrency) == (2176, 8, 8)
+    assert notes()[-1] == ("`benchmark.enabled: true`: `ad bench` runs the benchmark (`ad run` never does); as in "
+                           "AutoDeploy, raised max_seq_len to 2176 and max_batch_size to 8 to fit it.")
+    cfg = resolve([f], ["benchmark.enabled=false"])
+    assert (cfg.max_seq_len, cfg.max_batch_size) == (512, 4)
+    assert warnings() == ["`benchmark.enabled: false` is ignored: `ad bench` always runs the benchmark and `ad run` "
+                          "never does."]
 
 
 def test_each_ignored_key_warns_once_across_files(tmp_path):
@@ -319,8 +332,14 @@ def test_missing_yaml_extra_file_names_where_it_looked(tmp_path):
 
 
 # --- the ad command ----------------------------------------------------------------------------------------------
+def invoke(*args: str):
+    from autodeploy_cli.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
 def print_config(*args: str) -> dict:
-    result = CliRunner().invoke(app, [*args, "--print-config"])
+    result = invoke(*args, "--print-config")
     assert result.exit_code == 0, result.output
     return yaml.safe_load(result.stdout)
 
@@ -340,10 +359,11 @@ def test_run_uses_the_prompt_section_and_bench_the_benchmark_section():
     out = print_config("bench", "--config", str(WITH_EXTRA), "--benchmark.isl=1024")
     assert {k: out["benchmark"][k] for k in ("isl", "osl", "num_requests", "concurrency", "output")} == {
         "isl": 1024, "osl": 64, "num_requests": 16, "concurrency": 4, "output": "bench/results.json"}
+    assert out["max_seq_len"] == 1088  # benchmark.enabled: raised to isl + osl, as AutoDeploy does
 
 
 def test_cli_error_for_an_enabled_unimplemented_transform(tmp_path):
     f = write(tmp_path, "a.yaml", {"args": {"transforms": {"multi_stream_moe": {"enabled": True}}}})
-    result = CliRunner().invoke(app, ["build", "--config", str(f), "--print-config"])
+    result = invoke("build", "--config", str(f), "--print-config")
     assert result.exit_code == 2
     assert "ad: error: Transform `multi_stream_moe` is a TensorRT-LLM AutoDeploy transform" in result.output
