@@ -202,6 +202,13 @@ def test_yaml_extra_files_sit_below_the_file_naming_them(tmp_path, monkeypatch):
     assert inner.max_seq_len == 4096
 
 
+def test_yaml_extra_on_the_command_line_sits_below_the_other_overrides(monkeypatch):
+    monkeypatch.chdir(ANCHOR)  # command-line paths are relative to the working directory
+    cfg = resolve([], ["--args.yaml-extra=[extra/num_hidden_layers_5.yaml, extra/world_size_2.yaml]",
+                       "--args.world-size=3"])
+    assert (cfg.model_kwargs, cfg.world_size) == ({"num_hidden_layers": 5}, 3)
+
+
 def test_nested_prompt_and_benchmark_sections():
     cfg = resolve([WITH_EXTRA])
     assert cfg.prompt.batch_size == 3
