@@ -13,7 +13,6 @@ from autodeploy_cli.errors import ADError, did_you_mean
 
 BASELINES = ("hf", "hf-compile")
 DEFAULT_NUM_REQUESTS = 8  # synthetic requests when `benchmark.num_requests` is unset
-MAX_NUM_TOKENS_CAP = 8192  # the schema's rule for `max_num_tokens: null`
 
 
 @dataclass
@@ -61,7 +60,10 @@ def _positive(value: Optional[float], flag: str, key: str, what: str) -> None:
 
 
 def effective_max_num_tokens(cfg: ADConfig) -> int:
-    return cfg.max_num_tokens or min(cfg.max_batch_size * cfg.max_seq_len, MAX_NUM_TOKENS_CAP)
+    """The runtime's own rule, so the bench rejects exactly what the engine would."""
+    from autodeploy_cli.runtime.sequence_info import effective_max_num_tokens as runtime_rule
+
+    return runtime_rule(cfg)
 
 
 def check_sequence_fits(prompt_len: int, max_tokens: int, cfg: ADConfig, where: str, fix: str) -> None:

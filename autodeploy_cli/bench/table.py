@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from rich.console import Console
@@ -46,7 +47,7 @@ def _fmt(value: Optional[float], key: str = "") -> str:
 def conditions_line(data: dict[str, Any]) -> str:
     c, env = data["conditions"], data.get("environment", {})
     pk = env.get("packages", {})
-    shape = f"dataset {c['dataset']}" if c.get("dataset") else f"ISL {c['isl']} / OSL {c['osl']}"
+    shape = f"dataset {Path(c['dataset']).name}" if c.get("dataset") else f"ISL {c['isl']} / OSL {c['osl']}"
     if c.get("isl_stdev") or c.get("osl_stdev"):
         shape += f" (stdev {c.get('isl_stdev')} / {c.get('osl_stdev')})"
     return (

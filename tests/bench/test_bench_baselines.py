@@ -1,0 +1,43 @@
+"""The Hugging Face baselines in the same run (real transformers `generate` on the tiny model; a fake engine for
+ours so no build is needed): same workload, exact token counts, warm-up, and speedups in JSON and the table."""
+
+from __future__ import annotations
+
+import pytest
+
+from autodeploy_cli.bench import baselines
+from autodeploy_cli.bench.results import RUN_FIELDS
+from autodeploy_cli.bench.workload import BenchRequest
+from tests.bench.conftest import SMALL
+
+
+def test_batches_and_shapes_left_pad_to_the_longest_prompt():
+    reqs = [BenchRequest([5] * n, m) for n, m in ((3, 4), (6, 2), (2, 2))]
+    groups = baselines.batches(reqs, 2)
+    assert [[i for i, _ in g] for g in groups] == [[0, 1], [2]]
+    assert [baselines.batch_shape(g) for g in groups] == [(2, 6, 4), (1, 2, 2)]
+
+
+def test_baselines_hf_and_hf_compile_run_the_same_workload(bench, fake, monkeypatch):
+    monkeypatch.setattr(baselines, "HF_COMPILE_BACKEND", "eager")  # dynamo capture without inductor's compile time
+    fake()
+    result, data = bench(*SMALL, "--baseline", "hf", "--baseline", "hf-compile")
+    assert result.exit_code == 0, result.output
+    assert list(data["runs"]) == ["ad", "hf", "hf-compile"]
+    for name in ("hf", "hf-compile"):
+        run = data["runs"][name]
+        assert all(field in run for field in RUN_FIELDS)
+        assert run["num_requests_completed"] == 4 and run["output_tokens"] == 32 and run["input_tokens"] == 64
+        assert all(0 < r["ttft_ms"] <= r["e2e_ms"] for r in run["requests"])
+        assert run["warmup_s"] > 0
+        assert run["decode"]["decode_steps"] == 7 and run["decode"]["mean_batch"] == 4  # one batch of 4, 8 tokens
+        assert data["speedup_vs"][name]["output_throughput_tok_s"] == pytest.approx(
+            data["runs"]["ad"]["output_throughput_tok_s"] / run["output_throughput_tok_s"])
+    assert "dynamic cache" in data["runs"]["hf"]["description"]
+    assert "static cache + torch.compile (eager)" in data["runs"]["hf-compile"]["description"]
+    assert "ad vs hf" in result.output and "ad vs hf-compile" in result.output
+    assert "x" in result.output.split("output tok/s")[1].splitlines()[0]  # the ratio cell, e.g. "1.86x"
+
+
+    for name in ("hf", "hf-compile"):  # every output token of every request is timed: 8 per request
+        assert [r["output_tokens"] for r in data["runs"][name]["requests"]] == [8] * 4

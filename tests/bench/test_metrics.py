@@ -1,0 +1,81 @@
+"""Percentiles, per-run metrics from hand-built timings, the decode bandwidth floor and speedup directions."""
+
+from __future__ import annotations
+
+import pytest
+
+from autodeploy_cli.bench.metrics import (
+    RequestRecord,
+    RunTrace,
+    StepRecord,
+    decode_floor,
+    distribution,
+    percentile,
+    speedups,
+    summarize,
+)
+
+
+def test_percentile_interpolates_like_numpy():
+    xs = [4.0, 1.0, 3.0, 2.0]
+    assert percentile(xs, 50) == pytest.approx(2.5)
+    assert percentile(xs, 90) == pytest.approx(3.7)
+    assert percentile(xs, 99) == pytest.approx(3.97)
+    assert percentile(xs, 0) == 1.0 and percentile(xs, 100) == 4.0
+    assert percentile([7.0], 99) == 7.0
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_distribution_scales_and_handles_empty():
+    assert distribution([0.001, 0.003], 1e3) == pytest.approx({"mean": 2.0, "p50": 2.0, "p90": 2.8, "p99": 2.98})
+    assert distribution([]) == {"mean": None, "p50": None, "p90": None, "p99": None}
+
+
+def _trace() -> RunTrace:
+    r0 = RequestRecord(0, prompt_len=4, max_tokens=3, t_submit=0.0, token_times=[0.1, 0.15, 0.2], t_end=0.2)
+    r1 = RequestRecord(1, prompt_len=6, max_tokens=3, t_submit=0.05, token_times=[0.2, 0.3, 0.4], t_end=0.4)
+    failed = RequestRecord(2, prompt_len=5, max_tokens=3, t_submit=0.0, token_times=[0.3], t_end=0.3, error="boom")
+    return RunTrace("ad", requests=[r0, r1, failed], t_start=0.0, t_end=0.5)
+
+
+def test_summarize_exact_numbers():
+    m = summarize(_trace())
+    assert m["num_requests_completed"] == 2 and m["num_requests_failed"] == 1
+    assert m["errors"] == ["request 2: boom"]
+    assert m["input_tokens"] == 10 and m["output_tokens"] == 6
+    assert m["duration_s"] == pytest.approx(0.5)
+    assert m["request_throughput_req_s"] == pytest.approx(4.0)
+    assert m["output_throughput_tok_s"] == pytest.approx(12.0)
+    assert m["total_throughput_tok_s"] == pytest.approx(32.0)
+    assert m["ttft_ms"]["mean"] == pytest.approx(125.0)  # 100 and 150 ms
+    assert m["e2e_latency_ms"]["mean"] == pytest.approx(275.0)  # 200 and 350 ms
+    assert m["itl_ms"]["mean"] == pytest.approx(75.0) and m["itl_ms"]["p50"] == pytest.approx(75.0)  # 50,50,100,100
+    assert m["tpot_ms"]["mean"] == pytest.approx(75.0)  # 50 and 100 ms
+    assert m["per_user_tok_s"]["mean"] == pytest.approx((15.0 + 3 / 0.35) / 2)
+    assert [r["output_tokens"] for r in m["requests"]] == [3, 3, 1]
+
+
+def test_decode_floor_fraction_counts_weights_and_kv_of_decode_steps_only():
+    trace = RunTrace("ad", steps=[
+        StepRecord(0.5, batch=2, is_decode=False, kv_tokens=0),  # prefill: excluded
+        StepRecord(0.01, batch=2, is_decode=True, kv_tokens=10),
+        StepRecord(0.01, batch=2, is_decode=True, kv_tokens=20),
+    ])
+    d = decode_floor(trace, weight_bytes=1_000_000, kv_bytes_per_token=100, bandwidth_bytes_s=1e9)
+    assert d["decode_steps"] == 2 and d["mean_batch"] == 2
+    assert d["mean_bytes_per_step"] == pytest.approx(1_001_500)
+    assert d["floor_ms_per_step"] == pytest.approx(1.0015)
+    assert d["bandwidth_floor_fraction"] == pytest.approx(2.003e-3 / 0.02)
+    cpu = decode_floor(trace, 1_000_000, 100, None, "CPU run")
+    assert cpu["bandwidth_floor_fraction"] is None and cpu["reason"] == "CPU run"
+
+
+def test_speedups_are_greater_than_one_when_ours_is_better():
+    ours = {"output_throughput_tok_s": 10.0, "ttft_ms": {"mean": 10.0}, "per_user_tok_s": {"mean": 4.0}}
+    theirs = {"output_throughput_tok_s": 5.0, "ttft_ms": {"mean": 30.0}, "per_user_tok_s": {"mean": 8.0}}
+    s = speedups(ours, theirs)
+    assert s["output_throughput_tok_s"] == pytest.approx(2.0)
+    assert s["ttft_ms"] == pytest.approx(3.0)
+    assert s["per_user_tok_s"] == pytest.approx(0.5)
+    assert s["itl_ms"] is None
