@@ -32,8 +32,8 @@ from autodeploy_cli.errors import ADError, did_you_mean
 # backend name -> module that registers it on import (kept as strings: nothing is imported until asked for)
 BACKEND_MODULES: dict[str, str] = {
     "torch": "kernels.torch.attention",
-    "triton": "kernels.triton.attention",
-    "flashinfer": "kernels.flashinfer.attention",
+    "triton": "kernels.triton.backend",
+    "flashinfer": "kernels.flashinfer.backend",
 }
 
 _REGISTRY: dict[str, type["AttentionDescriptor"]] = {}

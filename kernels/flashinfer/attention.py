@@ -78,6 +78,7 @@ class _Planner:
 
 
 PLANNER = _Planner()
+CAPTURED_KEYS: dict = {}  # graph batch size -> constant sets its captured layers planned (re-planned per replay)
 
 
 def plan_step(meta: StepMeta, graph_batch: Optional[int] = None) -> None:
@@ -108,6 +109,8 @@ def _plan(key):
         w.plan(meta.qo_indptr, meta.kv_indptr, meta.kv_indices, meta.last_page_len, n_heads, n_kv, d, ps,
                causal=True, **common)
     PLANNER.planned[key] = w
+    if PLANNER.capturing_batch is not None:
+        CAPTURED_KEYS.setdefault(PLANNER.capturing_batch, set()).add(key)
     return w
 
 
