@@ -97,9 +97,18 @@ def build(
     print_config: bool = PrintConfigOpt,
     verify: bool = typer.Option(False, "--verify", help="Compare logits with the HF eager model after every transform."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the build report as JSON to this file."),
+    plan: bool = typer.Option(False, "--plan", help="Print a memory plan (weights, KV bytes per token, max concurrent "
+                              "sequences, recommended world size) from the config alone, then exit; loads no weights."),
+    gpu_mem: Optional[str] = typer.Option(None, "--gpu-mem", help="GPU memory for --plan, e.g. 141GB or 80GiB "
+                                          "(default: the detected GPU)."),
 ) -> None:
     """Build the optimised model and print the build report (transforms, matches, timings, coverage)."""
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    if plan:
+        from autodeploy_cli.planner import print_plan
+
+        print_plan(cfg, gpu_mem)
+        return
     from autodeploy_cli.pipeline.build import build as run_build
     from autodeploy_cli.pipeline.report import print_report, write_json
 
@@ -184,6 +193,11 @@ def bench(
     from autodeploy_cli.bench.command import run_bench
 
     run_bench(cfg)
+
+
+from autodeploy_cli.models_command import register as _register_models  # noqa: E402  (no torch import)
+
+_register_models(app, user_errors)
 
 
 def main() -> None:

@@ -89,13 +89,32 @@ class ModelFactory:
         if self._hf_config is None:
             from transformers import AutoConfig
 
-            try:
-                cfg = AutoConfig.from_pretrained(self.source, trust_remote_code=self.config.trust_remote_code)
-            except (OSError, ValueError) as e:
-                raise self._load_error("config", e) from None
+            cfg = None if self.is_local else self._registry_config()
+            if cfg is None:
+                try:
+                    cfg = AutoConfig.from_pretrained(self.source, trust_remote_code=self.config.trust_remote_code)
+                except (OSError, ValueError) as e:
+                    raise self._load_error("config", e) from None
             deep_update_config(cfg, dict(self.config.model_kwargs))
             self._hf_config = cfg
         return self._hf_config
+
+    def _registry_config(self) -> Any:
+        """A registry hub id with stored architecture values: the HF cache wins, else build from the stored values
+        (offline, exact shapes); None for anything else."""
+        from model_registry import hf_architecture
+
+        if hf_architecture(self.source) is None:
+            return None
+        from transformers import AutoConfig
+
+        from autodeploy_cli.hf_arch import registry_hf_config
+
+        try:
+            return AutoConfig.from_pretrained(self.source, local_files_only=True,
+                                              trust_remote_code=self.config.trust_remote_code)
+        except (OSError, ValueError):
+            return registry_hf_config(self.source, dict(self.config.model_kwargs))
 
     def _load_error(self, what: str, err: Exception) -> ADError:
         first = (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__).rstrip(".")

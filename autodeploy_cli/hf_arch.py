@@ -1,0 +1,55 @@
+"""HF configs from the model registry's stored architecture values, and facts computed from them on the meta model.
+
+The registry (`model_registry/architectures/*.yaml`) keeps each checkpoint's config.json values, so a registered hub
+id builds offline with its exact shapes: `AutoConfig.for_model(model_type, **values)` instead of a download.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def _deep_merge(base: dict, other: dict) -> dict:
+    out = dict(base)
+    for key, value in other.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_from_values(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
+    """A transformers config from stored values; `overrides` (model_kwargs) go into the constructor, so fields the
+    config derives in __init__ (layer_types from num_hidden_layers, head_dim, ...) follow them."""
+    from transformers import AutoConfig
+
+    merged = _deep_merge(values, dict(overrides or {}))
+    model_type = merged.pop("model_type")
+    return AutoConfig.for_model(model_type, **merged)
+
+
+def meta_model(hf_config: Any, model_factory: str = "AutoModelForCausalLM") -> nn.Module:
+    """The model on the meta device: no memory, no weights."""
+    import transformers
+
+    cls = getattr(transformers, model_factory)
+    with torch.device("meta"):
+        return cls.from_config(hf_config)
+
+
+def count_params(model: nn.Module) -> int:
+    """Parameters of the model, tied weights counted once (as `model.parameters()` does)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def registry_hf_config(name: str, overrides: dict[str, Any] | None = None) -> Any | None:
+    """The HF config of a registry entry from its stored values; None when the entry stores none."""
+    from model_registry import hf_architecture
+
+    values = hf_architecture(name)
+    return None if values is None else config_from_values(values, overrides)

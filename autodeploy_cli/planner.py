@@ -1,0 +1,204 @@
+"""`ad build --plan`: a memory plan from the model's config alone (meta model, no weights loaded, no GPU needed).
+
+weights   = parameters x bytes of the deployment dtype (tied weights once)
+KV/token  = sum over layers of 2 (K and V) x KV heads x head_dim x bytes of the KV dtype
+per GPU   = tensor parallelism over `world_size` GPUs splits the weights and the KV heads (KV heads are replicated
+            when there are fewer of them than GPUs)
+KV budget = (GPU memory - weights/GPU - activation reserve) x free_gpu_memory_fraction, the reserve being
+            max(1 GiB, 5% of GPU memory) as the cache-resize transform keeps
+max seqs  = KV budget / (KV bytes per token per GPU x max_seq_len)
+
+The recommended world size is the smallest power of two (dividing the attention heads) at which `max_batch_size`
+sequences of `max_seq_len` tokens fit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from autodeploy_cli.config.schema import ADConfig
+from autodeploy_cli.errors import ADError
+
+H200_BYTES = 141 * 10**9  # the default when no GPU is visible and no --gpu-mem is given
+WORLD_SIZES = (1, 2, 4, 8)
+DEFAULT_FREE_FRACTION = 0.9
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+_SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "fp8": "fp8"}
+_UNITS = {"": 10**9, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
+          "t": 10**12, "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+def parse_mem(text: str) -> int:
+    """'141GB' -> 141e9 bytes; GB/MB are decimal, GiB/MiB binary; a bare number means GB."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in _UNITS:
+        raise ADError(
+            f"Cannot read `--gpu-mem {text}`: give a size such as `141GB`, `80GB`, `96GiB` or `24000MiB` "
+            "(GB/MB are powers of 10, GiB/MiB powers of 2; a bare number means GB)."
+        )
+    return int(float(m.group(1)) * _UNITS[unit])
+
+
+def detect_gpu_mem() -> Optional[tuple[int, str]]:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    props = torch.cuda.get_device_properties(0)
+    return int(props.total_memory), props.name
+
+
+@dataclass
+class WorldSizeRow:
+    world_size: int
+    weights_per_gpu: int
+    kv_per_token_per_gpu: int
+    kv_budget: int
+    max_seqs: int
+    divisible: bool  # attention heads split evenly over the GPUs
+
+
+@dataclass
+class Plan:
+    model: str
+    architecture: str
+    params: int
+    dtype: str
+    weight_bytes: int
+    kv_dtype: str
+    kv_bytes_per_token: int
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    num_heads: int
+    sliding_layers: int
+    sliding_window: Optional[int]
+    max_seq_len: int
+    max_batch_size: int
+    gpu_mem: int
+    gpu_source: str
+    free_fraction: float
+    reserve: int
+    rows: list[WorldSizeRow] = field(default_factory=list)
+    recommended: Optional[int] = None
+
+
+def _dtype_name(value: Any) -> Optional[str]:
+    name = str(value).replace("torch.", "") if value is not None else None
+    return name if name in _BYTES else None
+
+
+def _attention_shape(hf: Any) -> tuple[int, int, int, int]:
+    """(layers, attention heads, KV heads, head_dim) of a HF config."""
+    heads = int(hf.num_attention_heads)
+    kv = int(getattr(hf, "num_key_value_heads", None) or heads)
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
+    return int(hf.num_hidden_layers), heads, kv, int(head_dim)
+
+
+def _sliding(hf: Any, layers: int) -> tuple[int, Optional[int]]:
+    window = getattr(hf, "sliding_window", None)
+    types = getattr(hf, "layer_types", None)
+    if not window:
+        return 0, None
+    if types:
+        return sum(1 for t in types[:layers] if t == "sliding_attention"), int(window)
+    return layers, int(window)
+
+
+def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
+    """The memory plan of `cfg.model` (meta model; nothing is loaded or allocated)."""
+    from autodeploy_cli.factory import ModelFactory
+    from autodeploy_cli.hf_arch import count_params, meta_model
+
+    factory = ModelFactory(cfg)
+    hf = factory.hf_config()
+    model = meta_model(hf, cfg.model_factory)
+    params = count_params(model)
+    dtype = cfg.dtype if cfg.dtype != "auto" else (
+        _dtype_name(getattr(hf, "dtype", None)) or _dtype_name(getattr(hf, "torch_dtype", None)) or "bfloat16")
+    kv_dtype = dtype if cfg.kv_cache_config.dtype == "auto" else cfg.kv_cache_config.dtype
+    layers, heads, kv_heads, head_dim = _attention_shape(hf)
+    sliding_layers, window = _sliding(hf, layers)
+
+    if gpu_mem:
+        mem, source = parse_mem(gpu_mem), f"--gpu-mem {gpu_mem}"
+    else:
+        found = detect_gpu_mem()
+        mem, source = (found[0], f"detected {found[1]}") if found else (
+            H200_BYTES, "assumed H200 141 GB: no GPU visible, pass --gpu-mem")
+    fraction = (cfg.kv_cache_config.free_gpu_memory_fraction
+                or (cfg.transforms.get("resize_kv_cache") or {}).get("free_gpu_memory_fraction")
+                or DEFAULT_FREE_FRACTION)
+    reserve = max(2**30, mem // 20)
+    plan = Plan(
+        model=cfg.model, architecture=type(model).__name__, params=params, dtype=dtype,
+        weight_bytes=params * _BYTES[dtype], kv_dtype=kv_dtype,
+        kv_bytes_per_token=layers * 2 * kv_heads * head_dim * _BYTES[kv_dtype],
+        num_layers=layers, kv_heads=kv_heads, head_dim=head_dim, num_heads=heads, sliding_layers=sliding_layers,
+        sliding_window=window, max_seq_len=cfg.max_seq_len, max_batch_size=cfg.max_batch_size,
+        gpu_mem=mem, gpu_source=source, free_fraction=float(fraction), reserve=reserve,
+    )
+    for ws in WORLD_SIZES:
+        weights = math.ceil(plan.weight_bytes / ws)
+        kv_tok = layers * 2 * math.ceil(kv_heads / ws) * head_dim * _BYTES[kv_dtype]
+        budget = max(0, int((mem - weights - reserve) * plan.free_fraction))
+        row = WorldSizeRow(ws, weights, kv_tok, budget, budget // (kv_tok * cfg.max_seq_len), heads % ws == 0)
+        plan.rows.append(row)
+        if plan.recommended is None and row.divisible and row.max_seqs >= cfg.max_batch_size:
+            plan.recommended = ws
+    return plan
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 10**9 else f"{n / 1e6:.2f}M"
+
+
+def render_plan(plan: Plan) -> list[str]:
+    bytes_w = _BYTES[plan.dtype]
+    bytes_kv = _BYTES[plan.kv_dtype]
+    lines = [
+        f"Memory plan for {plan.model} ({plan.architecture}; meta model, no weights loaded)",
+        f"  {_count(plan.params)} parameters ({plan.params:,})",
+        f"  weights: {plan.weight_bytes:,} bytes ({_gb(plan.weight_bytes)}) in {plan.dtype} ({bytes_w} bytes/param)",
+        f"  KV cache: {plan.kv_bytes_per_token} bytes of {_SHORT[plan.kv_dtype]} KV per token = {plan.num_layers} "
+        f"layers x {plan.kv_heads} KV heads x {plan.head_dim} head_dim x 2 (K and V) x {bytes_kv} bytes",
+        f"  one sequence of max_seq_len={plan.max_seq_len} tokens: {_gb(plan.kv_bytes_per_token * plan.max_seq_len)}"
+        f" of KV; max_batch_size={plan.max_batch_size}",
+    ]
+    if plan.sliding_layers:
+        lines.append(f"  note: {plan.sliding_layers} of {plan.num_layers} layers use a {plan.sliding_window}-token "
+                     "sliding window; the numbers assume a full-length cache in every layer (an upper bound)")
+    lines.append(f"  GPU memory: {_gb(plan.gpu_mem)} per GPU ({plan.gpu_source}); KV budget = "
+                 f"{plan.free_fraction:g} x (memory - weights/GPU - {_gb(plan.reserve)} activation reserve)")
+    lines.append(f"  {'world size':>10}  {'weights/GPU':>12}  {'KV/token/GPU':>12}  {'KV budget/GPU':>13}  "
+                 f"{'max concurrent seqs @ ' + str(plan.max_seq_len):>28}")
+    for r in plan.rows:
+        note = "" if r.divisible else f"  ({plan.num_heads} heads do not split over {r.world_size} GPUs)"
+        lines.append(f"  {r.world_size:>10}  {_gb(r.weights_per_gpu):>12}  {r.kv_per_token_per_gpu:>12,}  "
+                     f"{_gb(r.kv_budget):>13}  {r.max_seqs:>28,}{note}")
+    if plan.recommended is not None:
+        lines.append(f"  recommended world size: {plan.recommended} (smallest that holds max_batch_size="
+                     f"{plan.max_batch_size} sequences of {plan.max_seq_len} tokens)")
+    else:
+        lines.append(f"  recommended world size: none of {', '.join(map(str, WORLD_SIZES))} holds max_batch_size="
+                     f"{plan.max_batch_size} sequences of {plan.max_seq_len} tokens; lower max_seq_len or "
+                     "max_batch_size, use kv_cache_config.dtype=fp8, or use GPUs with more memory")
+    return lines
+
+
+def print_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
+    import typer
+
+    plan = make_plan(cfg, gpu_mem)
+    for line in render_plan(plan):
+        typer.echo(line)
+    return plan
