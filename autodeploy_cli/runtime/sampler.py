@@ -1,0 +1,46 @@
+"""Token sampling: greedy (temperature 0), or temperature + top-k + top-p with a per-request seeded generator."""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+
+
+def validate(sp: Any) -> Optional[str]:
+    """Why the sampling parameters are invalid (None: they are fine)."""
+    if sp.max_tokens is None or sp.max_tokens < 1:
+        return f"max_tokens must be at least 1, got {sp.max_tokens}"
+    if sp.temperature is None or sp.temperature < 0:
+        return f"temperature must be >= 0 (0 = greedy), got {sp.temperature}"
+    if sp.top_p is None or not 0 < sp.top_p <= 1:
+        return f"top_p must be in (0, 1], got {sp.top_p}"
+    if sp.top_k is not None and sp.top_k < 0:
+        return f"top_k must be >= 0 (0 or null = off), got {sp.top_k}"
+    return None
+
+
+def filter_logits(logits: torch.Tensor, top_k: Optional[int], top_p: float) -> torch.Tensor:
+    """logits [V] (float) with everything outside the top-k / top-p set at -inf."""
+    if top_k is not None and 0 < top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the tokens before it already reach top_p (the first one always stays)
+        drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p
+        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
+    return logits
+
+
+def sample(logits: torch.Tensor, params: Sequence[Any], generators: Sequence[Optional[torch.Generator]]) -> list[int]:
+    """logits [R, V] -> one token per row. Greedy rows need one device argmax; sampled rows run on the CPU."""
+    tokens = logits.argmax(dim=-1).tolist()  # the one device->host transfer of a greedy step
+    for i, sp in enumerate(params):
+        if sp.temperature == 0:
+            continue
+        row = logits[i].float().cpu() / sp.temperature
+        probs = torch.softmax(filter_logits(row, sp.top_k, sp.top_p), dim=-1)
+        tokens[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
+    return tokens
