@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import pytest
 import yaml
@@ -20,7 +19,6 @@ from autodeploy_cli.config import compat
 from autodeploy_cli.config.loader import default_pipeline, resolve
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.pipeline import registry
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformOptions
 
 ANCHOR = Path(__file__).resolve().parent.parent / "fixtures" / "anchor"
 FLAT, BASE, OVERRIDE = ANCHOR / "flat_serve.yaml", ANCHOR / "nested_base.yaml", ANCHOR / "nested_override.yaml"
@@ -35,35 +33,6 @@ EXTRA_WARNINGS = [
     "`prompt.sp_kwargs.repetition_penalty: 1.1` is ignored: ad's sampler supports max_tokens, temperature, top_k, "
     "top_p, seed, stop, stop_token_ids and ignore_eos.",
 ]
-
-
-# Transforms other issues add (insert_cached_attention, resize_kv_cache): stand in for them until registered, so the
-# issue's example files can resolve; once the real ones exist, the real ones are used.
-@dataclasses.dataclass
-class _AttnOptions(TransformOptions):
-    stage: str = "cache_init"
-    backend: str = "torch"  # stand-in
-
-
-_AttnOptions.choices = {"backend": ("torch", "triton", "flashinfer")}
-
-
-@dataclasses.dataclass
-class _ResizeOptions(TransformOptions):
-    stage: str = "cache_init"
-    free_gpu_memory_fraction: Optional[float] = None  # stand-in
-
-
-class _StandIn(BaseTransform):
-    pass
-
-
-@pytest.fixture(autouse=True)
-def stand_ins(monkeypatch):
-    registry.discover()
-    for name, opts in (("insert_cached_attention", _AttnOptions), ("resize_kv_cache", _ResizeOptions)):
-        if name not in registry._REGISTRY:
-            monkeypatch.setitem(registry._REGISTRY, name, type(f"StandIn_{name}", (_StandIn,), {"options_cls": opts}))
 
 
 def choices(tname: str, option: str = "backend") -> tuple | None:
@@ -106,8 +75,7 @@ def test_flat_file_maps_keys_and_warns_once_per_trtllm_key():
     cfg = resolve([FLAT])
     assert (cfg.max_batch_size, cfg.max_seq_len, cfg.model_factory) == (256, 65536, "AutoModelForCausalLM")
     assert (cfg.kv_cache_config.dtype, cfg.kv_cache_config.free_gpu_memory_fraction) == ("fp8", 0.9)
-    if "resize_kv_cache" in default_pipeline()["transforms"]:  # the shortcut reaches its transform
-        assert cfg.transforms["resize_kv_cache"]["free_gpu_memory_fraction"] == 0.9
+    assert cfg.transforms["resize_kv_cache"]["free_gpu_memory_fraction"] == 0.9  # the shortcut reaches its transform
     assert cfg.runtime == "demollm"
     cudagraph = supported("compile_model", "torch-cudagraph")
     assert cfg.compile_backend == cfg.transforms["compile_model"]["backend"]
