@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from autodeploy_cli.bench import baselines
+from autodeploy_cli.bench import baselines, ours
 from autodeploy_cli.bench.results import BUILD_FIELDS, RUN_FIELDS
 from autodeploy_cli.cli import app
 from autodeploy_cli.config.loader import resolve
@@ -108,6 +108,17 @@ def test_ctrl_c_during_a_baseline_keeps_ours(bench, fake, monkeypatch):
     assert data["partial"] is True and data["interrupted_during"] == "hf"
     assert data["runs"]["ad"]["partial"] is False and data["runs"]["ad"]["num_requests_completed"] == 4
     assert data["runs"]["hf"]["partial"] is True and data["runs"]["hf"]["num_requests_completed"] == 0
+
+
+def test_ctrl_c_during_the_build_still_writes_a_partial_file(bench, monkeypatch):
+    def interrupted_build(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ours, "make_engine", interrupted_build)
+    result, data = bench(*SMALL)
+    assert result.exit_code == 130 and "no run completed before the interrupt" in result.output
+    assert data["partial"] is True and data["interrupted_during"] == "build" and data["runs"] == {}
+    assert data["workload"]["num_requests"] == 4 and data["config"]["benchmark"]["osl"] == 8
 
 
 def test_bad_input_fails_before_the_build(tmp_path, bench, fake):
