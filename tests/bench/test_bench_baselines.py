@@ -18,6 +18,22 @@ def test_batches_and_shapes_left_pad_to_the_longest_prompt():
     assert [baselines.batch_shape(g) for g in groups] == [(2, 6, 4), (1, 2, 2)]
 
 
+def test_run_hf_mixed_lengths_times_each_request_to_its_own_last_token():
+    from autodeploy_cli.bench.metrics import RunTrace
+    from autodeploy_cli.config.loader import resolve
+    from autodeploy_cli.factory import ModelFactory
+
+    model = ModelFactory(resolve([], [])).materialize()
+    reqs = [BenchRequest([5, 6, 7], 4), BenchRequest(list(range(10, 16)), 2), BenchRequest([9, 9], 3)]
+    trace = baselines.run_hf(model, "hf", reqs, concurrency=2, trace=RunTrace("hf"), do_warmup=False)
+    assert [r.output_len for r in trace.requests] == [4, 2, 3] and all(r.done for r in trace.requests)
+    first, second, third = trace.requests
+    assert first.t_submit == second.t_submit < third.t_submit  # one generate call per group of 2
+    assert second.t_end == first.token_times[1] < first.t_end  # the short request ends at its 2nd token
+    assert [s.batch for s in trace.steps] == [2] * 4 + [1] * 3
+    assert [s.kv_tokens for s in trace.steps if s.is_decode] == [2 * 7, 2 * 8, 2 * 9, 3, 4]  # padded to 6, then 2
+
+
 def test_baselines_hf_and_hf_compile_run_the_same_workload(bench, fake, monkeypatch):
     monkeypatch.setattr(baselines, "HF_COMPILE_BACKEND", "eager")  # dynamo capture without inductor's compile time
     fake()
