@@ -1,6 +1,14 @@
 """compile_model: wrap the final graph for execution with the chosen compile backend.
 
-torch-simple runs the GraphModule as is; torch-compile wraps it in torch.compile(dynamic=True).
+    torch-simple     the GraphModule as is
+    torch-compile    torch.compile(dynamic=True): one compiled graph serves every batch and token count (only the
+                     size-1 specialisation adds a second), so batch changes cause no recompile storm
+    torch-cudagraph  decode-only CUDA graphs for `cuda_graph_batch_sizes` (default ladder up to max_batch_size);
+                     a smaller batch pads to the next captured size; prefill/mixed batches run eagerly
+    torch-opt        torch-compile, with the decode graphs captured over the compiled model
+
+Before:  ctx.model = GraphModule(...)
+After:   ctx.model = CudaGraphModel(torch.compile(GraphModule(...), dynamic=True), graphs for bs in [64, 32, ..., 1])
 """
 
 from __future__ import annotations
@@ -17,9 +25,19 @@ from autodeploy_cli.pipeline.registry import register
 
 @dataclass
 class CompileModelOptions(TransformOptions):
-    backend: str = "torch-simple"  # torch-simple | torch-compile
+    backend: str = "torch-simple"  # torch-simple | torch-compile | torch-cudagraph | torch-opt
     cuda_graph_batch_sizes: Optional[List[int]] = None  # decode batch sizes to capture (None: a default ladder)
-    choices: ClassVar[dict] = {"backend": ("torch-simple", "torch-compile")}
+    dynamo_backend: str = "inductor"  # torch.compile backend for torch-compile/torch-opt (eager/aot_eager: debug)
+    cache_size_limit: int = 64  # torch._dynamo recompile limit (a few shape specialisations are expected)
+    choices: ClassVar[dict] = {"backend": ("torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
+                               "dynamo_backend": ("inductor", "aot_eager", "eager")}
+
+
+def _compile(gm: fx.GraphModule, opts: CompileModelOptions):
+    import torch._dynamo
+
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, opts.cache_size_limit)
+    return torch.compile(gm, dynamic=True, backend=opts.dynamo_backend)
 
 
 @register("compile_model")
@@ -27,7 +45,24 @@ class CompileModel(BaseTransform):
     options_cls = CompileModelOptions
 
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
-        backend = self.options.backend
-        if backend == "torch-compile":
-            ctx.model = torch.compile(gm, dynamic=True)
-        return TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True, note=backend)
+        opts = self.options
+        backend = opts.backend
+        model = gm
+        note = backend
+        if backend in ("torch-compile", "torch-opt"):
+            model = _compile(gm, opts)
+        if backend in ("torch-cudagraph", "torch-opt"):
+            iface = ctx.sequence_info
+            if ctx.device.type != "cuda" or iface is None or not iface.caches:
+                note = f"{backend}: no CUDA graphs ({'no KV cache' if ctx.device.type == 'cuda' else 'CPU'})"
+            else:
+                from transforms._cudagraph import CudaGraphModel, clean_sizes
+
+                sizes = clean_sizes(opts.cuda_graph_batch_sizes, iface.info.max_batch_size)
+                runner = CudaGraphModel(model, iface, sizes)
+                with torch.no_grad():
+                    runner.capture()
+                model = runner
+                note = f"{backend}: decode CUDA graphs for batch sizes {sizes}"
+        ctx.model = model
+        return TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True, note=note)

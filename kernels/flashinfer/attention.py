@@ -85,6 +85,8 @@ def plan_step(meta: StepMeta, graph_batch: Optional[int] = None) -> None:
     """Record this step's page table; plans are (re)made lazily by the first layer of each constant set.
 
     graph_batch: the captured batch size when the step replays a CUDA graph (fixed-buffer decode wrappers)."""
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return  # planning copies to the device: never inside a capture (the warm-up run planned this batch)
     PLANNER.meta = meta
     PLANNER.capturing_batch = graph_batch
     PLANNER.planned = {}
