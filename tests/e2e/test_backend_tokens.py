@@ -19,6 +19,7 @@ from autodeploy_cli.config.loader import resolve  # noqa: E402
 from autodeploy_cli.runtime.engine import Engine, SamplingParams  # noqa: E402
 
 PROMPTS = [[5, 9, 200, 31, 7, 77, 12], [42, 3], [100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 2]]
+_CACHE: dict = {}
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
@@ -66,7 +67,9 @@ def test_torch_compile_no_recompile_storm(llama_dir):
 @pytest.mark.parametrize("attn", ["torch", "triton", "flashinfer"])
 @pytest.mark.parametrize("compile_backend", ["torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"])
 def test_gpu_tokens_identical_across_backends(llama_dir, attn, compile_backend):
-    ref, _ = _tokens(llama_dir, "attn_backend=torch", "device=cuda", "dtype=float32")
+    if "gpu_ref" not in _CACHE:
+        _CACHE["gpu_ref"] = _tokens(llama_dir, "attn_backend=torch", "device=cuda", "dtype=float32")[0]
+    ref = _CACHE["gpu_ref"]
     got, engine = _tokens(llama_dir, f"attn_backend={attn}", f"compile_backend={compile_backend}", "device=cuda",
                           "dtype=float32", "cuda_graph_batch_sizes=[1,4]")
     assert got == ref

@@ -1,0 +1,152 @@
+"""Llama-3.1-8B-shaped end-to-end targets through the built-in Engine (random bf16 weights, no downloads).
+
+    python3 benchmarks/engine_bench.py --attn triton --compile torch-cudagraph --what bs1,ttft,tput --out r.json
+
+bs1:  batch 1, prompt 128, 256 new tokens -> decode tok/s (target >= 240; floor = copy bandwidth / 15.01 GB)
+ttft: one 1024-token prompt, max_tokens 1 -> ms (target <= 35)
+tput: 256 requests, ISL 1024 / OSL 1024, all submitted at once, max_batch_size 256 -> output tok/s (>= 10,000)
+Every result carries the conditions (GPU, dtype, versions, backends) and the copy bandwidth measured in the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_attention_heads=32, num_key_value_heads=8,
+                head_dim=128, num_hidden_layers=32, vocab_size=128256, max_position_embeddings=8192,
+                rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5)
+
+
+def copy_bandwidth_gbps() -> float:
+    from triton.testing import do_bench
+
+    a = torch.empty(1 << 30, dtype=torch.float32, device="cuda").normal_()
+    b = torch.empty_like(a)
+    ms = do_bench(lambda: b.copy_(a), warmup=25, rep=200, return_mode="median")
+    del a, b
+    return 2 * (1 << 30) * 4 / ms / 1e6
+
+
+def build_engine(args, max_batch_size: int):
+    from autodeploy_cli.config.loader import resolve
+    from autodeploy_cli.runtime.engine import Engine
+    from tests.tiny_models import write_tiny_model_dir
+
+    shape = dict(LLAMA_8B, num_hidden_layers=args.layers)
+    d = write_tiny_model_dir(Path(tempfile.mkdtemp()) / "llama8b", "llama", **shape)
+    over = ["skip_loading_weights=true", "device=cuda", "dtype=bfloat16", f"max_seq_len={args.max_seq_len}",
+            f"max_batch_size={max_batch_size}", f"attn_page_size={args.page_size}", f"attn_backend={args.attn}",
+            f"compile_backend={args.compile}", *args.override]
+    t0 = time.perf_counter()
+    engine = Engine.from_config(resolve([], over, model=str(d)))
+    return engine, time.perf_counter() - t0, over
+
+
+def run(engine, prompts, max_tokens):
+    from autodeploy_cli.runtime.engine import SamplingParams
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    t0 = time.perf_counter()
+    out = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+    sync()
+    dt = time.perf_counter() - t0
+    assert all(len(c.token_ids) == max_tokens for c in out), [c.error for c in out if c.error][:2]
+    return dt
+
+
+def rand_prompts(n, length, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(100, 128000, (n, length), generator=g).tolist()
+
+
+def bench_bs1(engine, res):
+    p = rand_prompts(1, 128, 1)
+    run(engine, p, 256)  # warm-up over every length
+    ttft = statistics.median(run(engine, p, 1) for _ in range(5))
+    full = [run(engine, p, 256) for _ in range(3)]
+    step = (statistics.median(full) - ttft) / 255
+    res["bs1"] = dict(prompt=128, new_tokens=256, ttft_ms=ttft * 1e3, decode_ms_per_step=step * 1e3,
+                      decode_tok_s=1 / step, full_s=full)
+
+
+def bench_ttft(engine, res):
+    p = rand_prompts(1, 1024, 2)
+    run(engine, p, 1)
+    runs = [run(engine, p, 1) for _ in range(7)]
+    res["ttft_1024"] = dict(prompt=1024, ttft_ms=statistics.median(runs) * 1e3, runs_ms=[r * 1e3 for r in runs])
+
+
+def bench_tput(engine, res, n, isl, osl):
+    run(engine, rand_prompts(n, 64, 3), 8)  # warm-up: graphs, allocator
+    p = rand_prompts(n, isl, 4)
+    s0 = dict(vars(engine.stats))
+    dt = run(engine, p, osl)
+    s1 = vars(engine.stats)
+    delta = {k: s1[k] - s0[k] for k in s1 if isinstance(s1[k], (int, float))}
+    res["tput"] = dict(requests=n, isl=isl, osl=osl, wall_s=dt, output_tok_s=n * osl / dt,
+                       total_tok_s=n * (isl + osl) / dt, stats=delta)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--attn", default="triton")
+    ap.add_argument("--compile", default="torch-cudagraph")
+    ap.add_argument("--what", default="bs1,ttft")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--max-seq-len", type=int, default=2048)
+    ap.add_argument("--page-size", type=int, default=16)
+    ap.add_argument("--requests", type=int, default=256)
+    ap.add_argument("--isl", type=int, default=1024)
+    ap.add_argument("--osl", type=int, default=1024)
+    ap.add_argument("--override", action="append", default=[])
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    import transformers
+    import triton
+
+    what = a.what.split(",")
+    res = dict(attn_backend=a.attn, compile_backend=a.compile, gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", dtype="bfloat16",
+               model="Llama-3.1-8B shapes, random weights", layers=a.layers, page_size=a.page_size,
+               torch=torch.__version__, transformers=transformers.__version__, triton=triton.__version__,
+               copy_GBps=copy_bandwidth_gbps() if torch.cuda.is_available() else 0.0)
+    res["bs1_floor_tok_s"] = res["copy_GBps"] * 1e9 / 15.01e9
+    out = Path(a.out)
+    mbs = a.requests if "tput" in what else 8
+    try:
+        engine, build_s, over = build_engine(a, mbs)
+        res.update(build_s=build_s, overrides=over, kv_pages=engine.iface.num_pages,
+                   note=engine.build_result.report["transforms"][-1].get("note") if engine.build_result else None)
+        out.write_text(json.dumps(res, indent=1))
+        if "bs1" in what:
+            bench_bs1(engine, res)
+            out.write_text(json.dumps(res, indent=1))
+        if "ttft" in what:
+            bench_ttft(engine, res)
+            out.write_text(json.dumps(res, indent=1))
+        if "tput" in what:
+            bench_tput(engine, res, a.requests, a.isl, a.osl)
+    except Exception as e:  # noqa: BLE001 - keep what was measured
+        import traceback
+
+        res["error"] = traceback.format_exc()[-2000:]
+        print(res["error"], file=sys.stderr)
+    out.write_text(json.dumps(res, indent=1))
+    short = {k: res.get(k) for k in ("attn_backend", "compile_backend", "build_s", "copy_GBps", "bs1_floor_tok_s")}
+    short.update({k: {kk: vv for kk, vv in res[k].items() if not isinstance(vv, (list, dict))}
+                  for k in ("bs1", "ttft_1024", "tput") if k in res})
+    print(json.dumps(short))
+
+
+if __name__ == "__main__":
+    main()
