@@ -25,7 +25,7 @@ def hf_greedy(cfg, prompts_ids: list[list[int]], max_new_tokens: int = MAX_TOKEN
     model = ModelFactory(cfg).materialize()
     out = []
     for ids in prompts_ids:
-        x = torch.tensor([ids])
+        x = torch.tensor([ids], device=model.device)
         with torch.no_grad():
             gen = model.generate(x, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=None, pad_token_id=0)
         out.append(gen[0, x.shape[1]:].tolist())
@@ -33,7 +33,7 @@ def hf_greedy(cfg, prompts_ids: list[list[int]], max_new_tokens: int = MAX_TOKEN
 
 
 def overrides(model_dir: Path, family: str, *extra: str) -> list[str]:
-    return [f"model={model_dir}", "skip_loading_weights=true", "max_seq_len=64", "max_batch_size=4",
+    return [f"model={model_dir}", "skip_loading_weights=true", "dtype=float32", "max_seq_len=64", "max_batch_size=4",
             *FAMILY_KWARGS.get(family, []), *extra]
 
 

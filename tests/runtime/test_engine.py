@@ -28,7 +28,7 @@ def setup(tiny_dir):
     def ref(ids: list[int], n: int = 10) -> list[int]:
         key = (tuple(ids), n)
         if key not in cache:
-            x = torch.tensor([ids])
+            x = torch.tensor([ids], device=hf.device)
             with torch.no_grad():
                 out = hf.generate(x, max_new_tokens=n, do_sample=False, eos_token_id=None, pad_token_id=0)
             cache[key] = out[0, x.shape[1]:].tolist()

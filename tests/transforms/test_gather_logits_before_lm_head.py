@@ -44,7 +44,7 @@ def test_last_token_and_all_token_logits_match_hf(built):
     ids = torch.randint(0, 320, (3, 9), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(9).expand(3, 9)
     with torch.no_grad():
-        want = hf(input_ids=ids, position_ids=pos).logits
+        want = hf(input_ids=ids.to(hf.device), position_ids=pos.to(hf.device)).logits
     last = iface.run_prefill(result.model, ids, pos, gather="last")
     assert last.shape == (3, 320)  # [B, vocab]: the head ran on 3 rows, not 27
     torch.testing.assert_close(last, want[:, -1], rtol=1e-5, atol=1e-5)

@@ -51,7 +51,7 @@ def test_prefill_through_the_cache_matches_hf(built, shape):
     pos = torch.arange(shape[1]).expand(shape)
     got = result.ctx.sequence_info.run_prefill(result.model, ids, pos)  # pages of 4: 13 tokens span 4 pages
     with torch.no_grad():
-        want = hf(input_ids=ids, position_ids=pos).logits
+        want = hf(input_ids=ids.to(hf.device), position_ids=pos.to(hf.device)).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
