@@ -1,0 +1,223 @@
+"""match_moe_pattern: transformers' mixture-of-experts block (after its router) becomes `auto_deploy::torch_moe`.
+
+transformers 5 stores experts stacked (gate_up_proj [E, 2i, h], down_proj [E, h, i]) and runs them with one of
+several "experts implementations". Two export cleanly and are recognised here:
+  * batched_mm: x.repeat_interleave(k) -> bmm(gate_up_proj[ids], x) -> silu(gate) * up -> bmm(down_proj[ids], .)
+  * grouped_mm: sort by expert -> grouped_mm(x[perm // k], gate_up_proj^T, offs) -> silu * up -> grouped_mm(...)
+    (aten._grouped_mm, or transformers' `grouped_mm_fallback` op in float32) -> un-permute
+Both end in `(out * routing_weights).view(tokens, k, h).sum(1)`, where the match is anchored.
+
+Before (batched_mm):
+    %ids = aten.reshape(%topk_ids, [-1]); %w = aten.reshape(%topk_weights, [-1])
+    %xr = aten.repeat_interleave.self_int(%x, 2, 0)
+    %gu = aten.squeeze.dim(aten.bmm(aten.index.Tensor(%gate_up_proj, [%ids]), aten.unsqueeze(%xr, -1)), -1)
+    %a = aten.mul.Tensor(aten.silu(getitem(aten.chunk(%gu, 2, -1), 0)), getitem(..., 1))
+    %o = aten.squeeze.dim(aten.bmm(aten.index.Tensor(%down_proj, [%ids]), aten.unsqueeze(%a, -1)), -1)
+    %y = aten.sum.dim_IntList(aten.view(aten.mul.Tensor(%o, aten.unsqueeze(%w, -1)), [%t, 2, 64]), [1])
+After:
+    %y = auto_deploy.torch_moe(%x, %topk_ids, %topk_weights, [%experts_0_gate_proj_weight, ...],
+                               [%experts_0_down_proj_weight, ...], [%experts_0_up_proj_weight, ...])
+Per-expert weights are new graph parameters `<experts>.<e>.{gate,up,down}_proj.weight`; weight hooks fill them
+with views of the checkpoint's stacked tensors at load time (no copy). The router (softmax, top-k, normalisation)
+and shared experts stay outside. `ctx.state["moe_experts_implementation"]` records the implementation matched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import fx, nn
+
+from autodeploy_cli.ops import load_ops
+from autodeploy_cli.pipeline.graph import get_attr_value, is_op, op_name
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.pipeline.pattern import (
+    CAST_OPS, VIEW_OPS, ancestors, arg, drop_unused_attrs, erase_if_unused, rank, record_miss, replace, skip,
+    split_binary, static_shape,
+)
+from autodeploy_cli.pipeline.registry import register
+
+aten = torch.ops.aten
+GROUPED_MM = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
+
+
+@dataclass
+class MatchMoeOptions(TransformOptions):
+    requires_shape_prop: bool = True  # reads k (top-k) and expert weight shapes
+    run_shape_prop: bool = True
+
+
+def _is(node: Any, *ops: Any) -> bool:
+    return isinstance(node, fx.Node) and is_op(node, ops)
+
+
+def _unsqueezed(node: Any) -> Optional[fx.Node]:
+    """x for unsqueeze(x, -1)."""
+    node = skip(node, CAST_OPS)
+    if _is(node, aten.unsqueeze.default) and arg(node, 1, "dim") in (-1, rank(node.args[0])):
+        return node.args[0]
+    return None
+
+
+def _flat(node: Any) -> Optional[fx.Node]:
+    """x for reshape(x, [-1]) (the flattened [tokens * k] routing tensors)."""
+    node = skip(node, CAST_OPS)
+    if _is(node, *VIEW_OPS) and list(node.args[1]) == [-1]:
+        return node.args[0]
+    return None
+
+
+def _bmm(node: Any) -> Optional[tuple[fx.Node, fx.Node, fx.Node]]:
+    """(param, ids_flat, input) for squeeze(bmm(param[ids_flat], unsqueeze(input, -1)), -1)."""
+    node = skip(node, CAST_OPS)
+    if not _is(node, aten.squeeze.dim) or not _is(node.args[0], aten.bmm.default):
+        return None
+    sel, rhs = node.args[0].args
+    inp = _unsqueezed(rhs)
+    if not _is(sel, aten.index.Tensor) or sel.args[0].op != "get_attr" or inp is None or len(sel.args[1]) != 1:
+        return None
+    return sel.args[0], sel.args[1][0], inp
+
+
+def _grouped(node: Any) -> Optional[tuple[fx.Node, fx.Node, fx.Node]]:
+    """(param, offsets, input) for grouped_mm(input, param.transpose(-2, -1), offsets)."""
+    node = skip(node, CAST_OPS)
+    if not (isinstance(node, fx.Node) and node.op == "call_function" and op_name(node) in GROUPED_MM):
+        return None
+    inp, w, offs = node.args[:3]
+    if not _is(w, aten.transpose.int) or w.args[0].op != "get_attr" or set(w.args[1:3]) not in ({-2, -1}, {1, 2}):
+        return None
+    return w.args[0], offs, skip(inp, CAST_OPS)
+
+
+def _gated_silu(node: Any) -> Optional[tuple[fx.Node, bool]]:
+    """(proj, gate_first) for silu(chunk(proj, 2, -1)[g]) * chunk(proj, 2, -1)[1 - g]."""
+    node = skip(node, CAST_OPS)
+    if not _is(node, aten.mul.Tensor):
+        return None
+    split = split_binary(node, lambda n: _is(n, aten.silu.default))
+    if split is None:
+        return None
+    gate, up = split[0].args[0], split[1]
+    if not all(isinstance(g, fx.Node) and g.op == "call_function" and g.target.__name__ == "getitem" for g in (gate, up)):
+        return None
+    chunk = gate.args[0]
+    if chunk is not up.args[0] or not _is(chunk, aten.chunk.default) or chunk.args[1] != 2:
+        return None
+    return chunk.args[0], gate.args[1] == 0
+
+
+def match_one(total: fx.Node) -> tuple[Optional[dict], str]:
+    """The experts block ending at `total` = view(weighted, [t, k, h]).sum(1)."""
+    if not _is(total, aten.sum.dim_IntList) or list(arg(total, 1, "dim") or []) != [1]:
+        return None, ""
+    view = total.args[0]
+    shape = static_shape(view)
+    if not _is(view, *VIEW_OPS) or shape is None or len(shape) != 3 or shape[1] is None:
+        return None, ""
+    top_k, weighted = shape[1], skip(view.args[0], CAST_OPS)
+    impl, perm = "batched_mm", None
+    if _is(weighted, aten.index.Tensor):  # grouped_mm: un-permute
+        impl, weighted = "grouped_mm", skip(weighted.args[0], CAST_OPS)
+    if not _is(weighted, aten.mul.Tensor):
+        return None, ""
+    split = split_binary(weighted, lambda n: _unsqueezed(n) is not None)
+    if split is None:
+        return None, ""
+    sw, down_out = _unsqueezed(split[0]), split[1]
+    if impl == "grouped_mm":
+        if not _is(sw, aten.index.Tensor):
+            return None, "grouped_mm routing weights are not permuted"
+        sw, perm = sw.args[0], sw.args[1][0]
+    sw_tk = _flat(sw)
+    down = _bmm(down_out) if impl == "batched_mm" else _grouped(down_out)
+    if down is None or sw_tk is None:
+        return None, f"{impl}: down projection or routing weights not recognised"
+    gated = _gated_silu(down[2])
+    if gated is None:
+        return None, f"{impl}: expert activation is not silu(gate) * up"
+    up = _bmm(gated[0]) if impl == "batched_mm" else _grouped(gated[0])
+    if up is None:
+        return None, f"{impl}: gate/up projection not recognised"
+    if impl == "batched_mm":
+        ids_tk, ids2 = _flat(down[1]), _flat(up[1])
+        x = up[2]
+        if not _is(x, aten.repeat_interleave.self_int) or ids_tk is None or ids_tk is not ids2:
+            return None, "batched_mm: tokens are not repeated per top-k slot"
+        x = x.args[0]
+    else:
+        sort = perm.args[0] if perm.op == "call_function" and perm.target.__name__ == "getitem" else None
+        ids_tk = _flat(sort.args[0]) if _is(sort, aten.sort.default) else None
+        gathered = up[2]
+        if ids_tk is None or not _is(gathered, aten.index.Tensor) or down[1] is not up[1]:
+            return None, "grouped_mm: expert sort/offsets not recognised"
+        x = gathered.args[0]
+    return dict(impl=impl, x=x, ids=ids_tk, weights=sw_tk, gate_up=up[0], down=down[0], gate_first=gated[1],
+                top_k=top_k, total=total), ""
+
+
+def _expert_params(gm: fx.GraphModule, found: dict, hooks: dict) -> tuple[list, list, list]:
+    """Per-expert gate/down/up parameters (registered on the graph module) and their weight hooks."""
+    gu_name, down_name = found["gate_up"].target, found["down"].target
+    gate_up = get_attr_value(gm, gu_name)
+    down = get_attr_value(gm, down_name)
+    n_exp, inter = gate_up.shape[0], gate_up.shape[1] // 2
+    prefix = gu_name.rpartition(".")[0]
+    owner = gm.get_submodule(prefix)
+    lo, hi = (slice(0, inter), slice(inter, None)) if found["gate_first"] else (slice(inter, None), slice(0, inter))
+    nodes: dict[str, list] = {"gate": [], "down": [], "up": []}
+    for e in range(n_exp):
+        if not hasattr(owner, str(e)):
+            owner.add_module(str(e), nn.Module())
+        expert = getattr(owner, str(e))
+        for kind, src, rows, tensor in (("gate", gu_name, lo, gate_up), ("up", gu_name, hi, gate_up),
+                                        ("down", down_name, slice(None), down)):
+            leaf = f"{kind}_proj_weight"
+            expert.register_parameter(leaf, nn.Parameter(tensor[e, rows], requires_grad=False))
+            name = f"{prefix}.{e}.{leaf}"
+            hooks[name] = lambda t, src=src, e=e, rows=rows: t[src][e, rows]  # a view: no copy
+            nodes[kind].append(name)
+    return nodes["gate"], nodes["down"], nodes["up"]
+
+
+@register("match_moe_pattern")
+class MatchMoePattern(BaseTransform):
+    options_cls = MatchMoeOptions
+
+    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+        load_ops()
+        count, impls, stacked = 0, [], []
+        hooks = ctx.state.setdefault("weight_hooks", {})
+        matched_topk: set = set()
+        for node in list(gm.graph.nodes):
+            found, why = match_one(node)
+            if found is None:
+                if why:
+                    record_miss(ctx.state, "moe", node, why)
+                continue
+            names = _expert_params(gm, found, hooks)
+            with gm.graph.inserting_before(node):
+                lists = [[gm.graph.get_attr(n) for n in group] for group in names]
+                new = gm.graph.call_function(torch.ops.auto_deploy.torch_moe.default,
+                                             (found["x"], found["ids"], found["weights"], *lists))
+            inputs = {found["x"], found["ids"], found["weights"]}
+            block = [n for n in ancestors(node, stop=inputs) if n not in inputs]
+            replace(node, new)
+            erase_if_unused(gm.graph, block)  # also the in-place index_put_ of the un-permutation
+            stacked += [found["gate_up"].target, found["down"].target]
+            impls.append(found["impl"])
+            matched_topk.add(skip(found["ids"], CAST_OPS))
+            count += 1
+        for node in gm.graph.nodes:  # routers whose experts were not recognised
+            if _is(node, aten.topk.default) and not any(u in matched_topk for u in node.users):
+                record_miss(ctx.state, "moe", node, "router top-k found but its experts block was not recognised")
+        if not count:
+            return TransformInfo.untouched()
+        gm.graph.eliminate_dead_code()
+        drop_unused_attrs(gm, stacked)
+        for name in stacked:
+            hooks.pop(name, None)
+        ctx.state["moe_experts_implementation"] = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
+        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)

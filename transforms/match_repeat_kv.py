@@ -1,0 +1,71 @@
+"""match_repeat_kv: HF's `repeat_kv` expand chain becomes `auto_deploy::torch_attention_repeat_kv`.
+
+Before:
+    %u = aten.unsqueeze(%k, 2)                       # [b, n_kv, 1, s, d]
+    %e = aten.expand(%u, [%b, 2, 2, %s, 16])         # [b, n_kv, n_rep, s, d]
+    %r = aten.reshape(%e, [%b, 4, %s, 16])           # [b, n_kv * n_rep, s, d]
+After:
+    %r = auto_deploy.torch_attention_repeat_kv(%k, 2)
+`match_grouped_attention` then folds it into torch_attention (native GQA).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from autodeploy_cli.ops import load_ops
+from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.pipeline.pattern import VIEW_OPS, arg, replace, static_shape
+from autodeploy_cli.pipeline.registry import register
+
+aten = torch.ops.aten
+
+
+@dataclass
+class MatchRepeatKVOptions(TransformOptions):
+    run_shape_prop: bool = True  # the attention matchers read the new nodes' shapes
+
+
+def repeat_kv_source(reshape: fx.Node) -> tuple[fx.Node, int] | None:
+    """(kv, n_rep) if `reshape` is the end of a repeat_kv chain on a 4-D [b, n_kv, s, d] tensor."""
+    if not is_op(reshape, VIEW_OPS):
+        return None
+    expand = arg(reshape, 0, "self")
+    if not (isinstance(expand, fx.Node) and is_op(expand, aten.expand.default)):
+        return None
+    unsq = arg(expand, 0, "self")
+    if not (isinstance(unsq, fx.Node) and is_op(unsq, aten.unsqueeze.default) and arg(unsq, 1, "dim") in (2, -3)):
+        return None
+    kv = arg(unsq, 0, "self")
+    src, mid, out = static_shape(kv), static_shape(expand), static_shape(reshape)
+    if src is None or mid is None or out is None or len(src) != 4 or len(mid) != 5 or len(out) != 4:
+        return None
+    n_kv, n_rep, d = src[1], mid[2], src[3]
+    if None in (n_kv, n_rep, d) or mid[1] != n_kv or out[1] != n_kv * n_rep or out[3] != d:
+        return None
+    return kv, n_rep
+
+
+@register("match_repeat_kv")
+class MatchRepeatKV(BaseTransform):
+    options_cls = MatchRepeatKVOptions
+
+    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+        load_ops()
+        count = 0
+        for node in list(gm.graph.nodes):
+            found = repeat_kv_source(node)
+            if found is None:
+                continue
+            kv, n_rep = found
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_function(torch.ops.auto_deploy.torch_attention_repeat_kv.default, (kv, n_rep))
+            replace(node, new)
+            count += 1
+        if not count:
+            return TransformInfo.untouched()
+        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)

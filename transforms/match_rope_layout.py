@@ -1,0 +1,73 @@
+"""match_rope_layout: every `torch_rope_*` op works in the expected layout (bsnd by default), as the RoPE kernels
+and the attention layout expect.
+
+Before:
+    %rope = auto_deploy.torch_rope_with_explicit_cos_sin(%q, %k, %cos, %sin, 1)        # q: [b, n, s, d]
+    %q_embed = getitem(%rope, 0)
+After:
+    %qt = aten.transpose.int(%q, 1, 2); %kt = aten.transpose.int(%k, 1, 2)               # [b, s, n, d]
+    %rope = auto_deploy.torch_rope_with_explicit_cos_sin(%qt, %kt, %cos, %sin, 2)
+    %q_embed = aten.transpose.int(getitem(%rope, 0), 1, 2)
+`eliminate_redundant_transposes` later cancels these against HF's transposes and the attention layout's.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import fx
+
+from autodeploy_cli.ops import load_ops
+from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.pipeline.pattern import copy_meta
+from autodeploy_cli.pipeline.registry import register
+
+aten = torch.ops.aten
+UNSQUEEZE_DIM = {"bnsd": 1, "bsnd": 2}  # the head dim cos/sin lack, per layout
+
+
+@dataclass
+class MatchRopeLayoutOptions(TransformOptions):
+    expected_layout: str = "bsnd"  # layout of q/k at every RoPE op: bsnd ([b, s, n, d]) or bnsd
+    run_shape_prop: bool = True  # eliminate_redundant_transposes compares shapes
+    choices: ClassVar[dict] = {"expected_layout": ("bsnd", "bnsd")}
+
+
+def rope_ops() -> tuple:
+    load_ops()
+    ad = torch.ops.auto_deploy
+    return (ad.torch_rope_with_explicit_cos_sin.default, ad.torch_rope_with_qk_interleaving.default,
+            ad.torch_rope_with_complex_freqs.default)
+
+
+@register("match_rope_layout")
+class MatchRopeLayout(BaseTransform):
+    options_cls = MatchRopeLayoutOptions
+
+    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+        want = UNSQUEEZE_DIM[self.options.expected_layout]
+        count = 0
+        graph = gm.graph
+        for node in list(graph.nodes):
+            if not is_op(node, rope_ops()):
+                continue
+            udim_index = len(node.args) - 1  # unsqueeze_dim is the last argument of every RoPE op
+            if node.args[udim_index] == want:
+                continue
+            with graph.inserting_before(node):
+                q, k = (copy_meta(graph.call_function(aten.transpose.int, (x, 1, 2)), node) for x in node.args[:2])
+            node.args = (q, k, *node.args[2:udim_index], want)
+            for user in list(node.users):
+                if user.target is not operator.getitem:
+                    continue
+                with graph.inserting_after(user):
+                    back = copy_meta(graph.call_function(aten.transpose.int, (user, 1, 2)), user)
+                user.replace_all_uses_with(back, delete_user_cb=lambda u, back=back: u is not back)
+            count += 1
+        if not count:
+            return TransformInfo.untouched()
+        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)

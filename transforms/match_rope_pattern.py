@@ -1,0 +1,233 @@
+"""match_rope_pattern: rotary embeddings applied to q and k become one `auto_deploy::torch_rope_*` op per layer.
+
+Three forms are recognised:
+  * HF rotate-half: x * unsqueeze(cos, u) + cat(-x[..., d/2:], x[..., :d/2]) * unsqueeze(sin, u)
+        -> torch_rope_with_explicit_cos_sin(q, k, cos, sin, u)
+  * the same on de-interleaved inputs (DeepSeek: x.view(.., d/2, 2).transpose(-1, -2).reshape(.., d))
+        -> torch_rope_with_qk_interleaving(q0, k0, cos, sin, u)
+  * complex frequencies: view_as_real(view_as_complex(x.float().reshape(.., -1, 2)) * freqs).flatten(3)
+        -> torch_rope_with_complex_freqs(q, k, freqs, u)
+
+Before (one layer, q shown; k has the same chain on %k with the same %c, %s):
+    %c = aten.unsqueeze(%cos, 1); %s = aten.unsqueeze(%sin, 1)
+    %m1 = aten.mul.Tensor(%q, %c); %x1 = aten.slice.Tensor(%q, 3, 0, 8); %x2 = aten.slice.Tensor(%q, 3, 8, INT_MAX)
+    %r = aten.cat([aten.neg(%x2), %x1], -1); %m2 = aten.mul.Tensor(%r, %s); %q_embed = aten.add.Tensor(%m1, %m2)
+After:
+    %rope = auto_deploy.torch_rope_with_explicit_cos_sin(%q, %k, %cos, %sin, 1)
+    %q_embed = getitem(%rope, 0); %k_embed = getitem(%rope, 1)
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import fx
+
+from autodeploy_cli.ops import load_ops
+from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.pipeline.pattern import (
+    ALIAS_OPS, CAST_OPS, VIEW_OPS, arg, copy_meta, graph_position, is_last_dim, norm_dim, operands, rank,
+    record_miss, replace, skip, split_binary, static_shape,
+)
+from autodeploy_cli.pipeline.registry import register
+
+aten = torch.ops.aten
+_END = 2**62
+
+
+@dataclass
+class MatchRopeOptions(TransformOptions):
+    requires_shape_prop: bool = True  # reads head dims (static sizes) of q and k
+    run_shape_prop: bool = True  # match_rope_layout reads the new nodes' shapes
+
+
+@dataclass
+class _Rope:
+    kind: str  # explicit | interleaved | complex
+    x: fx.Node  # the op's input (q or k, de-interleaved source for "interleaved")
+    out: fx.Node  # the node whose uses the op's output replaces
+    tables: tuple  # (cos, sin) or (freqs,)
+    unsqueeze_dim: int
+    group: tuple  # matches sharing it belong to one layer (q and k)
+
+
+def _half_slices(node: Any) -> Optional[tuple[fx.Node, str]]:
+    """(x, "lo"|"hi") if node = x[..., :d/2] or x[..., d/2:] on the last dim of x (d static)."""
+    if not is_op(node, aten.slice.Tensor):
+        return None
+    x = node.args[0]
+    shape = static_shape(x)
+    if shape is None or not shape or shape[-1] is None or not is_last_dim(arg(node, 1, "dim", 0), x):
+        return None
+    d = shape[-1]
+    start, end = arg(node, 2, "start", 0) or 0, arg(node, 3, "end")
+    end = _END if end is None else end
+    if start == 0 and end == d // 2:
+        return x, "lo"
+    if start == d // 2 and isinstance(end, int) and end >= d:
+        return x, "hi"
+    return None
+
+
+def _rotate_half_source(node: Any) -> Optional[fx.Node]:
+    """x if node = cat([-x[..., d/2:], x[..., :d/2]], -1)."""
+    if not is_op(node, aten.cat.default) or not is_last_dim(arg(node, 1, "dim", 0), node):
+        return None
+    parts = node.args[0]
+    if len(parts) != 2 or not is_op(parts[0], aten.neg.default):
+        return None
+    hi, lo = _half_slices(parts[0].args[0]), _half_slices(parts[1])
+    if hi is None or lo is None or hi[1] != "hi" or lo[1] != "lo" or hi[0] is not lo[0]:
+        return None
+    return hi[0]
+
+
+def _table(node: Any) -> Optional[tuple[fx.Node, int]]:
+    """(cos, u) for unsqueeze(cos, u) with u in (1, 2) (the head dim of a 4-D q)."""
+    if not is_op(node, aten.unsqueeze.default):
+        return None
+    dim = norm_dim(arg(node, 1, "dim"), rank(node))
+    return (node.args[0], dim) if dim in (1, 2) else None
+
+
+def _deinterleaved_source(x: fx.Node) -> Optional[fx.Node]:
+    """x0 if x = x0.view(b, n, s, d/2, 2).transpose(4, 3).reshape(b, n, s, d)."""
+    if not is_op(x, VIEW_OPS) or rank(x) != 4:
+        return None
+    t = x.args[0]
+    if not is_op(t, aten.transpose.int) or {norm_dim(d, rank(t)) for d in t.args[1:3]} != {3, 4}:
+        return None
+    v = t.args[0]
+    shape = static_shape(v)
+    if not is_op(v, VIEW_OPS) or shape is None or len(shape) != 5 or shape[-1] != 2 or rank(v.args[0]) != 4:
+        return None
+    return v.args[0]
+
+
+def match_explicit(add: fx.Node) -> tuple[Optional[_Rope], str]:
+    """x * cos + rotate_half(x) * sin anchored at the add."""
+    if not is_op(add, aten.add.Tensor) or rank(add) != 4:
+        return None, ""
+    a, b = operands(add)
+    if not (is_op(a, aten.mul.Tensor) and is_op(b, aten.mul.Tensor)):
+        return None, ""
+    for m_cos, m_sin in ((a, b), (b, a)):
+        rot = split_binary(m_sin, lambda n: _rotate_half_source(n) is not None)
+        if rot is None:
+            continue
+        x = _rotate_half_source(rot[0])
+        other = split_binary(m_cos, lambda n: n is x)
+        if other is None:
+            return None, "rotate_half(x) * sin is not added to x * cos of the same x"
+        cos, sin = _table(other[1]), _table(rot[1])
+        if cos is None or sin is None or cos[1] != sin[1]:
+            return None, "cos/sin are not unsqueezed on the head dim (1 or 2)"
+        src = skip(x, ALIAS_OPS)
+        inter = _deinterleaved_source(src)
+        kind, src = ("interleaved", inter) if inter is not None else ("explicit", src)
+        return _Rope(kind, src, add, (cos[0], sin[0]), cos[1], (kind, other[1], rot[1])), ""
+    if _rotate_half_source(skip(a)) is None and _rotate_half_source(skip(b)) is None:
+        return None, ""
+    return None, "rotate_half found but not in x * cos + rotate_half(x) * sin"
+
+
+def match_complex(vr: fx.Node) -> tuple[Optional[_Rope], str]:
+    """view_as_real(view_as_complex(x.float().reshape(.., -1, 2)) * freqs).flatten(3) anchored at view_as_real."""
+    if not is_op(vr, aten.view_as_real.default):
+        return None, ""
+    mul = vr.args[0]
+    if not is_op(mul, aten.mul.Tensor):
+        return None, "view_as_real input is not a complex product"
+    split = split_binary(mul, lambda n: is_op(n, aten.view_as_complex.default))
+    if split is None:
+        return None, "complex product has no view_as_complex(x) operand"
+    vc, freqs = split
+    pairs = vc.args[0]
+    if not is_op(pairs, VIEW_OPS) or (static_shape(pairs) or (0,))[-1] != 2:
+        return None, "view_as_complex input is not x.reshape(..., -1, 2)"
+    x = skip(pairs.args[0], CAST_OPS + ALIAS_OPS)
+    fshape = static_shape(freqs)
+    if rank(x) != 4 or fshape is None or len(fshape) != 4:
+        return None, "complex RoPE needs 4-D x and 4-D broadcast freqs"
+    u = 2 if fshape[2] == 1 else (1 if fshape[1] == 1 else None)
+    flat = next(iter(vr.users)) if len(vr.users) == 1 else None
+    if u is None or flat is None or not (is_op(flat, VIEW_OPS) or is_op(flat, aten.flatten.using_ints)):
+        return None, "complex RoPE output is not flattened back to [.., d]"
+    out = flat
+    while len(out.users) == 1 and is_op(next(iter(out.users)), CAST_OPS):
+        out = next(iter(out.users))
+    return _Rope("complex", x, out, (freqs,), u, ("complex", freqs)), ""
+
+
+_OPS = {
+    "explicit": "torch_rope_with_explicit_cos_sin",
+    "interleaved": "torch_rope_with_qk_interleaving",
+    "complex": "torch_rope_with_complex_freqs",
+}
+
+
+def _emit(gm: fx.GraphModule, ropes: list[_Rope], before: fx.Node) -> None:
+    """One op for a q/k pair (or a single tensor, passed as both); its outputs replace the matched nodes."""
+    r0 = ropes[0]
+    q = r0.x
+    k = ropes[1].x if len(ropes) > 1 else r0.x
+    tables = list(r0.tables)
+    op = getattr(torch.ops.auto_deploy, _OPS[r0.kind]).default
+    with gm.graph.inserting_before(before):
+        if r0.kind == "complex":
+            tables = [gm.graph.call_function(aten.squeeze.dim, (tables[0], r0.unsqueeze_dim))]
+        node = copy_meta(gm.graph.call_function(op, (q, k, *tables, r0.unsqueeze_dim)), r0.out)
+        outs = [gm.graph.call_function(operator.getitem, (node, i)) for i in range(len(ropes))]
+    for rope, out in zip(ropes, outs):  # outside the insert point: `before` itself is erased here
+        replace(rope.out, out)
+        _drop_empty_cat(out)
+
+
+def _drop_empty_cat(out: fx.Node) -> None:
+    """Partial rotary with nothing passed through (Phi-3: cat([rope(x[..., :d]), x[..., d:]])) -> just the rope."""
+    for user in list(out.users):
+        if not is_op(user, aten.cat.default) or len(user.args[0]) != 2 or user.args[0][0] is not out:
+            continue
+        rest = static_shape(user.args[0][1])
+        if rest and is_last_dim(arg(user, 1, "dim", 0), user) and rest[-1] == 0:
+            user.replace_all_uses_with(out)
+
+
+@register("match_rope_pattern")
+class MatchRopePattern(BaseTransform):
+    options_cls = MatchRopeOptions
+
+    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+        load_ops()
+        groups: dict[tuple, list[_Rope]] = {}
+        for node in list(gm.graph.nodes):
+            rope, why = match_complex(node) if is_op(node, aten.view_as_real.default) else match_explicit(node)
+            if rope is not None:
+                groups.setdefault(rope.group, []).append(rope)
+            elif why:
+                record_miss(ctx.state, "rope", node, why)
+        count = 0
+        for ropes in groups.values():
+            while ropes:
+                pos = graph_position(gm.graph)
+                ropes.sort(key=lambda r: pos[r.out])
+                pair, ropes = ropes[:2], ropes[2:]
+                if len(pair) == 2:
+                    first, last = pair
+                    inputs = [last.x, *last.tables]
+                    if all(pos.get(n, -1) < pos[first.out] for n in inputs):
+                        _emit(gm, pair, first.out)  # everything is ready at the earlier match
+                        count += 1
+                        continue
+                    if any(pos[u] < pos[last.out] for u in first.out.users):
+                        _emit(gm, [first], first.out)  # the earlier result is used before the later is ready
+                        count, pair = count + 1, [last]
+                _emit(gm, pair, pair[-1].out)
+                count += 1
+        if not count:
+            return TransformInfo.untouched()
+        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
