@@ -35,6 +35,7 @@ def registered_patches() -> dict[str, str]:
 def _load_library() -> None:
     import autodeploy_cli.export_patch_library  # noqa: F401 - registers the built-in patches
     import autodeploy_cli.export_patch_rope  # noqa: F401
+    import autodeploy_cli.export_patch_moe  # noqa: F401
 
 
 def build_patches(toggles: dict[str, bool], model: nn.Module) -> list[tuple[str, ContextManager]]:
