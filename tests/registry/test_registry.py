@@ -1,0 +1,100 @@
+"""The registry file itself: every entry resolves, has its layers and facts, and covers the families of issue 7."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from autodeploy_cli.config.loader import resolve
+from model_registry import (CONFIGS_DIR, entry_params, get_entry, hf_architecture, load_architectures,
+                            load_registry, registry_layers)
+
+REG = load_registry()
+SUPPORTED = [n for n, e in REG.items() if not e.get("unsupported") and not e.get("local_dir")]
+UNSUPPORTED = [n for n, e in REG.items() if e.get("unsupported")]
+SEQ = {"2k": 2048, "4k": 4096, "8k": 8192, "32k": 32768}
+
+
+def test_at_least_100_real_hf_ids_build_offline():
+    assert len(SUPPORTED) >= 100
+    for name in SUPPORTED:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", name), name  # a hub id of the form org/name
+        assert hf_architecture(name) is not None, name
+
+
+def test_every_entry_resolves_with_its_layers():
+    for name, entry in REG.items():
+        cfg = resolve(model=name)
+        assert cfg.model == name
+        assert cfg.world_size == entry["world_size"], name
+        layers = entry["yaml_extra"]
+        assert all((CONFIGS_DIR / f).is_file() for f in layers), name
+        assert [src for src, _ in registry_layers(name)] == [f"model_registry/configs/{f}" for f in layers]
+        if entry.get("local_dir"):
+            continue
+        assert f"world_size_{entry['world_size']}.yaml" in layers, name
+        (seq,) = [f for f in layers if f.startswith("max_seq_len_")]
+        assert cfg.max_seq_len == SEQ[seq[len("max_seq_len_"):-len(".yaml")]], name
+        values = hf_architecture(name)
+        if values is not None:  # the max_seq_len layer is the model's context capped at 8k
+            assert cfg.max_seq_len == min(values["max_position_embeddings"], 8192), name
+
+
+def test_user_config_and_overrides_win_over_registry_layers(tmp_path):
+    name = "meta-llama/Llama-3.1-70B-Instruct"
+    assert resolve(model=name).world_size == 2
+    user = tmp_path / "mine.yaml"
+    user.write_text("max_seq_len: 1024\n")
+    cfg = resolve([user], ["world_size=1"], model=name)
+    assert (cfg.world_size, cfg.max_seq_len) == (1, 1024)
+
+
+def test_entries_cover_the_issue_families():
+    families = {e["family"] for n, e in REG.items() if n in SUPPORTED}
+    assert {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3", "gemma", "gemma2",
+            "gemma3", "smollm3", "granite", "olmo2", "starcoder2", "internlm3", "exaone4"} <= families
+    ids = " ".join(SUPPORTED)
+    for needle in ("Llama-2", "Llama-3-", "Llama-3.1", "Llama-3.2", "Llama-3.3", "CodeLlama", "TinyLlama",
+                   "DeepSeek-R1-Distill-Llama", "Minitron", "Ministral", "Codestral", "Mixtral", "Qwen2-", "Qwen2.5",
+                   "Qwen3-", "Coder", "DeepSeek-R1-Distill-Qwen", "Qwen1.5-MoE", "Qwen3-30B-A3B", "Phi-3", "phi-4",
+                   "gemma-2b", "gemma-2-", "gemma-3-", "SmolLM2", "SmolLM3", "granite-3", "OLMo-2", "starcoder2",
+                   "Falcon3", "internlm3", "EXAONE"):
+        assert needle in ids, needle
+
+
+def test_entry_family_matches_its_architecture():
+    model_types = {"llama": {"llama"}, "mistral": {"mistral"}, "mixtral": {"mixtral"}, "qwen2": {"qwen2"},
+                   "qwen3": {"qwen3"}, "qwen3_moe": {"qwen3_moe"}, "qwen2_moe": {"qwen2_moe"}, "phi3": {"phi3"},
+                   "gemma": {"gemma"}, "gemma2": {"gemma2"}, "gemma3": {"gemma3_text"}, "smollm3": {"smollm3"},
+                   "granite": {"granite"}, "olmo2": {"olmo2"}, "starcoder2": {"starcoder2"},
+                   "internlm3": {"internlm3"}, "exaone4": {"exaone4"}}
+    for name in SUPPORTED:
+        assert hf_architecture(name)["model_type"] in model_types[get_entry(name)["family"]], name
+
+
+def test_unsupported_entries_say_why_and_store_no_architecture():
+    assert len(UNSUPPORTED) >= 1
+    for name in UNSUPPORTED:
+        reason = REG[name]["unsupported"]
+        assert isinstance(reason, str) and len(reason) > 40, name
+        assert hf_architecture(name) is None and entry_params(name) is None
+
+
+def test_architectures_hold_the_shape_facts():
+    required = {"model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings"}
+    used = {REG[n]["arch"] for n in SUPPORTED}
+    assert used == {a for a in load_architectures() if not a.startswith("_")}  # no orphan architectures
+    for name in SUPPORTED:
+        values = hf_architecture(name)
+        missing = required - set(values)
+        assert not missing, (name, missing)
+        eps = values.get("rms_norm_eps", values.get("norm_epsilon"))
+        assert eps in (1e-5, 1e-6), name
+
+
+@pytest.mark.parametrize("name", ["bad/id", "meta-llama/Llama-3.1-8B-Instruct"])
+def test_registry_layers_of_unknown_and_known(name):
+    layers = registry_layers(name)
+    assert (layers == []) == (get_entry(name) is None)
