@@ -1,4 +1,4 @@
-"""Gemma 3 (sliding-window + full layers): `ad run` and the Engine reproduce HF generate token for token (float32, CPU)."""
+"""Gemma 3 (sliding-window + full layers): `ad run` and the Engine reproduce HF generate token for token."""
 
 from tests.e2e.hf_match import check_ad_run, check_engine_chunked
 

@@ -19,7 +19,7 @@ OPTS = build_options("gather_logits_before_lm_head", {"stage": "cache_init"})
 @pytest.fixture(scope="module")
 def built(tiny_dir):
     # gemma2: final_logit_softcapping puts div/tanh/mul between the head and the output
-    cfg = resolve([], [f"model={tiny_dir('gemma2')}", "skip_loading_weights=true", "attn_page_size=4",
+    cfg = resolve([], [f"model={tiny_dir('gemma2')}", "skip_loading_weights=true", "dtype=float32", "attn_page_size=4",
                        "max_seq_len=32"])
     result = build(cfg, stop_after="gather_logits_before_lm_head")
     return result, ModelFactory(cfg).materialize()

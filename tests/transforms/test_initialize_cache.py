@@ -15,7 +15,7 @@ from transforms.initialize_cache import InitializeCache
 
 
 def _build(tiny_dir, *extra):
-    cfg = resolve([], [f"model={tiny_dir('llama')}", "skip_loading_weights=true", "attn_page_size=4",
+    cfg = resolve([], [f"model={tiny_dir('llama')}", "skip_loading_weights=true", "dtype=float32", "attn_page_size=4",
                        "max_seq_len=30", "max_batch_size=3", *extra])
     return cfg, build(cfg, stop_after="initialize_cache")
 

@@ -20,7 +20,7 @@ OPTS = {"stage": "cache_init"}
 
 @pytest.fixture(scope="module")
 def built(tiny_dir):
-    cfg = resolve([], [f"model={tiny_dir('qwen3')}", "skip_loading_weights=true", "attn_page_size=4",
+    cfg = resolve([], [f"model={tiny_dir('qwen3')}", "skip_loading_weights=true", "dtype=float32", "attn_page_size=4",
                        "max_seq_len=32"])
     result = build(cfg, stop_after="insert_cached_attention")
     hf = ModelFactory(cfg).materialize()

@@ -13,7 +13,7 @@ from transforms.resize_kv_cache import ResizeKvCache
 
 
 def _build(tiny_dir, *extra):
-    cfg = resolve([], [f"model={tiny_dir('llama')}", "skip_loading_weights=true", "attn_page_size=8",
+    cfg = resolve([], [f"model={tiny_dir('llama')}", "skip_loading_weights=true", "dtype=float32", "attn_page_size=8",
                        "max_seq_len=64", "max_batch_size=2", *extra])
     return build(cfg, stop_after="resize_kv_cache")
 
