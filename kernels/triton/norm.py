@@ -15,7 +15,7 @@ import triton.language as tl
 
 @triton.jit
 def _rmsnorm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, rout_ptr, stride_x, stride_r, stride_y, stride_ro, H, eps,
-                    BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr):
+                    offset, BLOCK: tl.constexpr, HAS_RESIDUAL: tl.constexpr, GEMMA: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     m = offs < H
@@ -25,9 +25,12 @@ def _rmsnorm_kernel(x_ptr, r_ptr, w_ptr, y_ptr, rout_ptr, stride_x, stride_r, st
         tl.store(rout_ptr + row * stride_ro + offs, x, mask=m)
     xf = x.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(xf * xf, 0) / H + eps)
-    normed = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
     w = tl.load(w_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_y + offs, (normed * w).to(y_ptr.dtype.element_ty), mask=m)
+    if GEMMA:  # (1 + w) form: multiply in fp32, round once
+        y = xf * rstd * (w + offset)
+    else:  # Llama form: round the normalised value to the input dtype, then scale
+        y = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32) * w
+    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -39,19 +42,20 @@ def _num_warps(block: int) -> int:
     return 1 if block <= 256 else 4 if block <= 2048 else 8 if block <= 8192 else 16
 
 
-def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float, weight_offset: float = 0.0) -> torch.Tensor:
     """y = round(x * rsqrt(mean(x^2) + eps)) * weight, over the last dim; y has x's dtype and shape."""
     x2 = _rows(x)
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
     if x2.shape[0]:
         block = triton.next_power_of_2(x2.shape[1])
         _rmsnorm_kernel[(x2.shape[0],)](x2, x2, weight, y, y, x2.stride(0), 0, y.stride(0), 0, x2.shape[1], eps,
-                                        BLOCK=block, HAS_RESIDUAL=False, num_warps=_num_warps(block))
+                                        float(weight_offset), BLOCK=block, HAS_RESIDUAL=False,
+                                        GEMMA=weight_offset != 0.0, num_warps=_num_warps(block))
     return y.view(x.shape)
 
 
-def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
-                eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                weight_offset: float = 0.0) -> Tuple[torch.Tensor, torch.Tensor]:
     """s = x + residual (in x's dtype); returns (rmsnorm(s), s) in one pass."""
     x2, r2 = _rows(x), _rows(residual)
     y = torch.empty(x2.shape, dtype=x.dtype, device=x.device)
@@ -59,6 +63,6 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
     if x2.shape[0]:
         block = triton.next_power_of_2(x2.shape[1])
         _rmsnorm_kernel[(x2.shape[0],)](x2, r2, weight, y, s, x2.stride(0), r2.stride(0), y.stride(0), s.stride(0),
-                                        x2.shape[1], eps, BLOCK=block, HAS_RESIDUAL=True,
-                                        num_warps=_num_warps(block))
+                                        x2.shape[1], eps, float(weight_offset), BLOCK=block, HAS_RESIDUAL=True,
+                                        GEMMA=weight_offset != 0.0, num_warps=_num_warps(block))
     return y.view(x.shape), s.view(x.shape)

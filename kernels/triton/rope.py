@@ -40,22 +40,40 @@ def _rope_heads(x_ptr, y_ptr, t, cos, sin, i, im, stride_xt, stride_xh, stride_y
 
 
 @triton.jit
-def _rope_qk_kernel(q_ptr, k_ptr, yq_ptr, yk_ptr, pos_ptr, cache_ptr, sq_t, sq_h, sk_t, sk_h, syq_t, syq_h, syk_t,
-                    syk_h, stride_c, n_q, n_k, D, HALF, BLOCK_H: tl.constexpr, BLOCK_HALF: tl.constexpr,
-                    BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr):
+def _rope_qk_kernel(q_ptr, k_ptr, yq_ptr, yk_ptr, pos_ptr, cos_ptr, sin_ptr, sq_t, sq_h, sk_t, sk_h, syq_t, syq_h,
+                    syk_t, syk_h, stride_cos, stride_sin, n_q, n_k, D, HALF, BLOCK_H: tl.constexpr,
+                    BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr,
+                    HAS_POS: tl.constexpr):
     # one program per token: cos/sin are read once and applied to every q and k head
     t = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK_HALF)
     im = i < HALF
-    pos = tl.load(pos_ptr + t).to(tl.int64)
+    row = t
+    if HAS_POS:  # cos/sin cache rows indexed by position; else one cos/sin row per token
+        row = tl.load(pos_ptr + t).to(tl.int64)
     # the eager model multiplies in the activation dtype: round cos/sin to it first
-    cos = tl.load(cache_ptr + pos * stride_c + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty).to(tl.float32)
-    sin = tl.load(cache_ptr + pos * stride_c + HALF + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty)
+    cos = tl.load(cos_ptr + row * stride_cos + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty).to(tl.float32)
+    sin = tl.load(sin_ptr + row * stride_sin + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty)
     sin = sin.to(tl.float32)
     _rope_heads(q_ptr, yq_ptr, t, cos, sin, i, im, sq_t, sq_h, syq_t, syq_h, n_q, D, HALF, BLOCK_H, BLOCK_D,
                 INTERLEAVED)
     _rope_heads(k_ptr, yk_ptr, t, cos, sin, i, im, sk_t, sk_h, syk_t, syk_h, n_k, D, HALF, BLOCK_H, BLOCK_D,
                 INTERLEAVED)
+
+
+def _launch(q2, k2, pos, cos, sin, half, interleaved):
+    yq, yk = torch.empty_like(q2), torch.empty_like(k2)
+    T = q2.shape[0]
+    if T:
+        d = q2.shape[-1]
+        tail = d - 2 * half
+        _rope_qk_kernel[(T,)](
+            q2, k2, yq, yk, pos if pos is not None else q2, cos, sin, q2.stride(0), q2.stride(1), k2.stride(0),
+            k2.stride(1), yq.stride(0), yq.stride(1), yk.stride(0), yk.stride(1), cos.stride(0), sin.stride(0),
+            q2.shape[1], k2.shape[1], d, half, BLOCK_H=min(8, triton.next_power_of_2(max(q2.shape[1], k2.shape[1]))),
+            BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(tail) if tail > 0 else 0,
+            INTERLEAVED=interleaved, HAS_POS=pos is not None, num_warps=4)
+    return yq, yk
 
 
 def _rows3(x: torch.Tensor, T: int) -> torch.Tensor:
@@ -65,20 +83,28 @@ def _rows3(x: torch.Tensor, T: int) -> torch.Tensor:
 
 def rope_qk(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin_cache: torch.Tensor,
             interleaved: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-    """q [..., n, d], k [..., n_kv, d], positions [...] (one per token) -> rotated (q, k), same shapes/dtypes."""
+    """q [..., n, d], k [..., n_kv, d], positions [...] (one per token) -> rotated (q, k), same shapes/dtypes.
+
+    cos_sin_cache [max_pos, rot]: cos in the first rot/2 columns, sin in the rest."""
     pos = positions.reshape(-1)
     T = pos.shape[0]
-    q2, k2 = _rows3(q, T), _rows3(k, T)
-    yq, yk = torch.empty_like(q2), torch.empty_like(k2)
-    if T:
-        d, half = q2.shape[-1], cos_sin_cache.shape[-1] // 2
-        tail = d - 2 * half
-        _rope_qk_kernel[(T,)](
-            q2, k2, yq, yk, pos, cos_sin_cache, q2.stride(0), q2.stride(1), k2.stride(0), k2.stride(1),
-            yq.stride(0), yq.stride(1), yk.stride(0), yk.stride(1), cos_sin_cache.stride(0), q2.shape[1],
-            k2.shape[1], d, half, BLOCK_H=min(8, triton.next_power_of_2(max(q2.shape[1], k2.shape[1]))),
-            BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(tail) if tail > 0 else 0,
-            INTERLEAVED=interleaved, num_warps=4)
+    half = cos_sin_cache.shape[-1] // 2
+    yq, yk = _launch(_rows3(q, T), _rows3(k, T), pos, cos_sin_cache, cos_sin_cache[:, half:], half, interleaved)
+    return yq.view(q.shape), yk.view(k.shape)
+
+
+def rope_qk_cos_sin(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                    sin: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """HF-style (rotate-half) RoPE with per-token cos/sin [..., rot] (halves repeated, as HF builds them).
+
+    q [b, s, n, d], k [b, s, n_kv, d], cos/sin [b or 1, s, rot] -> rotated (q, k)."""
+    T = q.shape[0] * q.shape[1]
+    half = cos.shape[-1] // 2
+    c = cos.expand(q.shape[0], *cos.shape[1:]).reshape(T, -1)
+    s = sin.expand(q.shape[0], *sin.shape[1:]).reshape(T, -1)
+    c = c if c.stride(-1) == 1 else c.contiguous()
+    s = s if s.stride(-1) == 1 else s.contiguous()
+    yq, yk = _launch(_rows3(q, T), _rows3(k, T), None, c, s, half, False)
     return yq.view(q.shape), yk.view(k.shape)
 
 
