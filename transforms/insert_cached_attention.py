@@ -34,13 +34,12 @@ from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 from autodeploy_cli.runtime.sequence_info import ensure_interface
-from transforms._graph_inputs import add_graph_input, bound_args
+from transforms._graph_inputs import add_graph_input, bound_args, ensure_shapes
 
 
 @dataclass
 class InsertCachedAttentionOptions(TransformOptions):
     backend: str = "torch"  # attention backend: torch (plain torch, any device) | triton | flashinfer (GPU)
-    requires_shape_prop: bool = True  # head counts and dims are read from the k/v shapes
     choices: ClassVar[dict] = {"backend": tuple(BACKEND_MODULES)}
 
 
@@ -74,6 +73,8 @@ class InsertCachedAttention(BaseTransform):
         if not nodes:
             return TransformInfo.untouched("no torch_attention nodes")
         backend = get_attention_backend(self.options.backend)
+        # head counts and dims come from the q/k/v shapes; propagate them only if a transform left some unknown
+        ensure_shapes(gm, [a for n in nodes for a in n.args[:3] if isinstance(a, fx.Node)])
         infos = [_node_info(n, i) for i, n in enumerate(nodes)]
         for info in infos:
             reason = backend.unsupported_reason(info)
