@@ -15,9 +15,6 @@ from autodeploy_cli.factory import ModelFactory
 # 1, 19 and 34 byte tokens: with page size 4 every sequence but the first crosses page boundaries
 PROMPTS = ["a", "The quick brown fox", "hi there, how are you doing today?"]
 MAX_TOKENS = 10
-# MoE: transformers' default experts implementation does not run on CPU (histc on int) and the eager loop does not
-# export (data-dependent); batched_mm does both, for the pipeline and the HF reference alike
-FAMILY_KWARGS = {"mixtral": ["model_kwargs._experts_implementation=batched_mm"]}
 
 
 def hf_greedy(cfg, prompts_ids: list[list[int]], max_new_tokens: int = MAX_TOKENS) -> list[list[int]]:
@@ -34,7 +31,7 @@ def hf_greedy(cfg, prompts_ids: list[list[int]], max_new_tokens: int = MAX_TOKEN
 
 def overrides(model_dir: Path, family: str, *extra: str) -> list[str]:
     return [f"model={model_dir}", "skip_loading_weights=true", "dtype=float32", "max_seq_len=64", "max_batch_size=4",
-            *FAMILY_KWARGS.get(family, []), *extra]
+            *extra]
 
 
 def check_ad_run(model_dir: Path, family: str, *extra: str) -> None:

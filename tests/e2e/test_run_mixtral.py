@@ -1,4 +1,4 @@
-"""Mixtral (MoE, batched_mm experts): `ad run` and the Engine reproduce HF generate token for token (float32, CPU)."""
+"""Mixtral (MoE): `ad run` and the Engine reproduce HF generate token for token (float32, CPU)."""
 
 from tests.e2e.hf_match import check_ad_run, check_engine_chunked
 
