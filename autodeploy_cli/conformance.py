@@ -132,15 +132,15 @@ def check_entry(name: str) -> CheckResult:
         result.status, result.error = "unsupported", str(entry["unsupported"])
         return result
     values = hf_architecture(name)
-    if values is None:
+    if values is None and not entry.get("local_dir"):
         result.error = "no stored architecture (arch:) for this entry"
         return result
     start = time.perf_counter()
     try:
         from autodeploy_cli.pipeline.build import build
 
-        kw = shrink_kwargs(values)
-        result.shrunk = describe_shrink(kw)
+        kw = shrink_kwargs(values) if values is not None else {}  # a shipped folder is built as it is
+        result.shrunk = describe_shrink(kw) if kw else "as shipped"
         built = build(check_config(name, kw), verify=True)
         rows = built.report.get("verify", {}).get("rows", [])
         result.max_rel_err = max((r["max_rel_err"] for r in rows), default=None)

@@ -23,13 +23,21 @@ def _deep_merge(base: dict, other: dict) -> dict:
     return out
 
 
+# Version shim: model types older transformers releases do not ship, and the type with the same modules and weight
+# names they map onto in newer releases (transformers 5.23 maps internlm3 onto LlamaForCausalLM; 5.17 lacks it).
+MODEL_TYPE_FALLBACKS = {"internlm3": "llama"}
+
+
 def config_from_values(values: dict[str, Any], overrides: dict[str, Any] | None = None) -> Any:
     """A transformers config from stored values; `overrides` (model_kwargs) go into the constructor, so fields the
     config derives in __init__ (layer_types from num_hidden_layers, head_dim, ...) follow them."""
     from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
     merged = _deep_merge(values, dict(overrides or {}))
     model_type = merged.pop("model_type")
+    if model_type not in CONFIG_MAPPING and model_type in MODEL_TYPE_FALLBACKS:
+        model_type = MODEL_TYPE_FALLBACKS[model_type]
     return AutoConfig.for_model(model_type, **merged)
 
 
