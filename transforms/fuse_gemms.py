@@ -13,15 +13,21 @@ group, so the peak grows by one group's weights, never by the model's (the ancho
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 from torch import fx, nn
 
 from autodeploy_cli.pipeline.graph import get_attr_value
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 
 LINEAR = torch.ops.aten.linear.default
+
+
+@dataclass
+class FuseGemmsOptions(TransformOptions):
+    on_cpu: bool = False  # also fuse on CPU (off: CPU builds keep the checkpoint's parameter names, no speed to gain)
 
 
 def _weight_node(node: fx.Node):
@@ -47,7 +53,11 @@ def _pop(gm: fx.GraphModule, target: str) -> torch.Tensor:
 
 @register("fuse_gemms")
 class FuseGemms(BaseTransform):
+    options_cls = FuseGemmsOptions
+
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+        if ctx.device.type == "cpu" and not self.options.on_cpu:
+            return TransformInfo.untouched("CPU build (on_cpu: false)")
         groups: dict[tuple, list[fx.Node]] = defaultdict(list)
         for node in gm.graph.nodes:
             wb = _weight_node(node)
