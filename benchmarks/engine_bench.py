@@ -80,6 +80,24 @@ def bench_bs1(engine, res):
                       decode_tok_s=1 / step, full_s=full)
 
 
+def profile_decode(engine, res, batch=1, steps=20):
+    """Top kernels per decode step (torch.profiler) and host vs device time per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    p = rand_prompts(batch, 128, 5)
+    run(engine, p, 4)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        run(engine, p, steps + 1)
+    rows = []
+    for e in prof.key_averages():
+        dev = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if dev > 0 and e.device_type.name == "CUDA":
+            rows.append(dict(name=e.key[:120], us_per_step=dev / steps, calls_per_step=e.count / steps))
+    rows.sort(key=lambda r: -r["us_per_step"])
+    total = sum(r["us_per_step"] for r in rows)
+    res[f"profile_b{batch}"] = dict(steps=steps, kernel_us_per_step=total, top=rows[:25])
+
+
 def bench_ttft(engine, res):
     p = rand_prompts(1, 1024, 2)
     run(engine, p, 1)
@@ -131,6 +149,9 @@ def main():
         if "bs1" in what:
             bench_bs1(engine, res)
             out.write_text(json.dumps(res, indent=1))
+        if "prof" in what:
+            profile_decode(engine, res)
+            out.write_text(json.dumps(res, indent=1))
         if "ttft" in what:
             bench_ttft(engine, res)
             out.write_text(json.dumps(res, indent=1))
@@ -145,6 +166,10 @@ def main():
     short = {k: res.get(k) for k in ("attn_backend", "compile_backend", "build_s", "copy_GBps", "bs1_floor_tok_s")}
     short.update({k: {kk: vv for kk, vv in res[k].items() if not isinstance(vv, (list, dict))}
                   for k in ("bs1", "ttft_1024", "tput") if k in res})
+    if "profile_b1" in res:
+        short["profile_b1"] = {"kernel_us_per_step": res["profile_b1"]["kernel_us_per_step"],
+                               "top5": [(r["name"][:50], round(r["us_per_step"], 1), r["calls_per_step"])
+                                        for r in res["profile_b1"]["top"][:6]]}
     print(json.dumps(short))
 
 
