@@ -32,7 +32,7 @@ def _run(seqs, decode, **kw):
     return _rel(out, reference(b, **kw))
 
 
-@pytest.mark.parametrize("kw", [{}, {"sliding_window": 40}, {"logit_cap": 30.0}])
+@pytest.mark.parametrize("kw", [{}, {"sliding_window": 40}])  # each variant is a FlashInfer JIT build (~1 min)
 def test_flashinfer_prefill_mixed(kw):
     assert _run([(0, 100), (50, 33), (300, 1)], decode=False, **kw) < 2e-2
 
