@@ -1,6 +1,7 @@
 """cleanup_noop_slice: drop slices that keep the whole dimension.
 
 Before: %s = aten.slice.Tensor(%x, 3, 0, 9223372036854775807)   After: uses of %s read %x directly.
+Also a slice to the dim's own symbolic size: aten.slice.Tensor(%x, 1, None, aten.sym_size.int(%x, 1)).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ def _is_noop_slice(node: fx.Node) -> bool:
         return False
     if end is None or (isinstance(end, int) and end >= _FULL):
         return True
+    if isinstance(end, fx.Node) and end.target is torch.ops.aten.sym_size.int and end.args[0] is x:
+        return end.args[1] in (dim, dim - x.meta["val"].dim() if "val" in x.meta else dim)  # x[:, :x.shape[1]]
     val = x.meta.get("val") if isinstance(x, fx.Node) else None
     if val is None or not isinstance(end, int):
         return False

@@ -18,7 +18,7 @@ from torch import fx
 
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import ALIAS_OPS, VIEW_OPS, norm_dim, rank, val
+from autodeploy_cli.pipeline.pattern import ALIAS_OPS, VIEW_OPS, finish, norm_dim, rank, val
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -42,10 +42,14 @@ def _dims(node: fx.Node) -> Optional[frozenset]:
     return None if None in dims else frozenset(dims)
 
 
+def _noop(n: fx.Node) -> bool:
+    return is_op(n, ALIAS_OPS) or (is_op(n, VIEW_OPS) and _same_shape(n, n.args[0]))
+
+
 def _inner_transpose(node: fx.Node) -> Optional[fx.Node]:
     """The transpose feeding `node`, through shape-preserving reshapes/views and aliases."""
     cur = node.args[0]
-    while isinstance(cur, fx.Node) and (is_op(cur, ALIAS_OPS) or (is_op(cur, VIEW_OPS) and _same_shape(cur, cur.args[0]))):
+    while isinstance(cur, fx.Node) and _noop(cur):
         cur = cur.args[0]
     return cur if isinstance(cur, fx.Node) and is_op(cur, aten.transpose.int) else None
 
@@ -64,6 +68,4 @@ class EliminateRedundantTransposes(BaseTransform):
                 continue
             node.replace_all_uses_with(inner.args[0])
             count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=True)
+        return finish(gm, ctx, count, self.name, has_valid_shapes=True)

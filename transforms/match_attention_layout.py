@@ -20,7 +20,7 @@ from torch import fx
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import copy_meta
+from autodeploy_cli.pipeline.pattern import copy_meta, finish
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -59,6 +59,4 @@ class MatchAttentionLayout(BaseTransform):
                 back = transpose12(gm.graph, node, node)
             node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
             count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        return finish(gm, ctx, count, self.name)

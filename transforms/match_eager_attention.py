@@ -22,10 +22,10 @@ import torch
 from torch import fx
 
 from autodeploy_cli.pipeline.attention_mask import attention_call
-from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.pipeline.graph import is_op, op_name
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.pattern import (
-    ALIAS_OPS, CAST_OPS, arg, erase_if_unused, operands, rank, record_miss, replace, scalar, skip, sole_user,
+    ALIAS_OPS, CAST_OPS, arg, erase_if_unused, finish, operands, rank, record_miss, replace, scalar, skip, sole_user,
 )
 from autodeploy_cli.pipeline.registry import register
 
@@ -94,7 +94,8 @@ def _parse_scores(node: Any) -> tuple[Optional[_Scores], str]:
         nodes.append(node)
     mm = skip(inner, CAST_OPS)
     if not is_op(mm, aten.matmul.default):
-        return None, f"scores come from `{getattr(mm, 'name', mm)}`, not matmul(q, k^T)"
+        what = op_name(mm).replace("aten.", "") if isinstance(mm, fx.Node) else repr(mm)
+        return None, f"scores come from `{what}`, not matmul(q, k^T)"
     q, kt = mm.args[0], mm.args[1]
     k = _kt_source(kt)
     if k is None or rank(q) != 4:
@@ -163,6 +164,4 @@ class MatchEagerAttention(BaseTransform):
             replace(pv, new)
             erase_if_unused(gm.graph, [pv, node] + s.nodes + found["extra"])
             count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        return finish(gm, ctx, count, self.name)

@@ -20,7 +20,7 @@ from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.attention_mask import sdpa_to_torch_attention
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import replace
+from autodeploy_cli.pipeline.pattern import finish, replace
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -59,6 +59,4 @@ class MatchGroupedAttention(BaseTransform):
             else:
                 node.args = (node.args[0], rk[0], rv[0], *node.args[3:])
             count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        return finish(gm, ctx, count, self.name)

@@ -24,6 +24,7 @@ and shared experts stay outside. `ctx.state["moe_experts_implementation"]` recor
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -34,7 +35,7 @@ from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.graph import get_attr_value, is_op, op_name
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.pattern import (
-    CAST_OPS, VIEW_OPS, ancestors, arg, drop_unused_attrs, erase_if_unused, rank, record_miss, replace, skip,
+    CAST_OPS, VIEW_OPS, ancestors, arg, drop_unused_attrs, erase_if_unused, finish, rank, record_miss, replace, skip,
     split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
@@ -101,7 +102,7 @@ def _gated_silu(node: Any) -> Optional[tuple[fx.Node, bool]]:
     if split is None:
         return None
     gate, up = split[0].args[0], split[1]
-    if not all(isinstance(g, fx.Node) and g.op == "call_function" and g.target.__name__ == "getitem" for g in (gate, up)):
+    if not all(isinstance(g, fx.Node) and g.target is operator.getitem for g in (gate, up)):
         return None
     chunk = gate.args[0]
     if chunk is not up.args[0] or not _is(chunk, aten.chunk.default) or chunk.args[1] != 2:
@@ -148,7 +149,7 @@ def match_one(total: fx.Node) -> tuple[Optional[dict], str]:
             return None, "batched_mm: tokens are not repeated per top-k slot"
         x = x.args[0]
     else:
-        sort = perm.args[0] if perm.op == "call_function" and perm.target.__name__ == "getitem" else None
+        sort = perm.args[0] if perm.target is operator.getitem else None
         ids_tk = _flat(sort.args[0]) if _is(sort, aten.sort.default) else None
         gathered = up[2]
         if ids_tk is None or not _is(gathered, aten.index.Tensor) or down[1] is not up[1]:
@@ -213,11 +214,10 @@ class MatchMoePattern(BaseTransform):
         for node in gm.graph.nodes:  # routers whose experts were not recognised
             if _is(node, aten.topk.default) and not any(u in matched_topk for u in node.users):
                 record_miss(ctx.state, "moe", node, "router top-k found but its experts block was not recognised")
-        if not count:
-            return TransformInfo.untouched()
-        gm.graph.eliminate_dead_code()
-        drop_unused_attrs(gm, stacked)
-        for name in stacked:
-            hooks.pop(name, None)
-        ctx.state["moe_experts_implementation"] = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        if count:
+            gm.graph.eliminate_dead_code()
+            drop_unused_attrs(gm, stacked)
+            for name in stacked:
+                hooks.pop(name, None)
+            ctx.state["moe_experts_implementation"] = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
+        return finish(gm, ctx, count, self.name)

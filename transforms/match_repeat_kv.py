@@ -19,7 +19,7 @@ from torch import fx
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import VIEW_OPS, arg, replace, static_shape
+from autodeploy_cli.pipeline.pattern import VIEW_OPS, arg, finish, replace, static_shape
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -66,6 +66,4 @@ class MatchRepeatKV(BaseTransform):
                 new = gm.graph.call_function(torch.ops.auto_deploy.torch_attention_repeat_kv.default, (kv, n_rep))
             replace(node, new)
             count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        return finish(gm, ctx, count, self.name)

@@ -21,10 +21,10 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.pipeline.graph import is_op, op_name
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.pattern import (
-    CAST_OPS, arg, dtype, is_last_dim, is_param, operands, rank, record_miss, replace, scalar, skip,
+    CAST_OPS, arg, dtype, finish, is_last_dim, is_param, operands, rank, record_miss, replace, scalar, skip,
     split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
@@ -51,7 +51,8 @@ def _statistics(rsqrt: fx.Node) -> tuple[Optional[tuple[fx.Node, float]], str]:
     """(xf, eps) for rsqrt(mean(xf^2, -1, keepdim) + eps)."""
     add = rsqrt.args[0]
     if not is_op(add, (aten.add.Tensor, aten.add.Scalar)):
-        return None, f"rsqrt input is `{getattr(add, 'name', add)}`, not mean(x^2) + eps (no eps add)"
+        what = op_name(add).replace("aten.", "") if isinstance(add, fx.Node) else repr(add)
+        return None, f"rsqrt input is `{what}`, not mean(x^2) + eps (no eps add)"
     split = split_binary(add, lambda n: scalar(n) is not None)
     if split is None:
         return None, "rsqrt input adds a tensor, not a constant eps"
@@ -134,6 +135,4 @@ class MatchRMSNormPattern(BaseTransform):
                     new = gm.graph.call_function(aten.to.dtype, (new, dtype(out)))  # e.g. fp32 weight * bf16 x
             replace(out, new)
             count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        return finish(gm, ctx, count, self.name)

@@ -30,7 +30,7 @@ from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.pattern import (
-    ALIAS_OPS, CAST_OPS, VIEW_OPS, arg, copy_meta, graph_position, is_last_dim, norm_dim, operands, rank,
+    ALIAS_OPS, CAST_OPS, VIEW_OPS, arg, copy_meta, finish, graph_position, is_last_dim, norm_dim, operands, rank,
     record_miss, replace, skip, split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
@@ -228,6 +228,4 @@ class MatchRopePattern(BaseTransform):
                         count, pair = count + 1, [last]
                 _emit(gm, pair, pair[-1].out)
                 count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        return finish(gm, ctx, count, self.name)

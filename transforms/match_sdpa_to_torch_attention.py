@@ -19,7 +19,7 @@ from torch import fx
 from autodeploy_cli.pipeline.attention_mask import sdpa_to_torch_attention
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import replace
+from autodeploy_cli.pipeline.pattern import finish, replace
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -41,6 +41,4 @@ class MatchSdpaToTorchAttention(BaseTransform):
                 continue
             replace(node, sdpa_to_torch_attention(gm, node, mask_cache=cache))
             count += 1
-        if not count:
-            return TransformInfo.untouched()
-        return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=False)
+        return finish(gm, ctx, count, self.name)

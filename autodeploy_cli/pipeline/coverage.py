@@ -1,12 +1,158 @@
-"""Canonical-op coverage: how many of each block the model config implies vs how many the graph holds."""
+"""Canonical-op coverage: how many of each block the model config implies vs how many the graph holds.
+
+The pattern matchers snapshot a census of the graph (`state["coverage_census"]`) after each of them runs, so the
+report reflects the canonical form even after later stages swap ops for cached/fused kernels. Each row of the
+report: {kind, found, expected, hint, detail}; the hint names the layers where a block was expected but not
+matched, with the reason the matcher gave and the node chain it saw there ("why didn't it match").
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections import Counter
+from typing import Any, Optional
 
 from torch import fx
 
+from autodeploy_cli.pipeline.graph import op_name
+
+KINDS = ("attention", "rope", "rmsnorm", "moe")
+CANONICAL = {
+    "attention": ("auto_deploy.torch_attention",),
+    "rope": ("auto_deploy.torch_rope_with_explicit_cos_sin", "auto_deploy.torch_rope_with_qk_interleaving",
+             "auto_deploy.torch_rope_with_complex_freqs"),
+    "rmsnorm": ("auto_deploy.torch_rmsnorm",),
+    "moe": ("auto_deploy.torch_moe",),
+}
+# source ops that should be gone once every block of a kind is canonical
+SOURCES = {
+    "attention": ("aten.scaled_dot_product_attention", "aten.softmax.int", "aten._softmax",
+                  "auto_deploy.torch_attention_repeat_kv"),
+    "rope": ("aten.view_as_complex", "aten.neg"),
+    "rmsnorm": ("aten.rsqrt",),
+    "moe": (),  # the router (softmax, top-k) stays outside torch_moe; unmatched routers are reported as misses
+}
+QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe", "qwen3_next"}
+SANDWICH_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}  # pre/post feed-forward norms besides the usual two
+
+
+def _live(gm: fx.GraphModule) -> set:
+    """Nodes the output depends on (dead leftovers awaiting cleanup are not reported)."""
+    from autodeploy_cli.pipeline.pattern import ancestors
+
+    out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    return set(ancestors(out))
+
+
+def _is_source(kind: str, node: fx.Node) -> bool:
+    name = op_name(node)
+    if name not in SOURCES[kind]:
+        return False
+    if name == "aten.neg":  # only the rotate-half negation: neg(x[..., d/2:])
+        src = node.args[0]
+        return isinstance(src, fx.Node) and op_name(src) == "aten.slice.Tensor"
+    if name in ("aten.softmax.int", "aten._softmax"):  # attention probabilities are 4-D; a router's are 2-D
+        val = node.meta.get("val")
+        return val is not None and val.dim() == 4
+    return True
+
+
+def census(gm: fx.GraphModule) -> dict[str, dict]:
+    """Per kind: canonical ops found (total and per layer) and source ops left over (where, chain)."""
+    from autodeploy_cli.pipeline.pattern import chain, layer_index, module_path
+
+    live = _live(gm)
+    result = {k: {"found": 0, "per_layer": Counter(), "leftovers": []} for k in KINDS}
+    for node in gm.graph.nodes:
+        if node.op != "call_function" or node not in live:
+            continue
+        name = op_name(node)
+        for kind in KINDS:
+            if name in CANONICAL[kind]:
+                result[kind]["found"] += 1
+                result[kind]["per_layer"][layer_index(node)] += 1
+            elif _is_source(kind, node):
+                result[kind]["leftovers"].append(
+                    {"where": module_path(node), "node": node.name, "layer": layer_index(node), "chain": chain(node)})
+    return result
+
+
+def snapshot(gm: fx.GraphModule, state: dict, by: str = "") -> None:
+    """Remember the census of the canonical graph (called by the pattern matchers)."""
+    state["coverage_census"] = census(gm)
+    state["coverage_census_by"] = by
+
+
+def _text_config(cfg: Any) -> Any:
+    getter = getattr(cfg, "get_text_config", None)
+    return getter() if callable(getter) else cfg
+
+
+def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
+    """Per kind: {layer index (None = outside the layers): expected count}, from the HF config alone."""
+    cfg = _text_config(hf_config)
+    n_layers = int(getattr(cfg, "num_hidden_layers", 0) or 0)
+    model_type = str(getattr(cfg, "model_type", ""))
+    layer_types = list(getattr(cfg, "layer_types", None) or [])
+    attn_layers = [i for i in range(n_layers)
+                   if not layer_types or ("attention" in str(layer_types[i]) and "linear" not in str(layer_types[i]))]
+    out: dict[str, dict[Optional[int], int]] = {k: {} for k in KINDS}
+    out["attention"] = {i: 1 for i in attn_layers}
+    has_rope = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling"))
+    if has_rope:
+        out["rope"] = {i: 1 for i in attn_layers}
+    if getattr(cfg, "rms_norm_eps", None) is not None:
+        per = 2 + 2 * (model_type in QK_NORM_TYPES or bool(getattr(cfg, "use_qk_norm", False)))
+        per += 2 * (model_type in SANDWICH_NORM_TYPES)
+        out["rmsnorm"] = {**{i: per for i in range(n_layers)}, None: 1}
+    n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or 0
+    if n_experts:
+        step = int(getattr(cfg, "decoder_sparse_step", 1) or 1)
+        dense = set(getattr(cfg, "mlp_only_layers", None) or [])
+        first = int(getattr(cfg, "first_k_dense_replace", 0) or 0)
+        out["moe"] = {i: 1 for i in range(n_layers) if i not in dense and i >= first and (i + 1) % step == 0}
+    return out
+
+
+def _layer_name(layer: Optional[int]) -> str:
+    return "outside the layers" if layer is None else f"layer {layer}"
+
+
+def _hint(kind: str, expected: dict, found: Counter, leftovers: list, misses: list) -> str:
+    short = [(layer, n, found.get(layer, 0)) for layer, n in expected.items() if found.get(layer, 0) < n]
+    if not short:
+        return "; ".join(f"{x['where'] or x['node']}: source pattern left: {x['chain']}" for x in leftovers[:3])
+    shown = ", ".join(f"{_layer_name(layer)} ({got}/{n})" for layer, n, got in short[:8])
+    parts = [f"not matched in {shown}{' ...' if len(short) > 8 else ''}"]
+    short_layers = {layer for layer, _, _ in short}
+    why = [m for m in misses if m.get("layer") in short_layers] or misses
+    for m in why[:3]:
+        parts.append(f"{m['where'] or m['node']}: {m['reason']} (chain seen: {m['chain']})")
+    if not why:
+        seen = [x for x in leftovers if x["layer"] in short_layers] or leftovers
+        parts += [f"{x['where'] or x['node']}: source pattern left: {x['chain']}" for x in seen[:3]]
+    return "; ".join(parts)
+
 
 def coverage_rows(gm: fx.GraphModule | None, hf_config: Any, state: dict) -> list[dict]:
-    """Rows {kind, found, expected, hint}; empty until canonical ops exist in the pipeline."""
-    return []
+    """Rows {kind, found, expected, hint, detail} for the build report (kinds the model has or the graph holds)."""
+    data = state.get("coverage_census") or (census(gm) if gm is not None else None)
+    if data is None or hf_config is None:
+        return []
+    expected = expected_per_layer(hf_config)
+    misses = state.get("pattern_misses", {})
+    rows = []
+    for kind in KINDS:
+        exp_total = sum(expected[kind].values())
+        got = data[kind]
+        if exp_total == 0 and got["found"] == 0:
+            continue
+        row = {"kind": kind, "found": got["found"], "expected": exp_total,
+               "hint": _hint(kind, expected[kind], got["per_layer"], got["leftovers"], misses.get(kind, [])),
+               "detail": ""}
+        if kind == "moe":
+            used = state.get("moe_experts_implementation")
+            asked = getattr(_text_config(hf_config), "_experts_implementation", None)
+            if used or asked:
+                row["detail"] = f"experts implementation: {used or 'not matched'} (HF config: {asked or 'default'})"
+        rows.append(row)
+    return rows

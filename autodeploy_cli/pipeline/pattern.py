@@ -16,6 +16,7 @@ import torch
 from torch import fx
 
 from autodeploy_cli.pipeline.graph import is_op, op_name
+from autodeploy_cli.pipeline.interface import TransformContext, TransformInfo
 
 aten = torch.ops.aten
 
@@ -227,3 +228,14 @@ def drop_unused_attrs(gm: fx.GraphModule, targets: Iterable[str]) -> list[str]:
             delattr(owner, leaf)
             dropped.append(target)
     return dropped
+
+
+def finish(gm: fx.GraphModule, ctx: TransformContext, count: int, name: str,
+           has_valid_shapes: bool = False) -> TransformInfo:
+    """A matcher's result; also refreshes the coverage census the build report shows (see pipeline/coverage.py)."""
+    from autodeploy_cli.pipeline.coverage import snapshot
+
+    snapshot(gm, ctx.state, by=name)
+    if not count:
+        return TransformInfo.untouched()
+    return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=has_valid_shapes)

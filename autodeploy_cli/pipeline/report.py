@@ -74,10 +74,13 @@ def print_report(report: dict, console: Any) -> None:
     nodes = report["graph_nodes"]
     console.print(f"graph size: {nodes['after_export']} ops after export -> {nodes['final']} ops final; "
                   f"build time {report['total_time_s']:.2f}s")
+    from rich.markup import escape
+
     for row in report.get("coverage", []):
-        style = "green" if row["found"] == row["expected"] else "yellow"
+        style = "green" if row["found"] == row["expected"] and not row.get("hint") else "yellow"
         console.print(f"[{style}]{row['kind']} {row['found']}/{row['expected']}[/{style}]"
-                      + (f"  {row['hint']}" if row.get("hint") else ""))
+                      + (f"  {escape(row['detail'])}" if row.get("detail") else "")
+                      + (f"  {escape(row['hint'])}" if row.get("hint") else ""))
     if report["canonical_ops"]:
         console.print("canonical ops: " + ", ".join(f"{k.split('.', 1)[1]} x{v}" for k, v in report["canonical_ops"].items()))
     if verify:

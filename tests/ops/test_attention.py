@@ -1,0 +1,72 @@
+"""torch_attention (the op other helpers build on): native GQA, causal bottom-right, sliding window, soft-cap,
+sinks and both layouts, against F.scaled_dot_product_attention and explicit formulas."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from autodeploy_cli.ops import load_ops
+
+load_ops()
+ATTN = torch.ops.auto_deploy.torch_attention
+
+
+def _qkv(b=2, n=4, n_kv=2, s=6, s_kv=6, d=8):
+    return torch.randn(b, n, s, d), torch.randn(b, n_kv, s_kv, d), torch.randn(b, n_kv, s_kv, d)
+
+
+def test_gqa_causal_equals_sdpa_in_both_layouts():
+    q, k, v = _qkv()
+    want = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    torch.testing.assert_close(ATTN(q, k, v, is_causal=True, layout="bnsd"), want)
+    got = ATTN(*(t.transpose(1, 2) for t in (q, k, v)), is_causal=True, layout="bsnd")
+    torch.testing.assert_close(got, want.transpose(1, 2))
+
+
+def test_causal_is_bottom_right_for_a_query_suffix():
+    q, k, v = _qkv(s=2, s_kv=5)  # 2 new tokens after 3 cached ones
+    mask = torch.ones(2, 5, dtype=torch.bool).tril(diagonal=3)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+    torch.testing.assert_close(ATTN(q, k, v, is_causal=True, layout="bnsd"), want)
+
+
+def test_sliding_window_bool_and_additive_masks():
+    q, k, v = _qkv(s=7, s_kv=7)
+    i = torch.arange(7)
+    visible = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < 3)
+    want = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, enable_gqa=True)
+    torch.testing.assert_close(ATTN(q, k, v, is_causal=True, sliding_window=3, layout="bnsd"), want)
+    torch.testing.assert_close(ATTN(q, k, v, attn_mask=visible, is_causal=False, layout="bnsd"), want)
+    additive = torch.zeros(7, 7).masked_fill(~visible, -1e30)
+    torch.testing.assert_close(ATTN(q, k, v, attn_mask=additive, is_causal=False, layout="bnsd"), want)
+
+
+def test_logit_cap_and_scale():
+    q, k, v = _qkv(n_kv=4)
+    scores = q @ k.transpose(-1, -2) * 0.3
+    scores = 20.0 * torch.tanh(scores / 20.0)
+    scores = scores.masked_fill(~torch.ones(6, 6, dtype=torch.bool).tril(), -math.inf)
+    want = torch.softmax(scores, -1) @ v
+    torch.testing.assert_close(ATTN(q, k, v, is_causal=True, scale=0.3, logit_cap=20.0, layout="bnsd"), want)
+
+
+def test_sinks_join_the_softmax():
+    q, k, v = _qkv(n_kv=4, s=3, s_kv=3)
+    sinks = torch.randn(4)
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(8)
+    scores = scores.masked_fill(~torch.ones(3, 3, dtype=torch.bool).tril(), -math.inf)
+    full = torch.cat([scores, sinks.view(1, 4, 1, 1).expand(2, 4, 3, 1)], dim=-1)
+    want = torch.softmax(full, -1)[..., :-1] @ v
+    torch.testing.assert_close(ATTN(q, k, v, is_causal=True, sinks=sinks, layout="bnsd"), want)
+
+
+@pytest.mark.parametrize("layout", ["bnsd", "bsnd"])
+def test_opcheck(layout):
+    q, k, v = _qkv(s=3, s_kv=3)
+    if layout == "bsnd":
+        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
+    torch.library.opcheck(ATTN.default, (q, k, v), {"layout": layout}, test_utils=("test_schema", "test_faketensor"))

@@ -1,0 +1,76 @@
+"""match_moe_pattern: transformers' experts block (batched_mm and grouped_mm implementations) becomes torch_moe
+with per-expert weights loaded as views of the stacked checkpoint tensors; the router and shared experts stay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from autodeploy_cli.ops import load_ops
+from autodeploy_cli.pipeline.graph import op_name
+from tests.transforms.pattern_helpers import (
+    count, export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms, with_weights,
+)
+
+load_ops()
+MOE = torch.ops.auto_deploy.torch_moe.default
+aten = torch.ops.aten
+
+
+@pytest.mark.parametrize("family,experts,gone,inter", [
+    ("mixtral", "batched_mm", "aten.bmm", 96),
+    ("qwen3_moe", "grouped_mm", "transformers.grouped_mm_fallback", 32),  # float32 export uses transformers' op
+])
+def test_experts_become_torch_moe(family, experts, gone, inter):
+    tiny = export_tiny(family, "eager", patch=True, experts=experts)
+    assert gone in ops_in(tiny.gm)
+    records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"])
+    assert matches(records) == {"match_moe_pattern": 2}
+    assert ctx.state["moe_experts_implementation"] == experts
+    assert gone not in ops_in(tiny.gm) and "aten.histc" not in ops_in(tiny.gm)
+    moe = nodes_of(tiny.gm, MOE)
+    assert [len(n.args[3]) for n in moe] == [4, 4]  # 4 experts
+    assert moe[0].args[3][1].target == "model.layers.0.mlp.experts.1.gate_proj_weight"
+    gate, down, up = (getattr(tiny.gm.get_submodule("model.layers.0.mlp.experts.0"), f"{k}_proj_weight")
+                      for k in ("gate", "down", "up"))
+    assert (gate.shape, down.shape, up.shape) == ((inter, 64), (64, inter), (inter, 64))
+    assert "aten.topk" in ops_in(tiny.gm)  # the router stays outside
+    stacked = {n for n, _ in tiny.gm.named_parameters() if n.endswith(("gate_up_proj", "experts.down_proj"))}
+    assert stacked == set()  # the stacked weights are no longer graph parameters ...
+    runnable = with_weights(tiny.gm, tiny.ref, ctx.state)  # ... the hooks fill per-expert views of them
+    w = runnable.get_parameter("model.layers.1.mlp.experts.2.up_proj_weight")
+    src = tiny.ref.model.layers[1].mlp.experts.gate_up_proj
+    assert w.data_ptr() == src[2, w.shape[0]:].data_ptr()  # a view: no copy
+    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+
+    records, _ = run_transforms(tiny.gm, ["match_moe_pattern"], state=ctx.state)
+    assert matches(records) == {"match_moe_pattern": 0}
+
+
+def test_qwen2_moe_shared_expert_stays_outside():
+    tiny = export_tiny("qwen2_moe", "eager", patch=True, experts="batched_mm")
+    records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"])
+    assert matches(records) == {"match_moe_pattern": 2}
+    linears = {n.args[1].target for n in tiny.gm.graph.nodes if op_name(n) == "aten.linear"}
+    assert "model.layers.0.mlp.shared_expert.up_proj.weight" in linears
+    assert "model.layers.0.mlp.shared_expert_gate.weight" in linears
+    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+
+
+class _DenseMLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(8, 16)
+        self.down = nn.Linear(16, 8)
+
+    def forward(self, x):
+        return self.down(torch.relu(self.up(x))).sum(1)  # a sum over dim 1 that is not an expert reduction
+
+
+def test_graph_without_the_pattern_is_unchanged():
+    gm = export_toy(_DenseMLP(), torch.randn(2, 5, 8), dynamic={0: {0: "b", 1: "s"}})
+    before = ops_in(gm)
+    records, ctx = run_transforms(gm, ["match_moe_pattern"])
+    assert matches(records) == {"match_moe_pattern": 0}
+    assert ops_in(gm) == before and "moe_experts_implementation" not in ctx.state
