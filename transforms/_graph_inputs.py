@@ -8,7 +8,7 @@ import torch
 from torch import fx
 
 from autodeploy_cli.pipeline.graph import placeholder_values
-from autodeploy_cli.runtime.sequence_info import CachedSequenceInterface
+from autodeploy_cli.runtime.sequence_info import BATCH_INFO, CachedSequenceInterface
 
 
 def drop_input_checks(gm: fx.GraphModule) -> None:
@@ -70,6 +70,7 @@ def add_graph_input(gm: fx.GraphModule, iface: CachedSequenceInterface, name: st
         raise RuntimeError(f"graph input name {name!r} is taken (got {node.name!r})")
     if example is None:
         example = iface.info.example(name)
+        dynamic = dynamic and name != BATCH_INFO  # a fixed-size host vector
     val = _fake_value(gm, example, dynamic, name)
     if val is not None:
         node.meta["val"] = val
@@ -103,3 +104,29 @@ def ensure_shapes(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
             FakeTensorProp(gm, mode=mode).propagate_dont_convert_inputs(*inputs)
     finally:
         mode.allow_non_fake_inputs = prev
+
+
+def refresh_vals(nodes: list[fx.Node]) -> None:
+    """Best effort: recompute meta["val"] of `nodes` (in order) from their inputs' fake values, so graph dumps show
+    the shapes of nodes a transform created. Nodes whose inputs have no fake value are left alone."""
+    from torch._guards import detect_fake_mode
+
+    for node in nodes:
+        if node.op != "call_function":
+            continue
+        inputs = node.all_input_nodes
+        vals = [n.meta.get("val") for n in inputs]
+        if any(v is None for v in vals):
+            continue
+        mode = detect_fake_mode([v for v in vals if isinstance(v, torch.Tensor)])
+        env = dict(zip(inputs, vals))
+        args = fx.node.map_arg(node.args, lambda n: env[n])
+        kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
+        try:
+            if mode is None:
+                node.meta["val"] = node.target(*args, **kwargs)
+            else:
+                with mode:
+                    node.meta["val"] = node.target(*args, **kwargs)
+        except Exception:  # noqa: BLE001 - informational only
+            node.meta.pop("val", None)

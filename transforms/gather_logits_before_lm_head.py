@@ -25,7 +25,7 @@ from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
 from autodeploy_cli.runtime.sequence_info import ensure_interface
-from transforms._graph_inputs import add_graph_input
+from transforms._graph_inputs import add_graph_input, refresh_vals
 
 aten = torch.ops.aten
 GATHER_INPUT = "logits_gather_idx"
@@ -71,6 +71,11 @@ class GatherLogitsBeforeLmHead(BaseTransform):
             sel = graph.call_function(aten.index_select.default, (flat, 0, idx))
             hid = graph.call_function(aten.unsqueeze.default, (sel, 0))
         head.replace_input_with(hidden, hid)
+        downstream, node = [], head  # the head and the element-wise ops after it now see G rows, not T
+        while node.op != "output":
+            downstream.append(node)
+            node = next(iter(node.users))
+        refresh_vals([flat, sel, hid, *downstream])
         iface.logits_gathered = True
         if "probe_runner" not in ctx.state:
             ctx.state["probe_runner"] = lambda ids, pos: ctx.sequence_info.run_prefill(ctx.model, ids, pos)

@@ -34,7 +34,7 @@ from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 from autodeploy_cli.runtime.sequence_info import ensure_interface
-from transforms._graph_inputs import add_graph_input, bound_args, ensure_shapes
+from transforms._graph_inputs import add_graph_input, bound_args, ensure_shapes, refresh_vals
 
 
 @dataclass
@@ -95,6 +95,7 @@ class InsertCachedAttention(BaseTransform):
                 prep_node = graph.call_function(prep.op, (*inputs, *prep.constants))
             with graph.inserting_after(prep_node):
                 prep_outs = [graph.call_function(operator.getitem, (prep_node, i)) for i in range(prep.num_outputs)]
+            refresh_vals([prep_node, *prep_outs])
         buffers = []
         for name, init in backend.global_buffers(cc).items():
             iface.add_buffer(name, init)
