@@ -134,7 +134,7 @@ def show(name: str) -> None:
     typer.echo(to_yaml(resolve(model=name)), nl=False)
 
 
-def check(names: list[str], report: Optional[Path], one_per_family: bool) -> None:
+def check(names: list[str], report: Optional[Path], one_per_family: bool, command: str = "ad models --check") -> None:
     from model_registry import load_registry
 
     if one_per_family:
@@ -151,7 +151,7 @@ def check(names: list[str], report: Optional[Path], one_per_family: bool) -> Non
     s = summary(results)
     typer.echo(f"{len(results)} entries: {s['pass']} pass, {s['fail']} fail, {s['unsupported']} unsupported")
     if report:
-        write_markdown(results, report, "ad models " + " ".join(sys.argv[2:]))
+        write_markdown(results, report, command)
         typer.echo(f"report written to {report}")
     if s["fail"]:
         raise typer.Exit(1)
@@ -180,7 +180,10 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
             return
         names = select(family, search)
         if check_:
-            check(names, report, one_per_family)
+            command = "ad models --check" + (f" --family {family}" if family else "") + (
+                f" --search {search}" if search else "") + (" --one-per-family" if one_per_family else "") + (
+                f" --report {report}" if report else "")
+            check(names, report, one_per_family, command)
         else:
             print_table(names)
 
