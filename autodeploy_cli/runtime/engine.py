@@ -80,6 +80,16 @@ class EngineStats:
     max_batch: int = 0
 
 
+def _generation_eos(source: str) -> Any:
+    """eos_token_id of the model's generation_config.json (what HF generate stops on), if it has one."""
+    try:
+        from transformers import GenerationConfig
+
+        return GenerationConfig.from_pretrained(source).eos_token_id
+    except Exception:  # noqa: BLE001 - no generation config (or offline): config.json's eos is used alone
+        return None
+
+
 class Engine:
     def __init__(self, model: Any, iface: CachedSequenceInterface, config: Any, tokenizer: Any = None,
                  build_result: Any = None, eos_token_ids: Sequence[int] = (), vocab_size: Optional[int] = None,
@@ -122,8 +132,9 @@ class Engine:
         factory = result.ctx.factory
         hf_config = factory.hf_config()
         text_cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
-        eos = getattr(text_cfg, "eos_token_id", None)
-        eos_ids = eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
+        eos_ids: list[int] = []
+        for eos in (getattr(text_cfg, "eos_token_id", None), _generation_eos(factory.source)):
+            eos_ids += eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
         return cls(result.model, iface, cfg, build_result=result, eos_token_ids=eos_ids,
                    vocab_size=getattr(text_cfg, "vocab_size", None), tokenizer_loader=factory.tokenizer)
 

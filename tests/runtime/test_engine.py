@@ -140,6 +140,9 @@ def test_stop_token_ids_and_stop_strings(setup):
     k = next(i for i in range(2, len(greedy)) if greedy[i] not in greedy[:i])  # first occurrence at k
     out = eng.generate([p], SamplingParams(max_tokens=10, stop_token_ids=[greedy[k]], ignore_eos=True))[0]
     assert out.token_ids == greedy[: k + 1] and out.finish_reason == "stop"
+    eos = Engine(base.model, base.iface, cfg, tokenizer=base.tokenizer, eos_token_ids=[greedy[k]], vocab_size=320)
+    assert eos.generate([p], SamplingParams(max_tokens=10))[0].token_ids == greedy[: k + 1]
+    assert eos.generate([p], SamplingParams(max_tokens=10, ignore_eos=True))[0].token_ids == greedy
     tok = eng.tokenizer
     texts = [tok.decode(greedy[:i], skip_special_tokens=True) for i in range(len(greedy) + 1)]
     full = texts[-1]
