@@ -37,8 +37,19 @@ def _logits_only_forward(model: nn.Module):
         del model.forward  # restores the class method
 
 
+def drop_input_checks(gm: fx.GraphModule) -> None:
+    """Remove torch.export's pre-hook that checks call inputs against the exported signature: transforms add
+    graph inputs (caches, metadata) later."""
+    hooks = getattr(gm, "_forward_pre_hooks", {})
+    for key, hook in list(hooks.items()):
+        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
+            del hooks[key]
+            getattr(gm, "_forward_pre_hooks_with_kwargs", {}).pop(key, None)
+
+
 def _flatten_codegen(gm: fx.GraphModule) -> fx.GraphModule:
-    """Drop export's pytree in/out specs and guard module: plain positional inputs, a single logits output."""
+    """Drop export's pytree in/out specs and input checks: plain positional inputs, a single logits output."""
+    drop_input_checks(gm)
     gm.graph._codegen = fx.graph.CodeGen()
     for node in list(gm.graph.nodes):
         if node.op == "output":

@@ -11,16 +11,6 @@ from autodeploy_cli.pipeline.graph import placeholder_values
 from autodeploy_cli.runtime.sequence_info import BATCH_INFO, CachedSequenceInterface
 
 
-def drop_input_checks(gm: fx.GraphModule) -> None:
-    """Remove torch.export's pre-hook that checks call inputs against the exported signature (2 inputs): the graph
-    is about to take more."""
-    hooks = getattr(gm, "_forward_pre_hooks", {})
-    for key, hook in list(hooks.items()):
-        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
-            del hooks[key]
-            getattr(gm, "_forward_pre_hooks_with_kwargs", {}).pop(key, None)
-
-
 def bound_args(node: fx.Node) -> dict[str, Any]:
     """The node's arguments by schema name, defaults filled in."""
     schema = node.target._schema  # type: ignore[union-attr]
@@ -60,7 +50,6 @@ def add_graph_input(gm: fx.GraphModule, iface: CachedSequenceInterface, name: st
                     example: Optional[torch.Tensor] = None, dynamic: bool = True) -> fx.Node:
     """The placeholder `name`, created after the last one (and registered with the interface) if missing."""
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
-    drop_input_checks(gm)
     for n in placeholders:
         if n.name == name or n.target == name:
             return n

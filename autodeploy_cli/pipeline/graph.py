@@ -37,9 +37,23 @@ def shape_prop(gm: fx.GraphModule) -> None:
     mode.allow_non_fake_inputs = True
     try:
         with mode:
+            vals = _inputs_on_weight_device(gm, vals)
             FakeTensorProp(gm, mode=mode).propagate_dont_convert_inputs(*vals)
     finally:
         mode.allow_non_fake_inputs = prev
+
+
+def _inputs_on_weight_device(gm: fx.GraphModule, vals: list[Any]) -> list[Any]:
+    """Export records inputs on the capture device (meta); once weights are real, move the fake inputs to their
+    device (symbolic shapes kept) so propagation does not mix devices."""
+    device = next((t.device for t in [*gm.parameters(), *gm.buffers()] if t.device.type != "meta"), None)
+    if device is None:
+        return vals
+    moved = [v.to(device) if isinstance(v, torch.Tensor) and v.device != device else v for v in vals]
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    for node, val in zip(placeholders, moved):
+        node.meta["val"] = val
+    return moved
 
 
 def is_op(node: fx.Node, ops: Any | Iterable[Any]) -> bool:

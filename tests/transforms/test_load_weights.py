@@ -24,7 +24,7 @@ def checkpoint_dir(tmp_path_factory):
 
 def test_loads_checkpoint_and_matches_hf(checkpoint_dir):
     path, hf_model = checkpoint_dir
-    result = build(resolve([], [f"model={path}"]))
+    result = build(resolve([], [f"model={path}"]), stop_after="load_weights")
     row = next(r for r in result.report["transforms"] if r["name"] == "load_weights")
     assert row["note"].endswith("from checkpoint on cpu")
     gm = result.model
