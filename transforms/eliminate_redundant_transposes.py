@@ -68,4 +68,4 @@ class EliminateRedundantTransposes(BaseTransform):
                 continue
             node.replace_all_uses_with(inner.args[0])
             count += 1
-        return finish(gm, ctx, count, self.name, has_valid_shapes=True)
+        return finish(gm, ctx, count, self.name)  # no new nodes: shapes stay valid

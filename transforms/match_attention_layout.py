@@ -29,7 +29,6 @@ aten = torch.ops.aten
 @dataclass
 class MatchAttentionLayoutOptions(TransformOptions):
     attn_layout: str = "bsnd"  # the layout every torch_attention should have: bsnd ([b, s, n, d]) or bnsd
-    run_shape_prop: bool = True  # later matchers read the transposes' shapes
     choices: ClassVar[dict] = {"attn_layout": ("bsnd", "bnsd")}
 
 
@@ -44,7 +43,7 @@ class MatchAttentionLayout(BaseTransform):
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
         load_ops()
         want = self.options.attn_layout
-        count = 0
+        count, touched = 0, []
         for node in list(gm.graph.nodes):
             if not is_op(node, torch.ops.auto_deploy.torch_attention.default):
                 continue
@@ -58,5 +57,6 @@ class MatchAttentionLayout(BaseTransform):
             with gm.graph.inserting_after(node):
                 back = transpose12(gm.graph, node, node)
             node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
+            touched += [q, k, v, node, back]
             count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

@@ -37,7 +37,6 @@ DROPOUT_OPS = (aten.dropout.default, aten.native_dropout.default, aten.feature_d
 @dataclass
 class MatchEagerAttentionOptions(TransformOptions):
     requires_shape_prop: bool = True  # reads the ranks of q, k, v and of the scores
-    run_shape_prop: bool = True  # later attention matchers read the new node's shape
 
 
 @dataclass
@@ -148,7 +147,7 @@ class MatchEagerAttention(BaseTransform):
     options_cls = MatchEagerAttentionOptions
 
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
-        count, cache = 0, {}
+        count, cache, touched = 0, {}, []
         for node in list(gm.graph.nodes):
             if not is_op(node, SOFTMAX_OPS) or rank(node) != 4:
                 continue
@@ -162,6 +161,7 @@ class MatchEagerAttention(BaseTransform):
                 new = attention_call(gm.graph, s.q, s.k, pv.args[1], found["mask"], is_causal=False, scale=s.scale,
                                      logit_cap=s.logit_cap, layout="bnsd", gm=gm, mask_cache=cache)
             replace(pv, new)
+            touched.append(new)
             erase_if_unused(gm.graph, [pv, node] + s.nodes + found["extra"])
             count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

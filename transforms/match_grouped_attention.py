@@ -28,7 +28,7 @@ aten = torch.ops.aten
 
 @dataclass
 class MatchGroupedAttentionOptions(TransformOptions):
-    run_shape_prop: bool = True  # the layout matcher reads the new nodes' shapes
+    requires_shape_prop: bool = False  # structure only
 
 
 def _unrepeated(node: object) -> Optional[tuple[fx.Node, int]]:
@@ -44,7 +44,7 @@ class MatchGroupedAttention(BaseTransform):
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
         load_ops()
         attention = torch.ops.auto_deploy.torch_attention.default
-        count, cache = 0, {}
+        count, cache, touched = 0, {}, []
         for node in list(gm.graph.nodes):
             is_sdpa = is_op(node, aten.scaled_dot_product_attention.default)
             if not (is_sdpa or (is_op(node, attention) and node.kwargs.get("layout", "bsnd") == "bnsd")):
@@ -58,5 +58,7 @@ class MatchGroupedAttention(BaseTransform):
                 replace(node, new)
             else:
                 node.args = (node.args[0], rk[0], rv[0], *node.args[3:])
+                new = node
+            touched.append(new)
             count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

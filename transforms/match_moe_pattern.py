@@ -47,7 +47,6 @@ GROUPED_MM = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
 @dataclass
 class MatchMoeOptions(TransformOptions):
     requires_shape_prop: bool = True  # reads k (top-k) and expert weight shapes
-    run_shape_prop: bool = True
 
 
 def _is(node: Any, *ops: Any) -> bool:
@@ -189,7 +188,7 @@ class MatchMoePattern(BaseTransform):
 
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
         load_ops()
-        count, impls, stacked = 0, [], []
+        count, impls, stacked, touched = 0, [], [], []
         hooks = ctx.state.setdefault("weight_hooks", {})
         matched_topk: set = set()
         for node in list(gm.graph.nodes):
@@ -206,6 +205,7 @@ class MatchMoePattern(BaseTransform):
             inputs = {found["x"], found["ids"], found["weights"]}
             block = [n for n in ancestors(node, stop=inputs) if n not in inputs]
             replace(node, new)
+            touched += [n for group in lists for n in group] + [new]
             erase_if_unused(gm.graph, block)  # also the in-place index_put_ of the un-permutation
             stacked += [found["gate_up"].target, found["down"].target]
             impls.append(found["impl"])
@@ -220,4 +220,4 @@ class MatchMoePattern(BaseTransform):
             for name in stacked:
                 hooks.pop(name, None)
             ctx.state["moe_experts_implementation"] = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

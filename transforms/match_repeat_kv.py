@@ -27,7 +27,7 @@ aten = torch.ops.aten
 
 @dataclass
 class MatchRepeatKVOptions(TransformOptions):
-    run_shape_prop: bool = True  # the attention matchers read the new nodes' shapes
+    requires_shape_prop: bool = True  # reads the static head counts of the expand chain
 
 
 def repeat_kv_source(reshape: fx.Node) -> tuple[fx.Node, int] | None:
@@ -56,7 +56,7 @@ class MatchRepeatKV(BaseTransform):
 
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
         load_ops()
-        count = 0
+        count, touched = 0, []
         for node in list(gm.graph.nodes):
             found = repeat_kv_source(node)
             if found is None:
@@ -65,5 +65,6 @@ class MatchRepeatKV(BaseTransform):
             with gm.graph.inserting_before(node):
                 new = gm.graph.call_function(torch.ops.auto_deploy.torch_attention_repeat_kv.default, (kv, n_rep))
             replace(node, new)
+            touched.append(new)
             count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

@@ -35,7 +35,6 @@ aten = torch.ops.aten
 @dataclass
 class MatchRMSNormOptions(TransformOptions):
     requires_shape_prop: bool = True  # checks ranks/sizes of x and the weight
-    run_shape_prop: bool = True  # later transforms (sharding, fusion) read the new nodes' shapes
 
 
 def _squared(node: Any) -> Optional[fx.Node]:
@@ -119,7 +118,7 @@ class MatchRMSNormPattern(BaseTransform):
 
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
         load_ops()
-        count = 0
+        count, touched = 0, []
         for node in list(gm.graph.nodes):
             if not is_op(node, aten.rsqrt.default):
                 continue
@@ -131,8 +130,10 @@ class MatchRMSNormPattern(BaseTransform):
             with gm.graph.inserting_before(out):
                 new = gm.graph.call_function(torch.ops.auto_deploy.torch_rmsnorm.default,
                                              (found["x"], found["weight"], found["eps"], found["offset"]))
+                touched.append(new)
                 if dtype(out) is not None and dtype(found["x"]) is not None and dtype(out) != dtype(found["x"]):
                     new = gm.graph.call_function(aten.to.dtype, (new, dtype(out)))  # e.g. fp32 weight * bf16 x
+                    touched.append(new)
             replace(out, new)
             count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

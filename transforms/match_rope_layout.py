@@ -33,7 +33,6 @@ UNSQUEEZE_DIM = {"bnsd": 1, "bsnd": 2}  # the head dim cos/sin lack, per layout
 @dataclass
 class MatchRopeLayoutOptions(TransformOptions):
     expected_layout: str = "bsnd"  # layout of q/k at every RoPE op: bsnd ([b, s, n, d]) or bnsd
-    run_shape_prop: bool = True  # eliminate_redundant_transposes compares shapes
     choices: ClassVar[dict] = {"expected_layout": ("bsnd", "bnsd")}
 
 
@@ -50,7 +49,7 @@ class MatchRopeLayout(BaseTransform):
 
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
         want = UNSQUEEZE_DIM[self.options.expected_layout]
-        count = 0
+        count, touched = 0, []
         graph = gm.graph
         for node in list(graph.nodes):
             if not is_op(node, rope_ops()):
@@ -61,11 +60,13 @@ class MatchRopeLayout(BaseTransform):
             with graph.inserting_before(node):
                 q, k = (copy_meta(graph.call_function(aten.transpose.int, (x, 1, 2)), node) for x in node.args[:2])
             node.args = (q, k, *node.args[2:udim_index], want)
+            touched += [q, k, node]
             for user in list(node.users):
                 if user.target is not operator.getitem:
                     continue
                 with graph.inserting_after(user):
                     back = copy_meta(graph.call_function(aten.transpose.int, (user, 1, 2)), user)
                 user.replace_all_uses_with(back, delete_user_cb=lambda u, back=back: u is not back)
+                touched += [user, back]
             count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

@@ -42,7 +42,6 @@ _END = 2**62
 @dataclass
 class MatchRopeOptions(TransformOptions):
     requires_shape_prop: bool = True  # reads head dims (static sizes) of q and k
-    run_shape_prop: bool = True  # match_rope_layout reads the new nodes' shapes
 
 
 @dataclass
@@ -170,7 +169,7 @@ _OPS = {
 }
 
 
-def _emit(gm: fx.GraphModule, ropes: list[_Rope], before: fx.Node) -> None:
+def _emit(gm: fx.GraphModule, ropes: list[_Rope], before: fx.Node) -> list[fx.Node]:
     """One op for a q/k pair (or a single tensor, passed as both); its outputs replace the matched nodes."""
     r0 = ropes[0]
     q = r0.x
@@ -180,11 +179,15 @@ def _emit(gm: fx.GraphModule, ropes: list[_Rope], before: fx.Node) -> None:
     with gm.graph.inserting_before(before):
         if r0.kind == "complex":
             tables = [gm.graph.call_function(aten.squeeze.dim, (tables[0], r0.unsqueeze_dim))]
+            new = [tables[0]]
+        else:
+            new = []
         node = copy_meta(gm.graph.call_function(op, (q, k, *tables, r0.unsqueeze_dim)), r0.out)
         outs = [gm.graph.call_function(operator.getitem, (node, i)) for i in range(len(ropes))]
     for rope, out in zip(ropes, outs):  # outside the insert point: `before` itself is erased here
         replace(rope.out, out)
         _drop_empty_cat(out)
+    return new + [node, *outs]
 
 
 def _drop_empty_cat(out: fx.Node) -> None:
@@ -210,7 +213,7 @@ class MatchRopePattern(BaseTransform):
                 groups.setdefault(rope.group, []).append(rope)
             elif why:
                 record_miss(ctx.state, "rope", node, why)
-        count = 0
+        count, touched = 0, []
         for ropes in groups.values():
             while ropes:
                 pos = graph_position(gm.graph)
@@ -220,12 +223,12 @@ class MatchRopePattern(BaseTransform):
                     first, last = pair
                     inputs = [last.x, *last.tables]
                     if all(pos.get(n, -1) < pos[first.out] for n in inputs):
-                        _emit(gm, pair, first.out)  # everything is ready at the earlier match
+                        touched += _emit(gm, pair, first.out)  # everything is ready at the earlier match
                         count += 1
                         continue
                     if any(pos[u] < pos[last.out] for u in first.out.users):
-                        _emit(gm, [first], first.out)  # the earlier result is used before the later is ready
+                        touched += _emit(gm, [first], first.out)  # the earlier result is used before the later
                         count, pair = count + 1, [last]
-                _emit(gm, pair, pair[-1].out)
+                touched += _emit(gm, pair, pair[-1].out)
                 count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

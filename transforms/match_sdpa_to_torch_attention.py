@@ -27,7 +27,7 @@ aten = torch.ops.aten
 
 @dataclass
 class MatchSdpaOptions(TransformOptions):
-    run_shape_prop: bool = True  # the layout matcher reads the new nodes' shapes
+    requires_shape_prop: bool = False  # structure only; masks are evaluated on real tensors
 
 
 @register("match_sdpa_to_torch_attention")
@@ -35,10 +35,12 @@ class MatchSdpaToTorchAttention(BaseTransform):
     options_cls = MatchSdpaOptions
 
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
-        count, cache = 0, {}
+        count, cache, touched = 0, {}, []
         for node in list(gm.graph.nodes):
             if not is_op(node, aten.scaled_dot_product_attention.default):
                 continue
-            replace(node, sdpa_to_torch_attention(gm, node, mask_cache=cache))
+            new = sdpa_to_torch_attention(gm, node, mask_cache=cache)
+            replace(node, new)
+            touched.append(new)
             count += 1
-        return finish(gm, ctx, count, self.name)
+        return finish(gm, ctx, count, self.name, touched)

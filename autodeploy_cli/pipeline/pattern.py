@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import is_op, op_name
+from autodeploy_cli.pipeline.graph import get_attr_value, is_op, op_name
 from autodeploy_cli.pipeline.interface import TransformContext, TransformInfo
 
 aten = torch.ops.aten
@@ -230,12 +230,52 @@ def drop_unused_attrs(gm: fx.GraphModule, targets: Iterable[str]) -> list[str]:
     return dropped
 
 
+def infer_vals(nodes: Iterable[fx.Node]) -> bool:
+    """Fill node.meta["val"] of new or changed nodes by running their targets on the inputs' fake tensors (in
+    graph order), so a matcher can keep shapes valid without a whole-graph shape propagation. False if it could
+    not (a later transform that needs shapes then propagates them)."""
+    from torch._guards import detect_fake_mode
+
+    nodes = list(nodes)
+    if not nodes:
+        return True
+    order = graph_position(nodes[0].graph)
+    try:
+        for node in sorted(set(nodes), key=lambda n: order[n]):
+            leaves = torch.utils._pytree.tree_leaves([val(n) for n in node.all_input_nodes])
+            mode = detect_fake_mode([v for v in leaves if isinstance(v, torch.Tensor)])
+            if node.op == "get_attr":  # a new weight: a fake copy in the graph's fake mode
+                owner = node.graph.owning_module
+                node.meta["val"] = _fake_mode_of(owner).from_tensor(get_attr_value(owner, node.target),
+                                                                    static_shapes=True)
+                continue
+            if node.op != "call_function" or mode is None:
+                return False
+            args, kwargs = fx.node.map_arg((node.args, node.kwargs), lambda n: n.meta["val"])
+            with mode:
+                node.meta["val"] = node.target(*args, **kwargs)
+    except Exception:  # noqa: BLE001 - fall back to the runner's shape propagation
+        return False
+    return True
+
+
+def _fake_mode_of(gm: fx.GraphModule) -> Any:
+    from torch._guards import detect_fake_mode
+
+    mode = detect_fake_mode([val(n) for n in gm.graph.nodes if n.op == "placeholder"])
+    if mode is None:
+        raise RuntimeError("no fake mode on the graph inputs")
+    return mode
+
+
 def finish(gm: fx.GraphModule, ctx: TransformContext, count: int, name: str,
-           has_valid_shapes: bool = False) -> TransformInfo:
-    """A matcher's result; also refreshes the coverage census the build report shows (see pipeline/coverage.py)."""
+           touched: Iterable[fx.Node] = ()) -> TransformInfo:
+    """A matcher's result. Shapes stay valid when the new/changed nodes `touched` get their fake values here (no
+    whole-graph shape propagation needed); also refreshes the coverage census the build report shows."""
     from autodeploy_cli.pipeline.coverage import snapshot
 
     snapshot(gm, ctx.state, by=name)
     if not count:
         return TransformInfo.untouched()
-    return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=has_valid_shapes)
+    alive = [n for n in touched if not getattr(n, "_erased", False)]
+    return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=infer_vals(alive))

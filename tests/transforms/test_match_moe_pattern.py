@@ -10,7 +10,7 @@ from torch import nn
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.graph import op_name
 from tests.transforms.pattern_helpers import (
-    count, export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms, with_weights,
+    export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms, with_weights,
 )
 
 load_ops()
