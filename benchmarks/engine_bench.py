@@ -80,11 +80,11 @@ def bench_bs1(engine, res):
                       decode_tok_s=1 / step, full_s=full)
 
 
-def profile_decode(engine, res, batch=1, steps=20):
+def profile_decode(engine, res, batch=1, steps=20, prompt=128):
     """Top kernels per decode step (torch.profiler) and host vs device time per step."""
     from torch.profiler import ProfilerActivity, profile
 
-    p = rand_prompts(batch, 128, 5)
+    p = rand_prompts(batch, prompt, 5)
     run(engine, p, 4)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         run(engine, p, steps + 1)
@@ -95,7 +95,9 @@ def profile_decode(engine, res, batch=1, steps=20):
             rows.append(dict(name=e.key[:120], us_per_step=dev / steps, calls_per_step=e.count / steps))
     rows.sort(key=lambda r: -r["us_per_step"])
     total = sum(r["us_per_step"] for r in rows)
-    res[f"profile_b{batch}"] = dict(steps=steps, kernel_us_per_step=total, top=rows[:25])
+    wall = res.setdefault("_", 0)
+    res.pop("_")
+    res[f"profile_b{batch}"] = dict(steps=steps, prompt=prompt, kernel_us_per_step=total, top=rows[:25])
 
 
 def bench_ttft(engine, res):
@@ -149,7 +151,7 @@ def main():
         if "bs1" in what:
             bench_bs1(engine, res)
             out.write_text(json.dumps(res, indent=1))
-        if "prof" in what:
+        if "prof" in what and "tput" not in what:
             profile_decode(engine, res)
             out.write_text(json.dumps(res, indent=1))
         if "ttft" in what:
@@ -157,6 +159,9 @@ def main():
             out.write_text(json.dumps(res, indent=1))
         if "tput" in what:
             bench_tput(engine, res, a.requests, a.isl, a.osl)
+            out.write_text(json.dumps(res, indent=1))
+            if "prof" in what:
+                profile_decode(engine, res, batch=a.requests, steps=10, prompt=1024)
     except Exception as e:  # noqa: BLE001 - keep what was measured
         import traceback
 
@@ -166,7 +171,11 @@ def main():
     short = {k: res.get(k) for k in ("attn_backend", "compile_backend", "build_s", "copy_GBps", "bs1_floor_tok_s")}
     short.update({k: {kk: vv for kk, vv in res[k].items() if not isinstance(vv, (list, dict))}
                   for k in ("bs1", "ttft_1024", "tput") if k in res})
-    if "profile_b1" in res:
+    for key in [k for k in res if k.startswith("profile_b")]:
+        short[key] = {"kernel_us_per_step": res[key]["kernel_us_per_step"],
+                      "top": [(r["name"][:40], round(r["us_per_step"], 1), r["calls_per_step"])
+                              for r in res[key]["top"][:8]]}
+    if False:
         short["profile_b1"] = {"kernel_us_per_step": res["profile_b1"]["kernel_us_per_step"],
                                "top5": [(r["name"][:50], round(r["us_per_step"], 1), r["calls_per_step"])
                                         for r in res["profile_b1"]["top"][:6]]}

@@ -18,7 +18,7 @@ from typing import Any, Optional
 from autodeploy_cli.runtime.page_manager import PageManager
 
 
-@dataclass
+@dataclass(eq=False)  # identity comparison: `req in running` must not compare token lists (O(B^2 L) per step)
 class Request:
     request_id: int
     prompt_token_ids: list[int]
