@@ -21,7 +21,7 @@ from typing import Any, Optional
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.attention_mask import attention_call
+from autodeploy_cli.pipeline.attention_mask import attention_call, erase_dropped_masks
 from autodeploy_cli.pipeline.graph import is_op, op_name
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.pattern import (
@@ -164,4 +164,5 @@ class MatchEagerAttention(BaseTransform):
             touched.append(new)
             erase_if_unused(gm.graph, [pv, node] + s.nodes + found["extra"])
             count += 1
+        erase_dropped_masks(gm, cache)
         return finish(gm, ctx, count, self.name, touched)

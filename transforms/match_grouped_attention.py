@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.attention_mask import sdpa_to_torch_attention
+from autodeploy_cli.pipeline.attention_mask import erase_dropped_masks, sdpa_to_torch_attention
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.pattern import finish, replace
@@ -61,4 +61,5 @@ class MatchGroupedAttention(BaseTransform):
                 new = node
             touched.append(new)
             count += 1
+        erase_dropped_masks(gm, cache)
         return finish(gm, ctx, count, self.name, touched)

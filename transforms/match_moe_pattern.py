@@ -35,13 +35,17 @@ from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.graph import get_attr_value, is_op, op_name
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.pattern import (
-    CAST_OPS, VIEW_OPS, ancestors, arg, drop_unused_attrs, erase_if_unused, finish, rank, record_miss, replace, skip,
-    split_binary, static_shape,
+    CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, finish, graph_position, rank,
+    record_miss, replace, skip, split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
 GROUPED_MM = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
+# transformers >= 5.17 zeroes expert-parallel "sentinel" rows (ids >= num_experts) with masked_fill and clamps ids;
+# without expert parallelism no id is out of range, so both are no-ops here (torch_moe ignores such ids anyway)
+SENTINEL_OPS = (aten.masked_fill.Scalar, aten.masked_fill_.Scalar, aten.clamp.default, aten.clamp_.default)
+THROUGH = CAST_OPS + SENTINEL_OPS
 
 
 @dataclass
@@ -55,7 +59,7 @@ def _is(node: Any, *ops: Any) -> bool:
 
 def _unsqueezed(node: Any) -> Optional[fx.Node]:
     """x for unsqueeze(x, -1)."""
-    node = skip(node, CAST_OPS)
+    node = skip(node, THROUGH)
     if _is(node, aten.unsqueeze.default) and arg(node, 1, "dim") in (-1, rank(node.args[0])):
         return node.args[0]
     return None
@@ -63,7 +67,7 @@ def _unsqueezed(node: Any) -> Optional[fx.Node]:
 
 def _flat(node: Any) -> Optional[fx.Node]:
     """x for reshape(x, [-1]) (the flattened [tokens * k] routing tensors)."""
-    node = skip(node, CAST_OPS)
+    node = skip(node, THROUGH)
     if _is(node, *VIEW_OPS) and list(node.args[1]) == [-1]:
         return node.args[0]
     return None
@@ -71,7 +75,7 @@ def _flat(node: Any) -> Optional[fx.Node]:
 
 def _bmm(node: Any) -> Optional[tuple[fx.Node, fx.Node, fx.Node]]:
     """(param, ids_flat, input) for squeeze(bmm(param[ids_flat], unsqueeze(input, -1)), -1)."""
-    node = skip(node, CAST_OPS)
+    node = skip(node, THROUGH)
     if not _is(node, aten.squeeze.dim) or not _is(node.args[0], aten.bmm.default):
         return None
     sel, rhs = node.args[0].args
@@ -83,18 +87,18 @@ def _bmm(node: Any) -> Optional[tuple[fx.Node, fx.Node, fx.Node]]:
 
 def _grouped(node: Any) -> Optional[tuple[fx.Node, fx.Node, fx.Node]]:
     """(param, offsets, input) for grouped_mm(input, param.transpose(-2, -1), offsets)."""
-    node = skip(node, CAST_OPS)
+    node = skip(node, THROUGH)
     if not (isinstance(node, fx.Node) and node.op == "call_function" and op_name(node) in GROUPED_MM):
         return None
     inp, w, offs = node.args[:3]
     if not _is(w, aten.transpose.int) or w.args[0].op != "get_attr" or set(w.args[1:3]) not in ({-2, -1}, {1, 2}):
         return None
-    return w.args[0], offs, skip(inp, CAST_OPS)
+    return w.args[0], offs, skip(inp, THROUGH)
 
 
 def _gated_silu(node: Any) -> Optional[tuple[fx.Node, bool]]:
     """(proj, gate_first) for silu(chunk(proj, 2, -1)[g]) * chunk(proj, 2, -1)[1 - g]."""
-    node = skip(node, CAST_OPS)
+    node = skip(node, THROUGH)
     if not _is(node, aten.mul.Tensor):
         return None
     split = split_binary(node, lambda n: _is(n, aten.silu.default))
@@ -117,10 +121,10 @@ def match_one(total: fx.Node) -> tuple[Optional[dict], str]:
     shape = static_shape(view)
     if not _is(view, *VIEW_OPS) or shape is None or len(shape) != 3 or shape[1] is None:
         return None, ""
-    top_k, weighted = shape[1], skip(view.args[0], CAST_OPS)
+    top_k, weighted = shape[1], skip(view.args[0], THROUGH)
     impl, perm = "batched_mm", None
     if _is(weighted, aten.index.Tensor):  # grouped_mm: un-permute
-        impl, weighted = "grouped_mm", skip(weighted.args[0], CAST_OPS)
+        impl, weighted = "grouped_mm", skip(weighted.args[0], THROUGH)
     if not _is(weighted, aten.mul.Tensor):
         return None, ""
     split = split_binary(weighted, lambda n: _unsqueezed(n) is not None)
@@ -204,6 +208,8 @@ class MatchMoePattern(BaseTransform):
                                              (found["x"], found["ids"], found["weights"], *lists))
             inputs = {found["x"], found["ids"], found["weights"]}
             block = [n for n in ancestors(node, stop=inputs) if n not in inputs]
+            pos = graph_position(gm.graph)  # in-place ops on the routing (e.g. clamp_ of sorted ids) have no users
+            block += [n for n in descendants(found["ids"]) if pos[n] < pos[new]]
             replace(node, new)
             touched += [n for group in lists for n in group] + [new]
             erase_if_unused(gm.graph, block)  # also the in-place index_put_ of the un-permutation

@@ -127,7 +127,22 @@ def classify_mask(gm: fx.GraphModule, mask: fx.Node, cache: Optional[dict] = Non
     return info
 
 
+def _uniform_where_condition(mask: fx.Node) -> Optional[fx.Node]:
+    """cond for where(cond, c, -big) with a 0-dim c: an additive mask whose attended entries share one value, so
+    (softmax being shift-invariant) it attends exactly like the bool mask `cond`. transformers builds its float
+    masks this way; c may be a lifted constant whose value export does not know (meta)."""
+    if mask.target not in (torch.ops.aten.where.ScalarOther, torch.ops.aten.where.self):
+        return None
+    cond, keep, other = mask.args[:3]
+    keep_val = val(keep) if isinstance(keep, fx.Node) else keep
+    other_val = val(other) if isinstance(other, fx.Node) else other
+    keep_ok = isinstance(keep, (int, float)) or (isinstance(keep_val, torch.Tensor) and keep_val.dim() == 0)
+    other_ok = isinstance(other_val, (int, float)) and other_val <= -1e4
+    return cond if keep_ok and other_ok and isinstance(cond, fx.Node) else None
+
+
 def _classify(gm: fx.GraphModule, mask: fx.Node) -> MaskInfo:
+    mask = _uniform_where_condition(mask) or mask
     nodes = ancestors(mask)
     ints, offsets = _int_constants(nodes)
     seq = min(max([14] + [i + 2 for i in ints]), MAX_PROBE_LEN)
@@ -176,10 +191,22 @@ def attention_call(
     if attn_mask is not None and gm is not None:
         info = classify_mask(gm, attn_mask, mask_cache)
         if info.causal:
+            if mask_cache is not None:
+                mask_cache.setdefault("dropped", []).append(attn_mask)
             attn_mask, is_causal, sliding_window = None, True, info.sliding_window
     kwargs = dict(attn_mask=attn_mask, dropout_p=0.0, is_causal=is_causal, scale=scale, sinks=sinks,
                   sliding_window=sliding_window, logit_cap=logit_cap, layout=layout)
     return graph.call_function(torch.ops.auto_deploy.torch_attention.default, (q, k, v), kwargs)
+
+
+def erase_dropped_masks(gm: fx.GraphModule, mask_cache: dict) -> None:
+    """Remove the mask computations no attention reads any more, including in-place ops dead-code elimination
+    keeps (e.g. detach_ of a lifted constant)."""
+    from autodeploy_cli.pipeline.pattern import erase_if_unused
+
+    for mask in mask_cache.get("dropped", []):
+        if not getattr(mask, "_erased", False):
+            erase_if_unused(gm.graph, ancestors(mask))
 
 
 def sdpa_to_torch_attention(gm: fx.GraphModule, sdpa: fx.Node, k: Optional[fx.Node] = None,

@@ -39,13 +39,22 @@ def val(node: Any) -> Any:
     return node.meta.get("val") if isinstance(node, fx.Node) else None
 
 
+def static_int(d: Any) -> Optional[int]:
+    """d as an int if it is one, or a SymInt known to be constant (older torch keeps some static dims symbolic)."""
+    if isinstance(d, int):
+        return int(d)
+    maybe = getattr(getattr(d, "node", None), "maybe_as_int", None)
+    value = maybe() if callable(maybe) else None
+    return int(value) if value is not None else None
+
+
 def static_shape(node: Any) -> Optional[tuple]:
     """The node's shape with each dim an int when static, None when symbolic; None if unknown."""
     v = val(node)
     shape = getattr(v, "shape", None)
     if shape is None:
         return None
-    return tuple(int(d) if isinstance(d, int) else None for d in shape)
+    return tuple(static_int(d) for d in shape)
 
 
 def rank(node: Any) -> Optional[int]:
@@ -208,6 +217,18 @@ def ancestors(node: fx.Node, stop: Optional[set] = None) -> list[fx.Node]:
         if stop and n in stop:
             continue
         todo.extend(n.all_input_nodes)
+    return [n for n in node.graph.nodes if n in seen]
+
+
+def descendants(node: fx.Node) -> list[fx.Node]:
+    """Every node that depends on `node` (not `node` itself), in graph order."""
+    seen: set[fx.Node] = set()
+    todo = list(node.users)
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo.extend(n.users)
     return [n for n in node.graph.nodes if n in seen]
 
 

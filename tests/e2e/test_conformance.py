@@ -17,7 +17,7 @@ import torch
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
 from autodeploy_cli.pipeline.graph import op_name
-from tests.transforms.pattern_helpers import PATTERN_STAGE, max_rel_err, repeat_kv_chains
+from tests.transforms.pattern_helpers import PATTERN_STAGE, PINNED, max_rel_err, repeat_kv_chains
 
 MOE_FAMILIES = {"mixtral", "qwen2_moe", "qwen3_moe"}
 RMSNORMS = {"llama": 5, "mistral": 5, "qwen2": 5, "qwen3": 9, "phi3": 5, "gemma": 5, "gemma2": 9, "gemma3": 13,
@@ -52,7 +52,7 @@ MATRIX = [(f, a) for f in FAMILIES for a in ("eager", "sdpa") if not (f == "gemm
 def test_matchers_make_every_block_canonical(family, attn, tiny_dir):
     # MoE families: transformers' default grouped_mm with eager attention, batched_mm with sdpa (both covered)
     experts = ("grouped_mm" if attn == "eager" else "batched_mm") if family in MOE_FAMILIES else None
-    overrides = [f"model={tiny_dir(family)}", "skip_loading_weights=true",
+    overrides = [f"model={tiny_dir(family)}", "skip_loading_weights=true", *PINNED,
                  "transforms.export_to_gm.patches.hf_attention_to_torch_attention=false",
                  f"model_kwargs._attn_implementation={attn}"]
     overrides += [f"model_kwargs._experts_implementation={experts}"] if experts else []
@@ -95,7 +95,7 @@ def test_broken_rmsnorm_is_named_in_the_report(tiny_dir, monkeypatch):
         return model
 
     monkeypatch.setattr(ModelFactory, "_from_config", from_config)
-    result = build(resolve([], [f"model={tiny_dir('llama')}", "skip_loading_weights=true"]), verify=True)
+    result = build(resolve([], [f"model={tiny_dir('llama')}", "skip_loading_weights=true", *PINNED]), verify=True)
     assert result.verify_failure is None  # unmatched blocks stay as they were: still correct
     row = next(r for r in result.report["coverage"] if r["kind"] == "rmsnorm")
     assert (row["found"], row["expected"]) == (4, 5)

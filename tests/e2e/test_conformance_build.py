@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
 from tests.e2e.test_conformance import FAMILIES, MOE_FAMILIES, expected
+from tests.transforms.pattern_helpers import PINNED
 
 CLI_CASES = {
     "llama": [],
@@ -21,7 +22,7 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if f not in CLI_CASES or f == "gemma2"])
 def test_default_build_verifies_and_reports_full_coverage(family, tiny_dir):
-    result = build(resolve([], [f"model={tiny_dir(family)}", "skip_loading_weights=true"]), verify=True)
+    result = build(resolve([], [f"model={tiny_dir(family)}", "skip_loading_weights=true", *PINNED]), verify=True)
     assert result.verify_failure is None
     assert result.report["verify"]["ok"] and len(result.report["verify"]["rows"]) >= 10
     rows = {r["kind"]: (r["found"], r["expected"], r["hint"]) for r in result.report["coverage"]}
@@ -36,7 +37,8 @@ def test_default_build_verifies_and_reports_full_coverage(family, tiny_dir):
 def test_ad_build_verify_cli(family, tiny_dir):
     from autodeploy_cli.cli import app
 
-    args = ["build", f"model={tiny_dir(family)}", "skip_loading_weights=true", *CLI_CASES[family], "--verify"]
+    args = ["build", f"model={tiny_dir(family)}", "skip_loading_weights=true", *PINNED, *CLI_CASES[family],
+            "--verify"]
     result = CliRunner().invoke(app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
     assert "verify: every transform matches the HF eager logits" in result.output

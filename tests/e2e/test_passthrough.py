@@ -10,6 +10,7 @@ import torch
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
 from autodeploy_cli.pipeline.graph import op_name
+from tests.transforms.pattern_helpers import PINNED
 
 
 @torch.library.custom_op("ad_test_user::scale_shift", mutates_args=())
@@ -35,7 +36,7 @@ def test_user_op_survives_every_transform(tiny_dir, tmp_path, monkeypatch):
     original = ModelFactory._from_config
     monkeypatch.setattr(ModelFactory, "_from_config", lambda self: _wrap_mlps(original(self)))
     dump = tmp_path / "graphs"
-    result = build(resolve([], [f"model={tiny_dir('qwen3')}", "skip_loading_weights=true"]), dump_dir=dump,
+    result = build(resolve([], [f"model={tiny_dir('qwen3')}", "skip_loading_weights=true", *PINNED]), dump_dir=dump,
                    verify=True)
     assert result.verify_failure is None  # logits equal the (equally wrapped) HF model after every transform
 

@@ -24,6 +24,7 @@ CLEANUPS = ("cleanup_noop_slice", "cleanup_noop_add", "cleanup_input_constraints
 PATTERN_STAGE = ("match_moe_pattern", "match_repeat_kv", "match_eager_attention", "match_grouped_attention",
                  "match_sdpa_to_torch_attention", "match_attention_layout", "match_rope_pattern", "match_rope_layout",
                  "eliminate_redundant_transposes", "match_rmsnorm_pattern")
+PINNED = ["device=cpu", "dtype=float32"]  # config overrides: the matrix is defined on CPU in float32 (GPU hosts too)
 SHAPES = ((2, 7), (3, 5), (2, 1))  # two prefill shapes and a batch of one-token sequences
 
 
