@@ -19,7 +19,7 @@ from torch import fx
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import VIEW_OPS, arg, finish, replace, static_shape
+from autodeploy_cli.pipeline.pattern import VIEW_OPS, arg, finish, rank, replace, static_shape
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -41,13 +41,23 @@ def repeat_kv_source(reshape: fx.Node) -> tuple[fx.Node, int] | None:
     if not (isinstance(unsq, fx.Node) and is_op(unsq, aten.unsqueeze.default) and arg(unsq, 1, "dim") in (2, -3)):
         return None
     kv = arg(unsq, 0, "self")
-    src, mid, out = static_shape(kv), static_shape(expand), static_shape(reshape)
-    if src is None or mid is None or out is None or len(src) != 4 or len(mid) != 5 or len(out) != 4:
+    # sizes as written in the graph (ints for the head dims), else as recorded in the nodes' fake values
+    mid = _sizes(arg(expand, 1, "size"), expand)
+    out = _sizes(arg(reshape, 1, "shape"), reshape)
+    if rank(kv) != 4 or mid is None or out is None or len(mid) != 5 or len(out) != 4:
         return None
-    n_kv, n_rep, d = src[1], mid[2], src[3]
-    if None in (n_kv, n_rep, d) or mid[1] != n_kv or out[1] != n_kv * n_rep or out[3] != d:
+    n_kv, n_rep, d = mid[1], mid[2], mid[4]
+    if None in (n_kv, n_rep, d) or n_kv * n_rep != out[1] or out[3] != d:
         return None
     return kv, n_rep
+
+
+def _sizes(written: object, node: fx.Node) -> list | None:
+    """Each dim: the int written in the call, else the static size from the node's value (None if symbolic)."""
+    recorded = static_shape(node)
+    if not isinstance(written, (list, tuple)) or recorded is None or len(written) != len(recorded):
+        return list(recorded) if recorded is not None else None
+    return [w if isinstance(w, int) and w >= 0 else r for w, r in zip(written, recorded)]
 
 
 @register("match_repeat_kv")

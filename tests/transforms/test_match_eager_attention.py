@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from autodeploy_cli.ops import load_ops
+from autodeploy_cli.pipeline.graph import is_op
 from tests.transforms.pattern_helpers import (
     count, export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms,
 )
@@ -27,8 +28,9 @@ def test_llama_eager_attention_becomes_causal_torch_attention():
     assert matches(records) == {"match_eager_attention": 2}
     assert _attn_kwargs(tiny.gm) == [dict(attn_mask=None, is_causal=True, scale=0.25, sliding_window=None,
                                           logit_cap=None, layout="bnsd")] * 2
-    names = ops_in(tiny.gm)
-    assert not [n for n in names if n in ("aten.softmax.int", "aten.dropout", "aten.matmul")]
+    left = [n for n in tiny.gm.graph.nodes if is_op(n, (aten.softmax.int, aten.dropout.default, aten.matmul.default))
+            and n.meta["val"].dim() == 4]  # (transformers 5.17's RoPE has a 3-D matmul of its own)
+    assert not left
     assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_eager_attention"])
