@@ -15,7 +15,7 @@ Before (batched_mm):
     %o = aten.squeeze.dim(aten.bmm(aten.index.Tensor(%down_proj, [%ids]), aten.unsqueeze(%a, -1)), -1)
     %y = aten.sum.dim_IntList(aten.view(aten.mul.Tensor(%o, aten.unsqueeze(%w, -1)), [%t, 2, 64]), [1])
 After:
-    %y = auto_deploy.torch_moe(%x, %topk_ids, %topk_weights, [%experts_0_gate_proj_weight, ...],
+    %y = auto_deploy.torch_moe(%x, %topk_ids, %topk_weights, [%experts_0_gate_proj_weight, ...],   # get_attr
                                [%experts_0_down_proj_weight, ...], [%experts_0_up_proj_weight, ...])
 Per-expert weights are new graph parameters `<experts>.<e>.{gate,up,down}_proj.weight`; weight hooks fill them
 with views of the checkpoint's stacked tensors at load time (no copy). The router (softmax, top-k, normalisation)
@@ -178,9 +178,11 @@ def _expert_params(gm: fx.GraphModule, found: dict, hooks: dict) -> tuple[list, 
         expert = getattr(owner, str(e))
         for kind, src, rows, tensor in (("gate", gu_name, lo, gate_up), ("up", gu_name, hi, gate_up),
                                         ("down", down_name, slice(None), down)):
-            leaf = f"{kind}_proj_weight"
-            expert.register_parameter(leaf, nn.Parameter(tensor[e, rows], requires_grad=False))
-            name = f"{prefix}.{e}.{leaf}"
+            if not hasattr(expert, f"{kind}_proj"):
+                expert.add_module(f"{kind}_proj", nn.Module())
+            proj = getattr(expert, f"{kind}_proj")
+            proj.register_parameter("weight", nn.Parameter(tensor[e, rows], requires_grad=False))
+            name = f"{prefix}.{e}.{kind}_proj.weight"  # the per-expert names older HF checkpoints use
             hooks[name] = lambda t, src=src, e=e, rows=rows: t[src][e, rows]  # a view: no copy
             nodes[kind].append(name)
     return nodes["gate"], nodes["down"], nodes["up"]

@@ -31,15 +31,15 @@ def test_experts_become_torch_moe(family, experts, gone, inter):
     assert gone not in ops_in(tiny.gm) and "aten.histc" not in ops_in(tiny.gm)
     moe = nodes_of(tiny.gm, MOE)
     assert [len(n.args[3]) for n in moe] == [4, 4]  # 4 experts
-    assert moe[0].args[3][1].target == "model.layers.0.mlp.experts.1.gate_proj_weight"
-    gate, down, up = (getattr(tiny.gm.get_submodule("model.layers.0.mlp.experts.0"), f"{k}_proj_weight")
+    assert moe[0].args[3][1].target == "model.layers.0.mlp.experts.1.gate_proj.weight"
+    gate, down, up = (tiny.gm.get_parameter(f"model.layers.0.mlp.experts.0.{k}_proj.weight")
                       for k in ("gate", "down", "up"))
     assert (gate.shape, down.shape, up.shape) == ((inter, 64), (64, inter), (inter, 64))
     assert "aten.topk" in ops_in(tiny.gm)  # the router stays outside
     stacked = {n for n, _ in tiny.gm.named_parameters() if n.endswith(("gate_up_proj", "experts.down_proj"))}
     assert stacked == set()  # the stacked weights are no longer graph parameters ...
     runnable = with_weights(tiny.gm, tiny.ref, ctx.state)  # ... the hooks fill per-expert views of them
-    w = runnable.get_parameter("model.layers.1.mlp.experts.2.up_proj_weight")
+    w = runnable.get_parameter("model.layers.1.mlp.experts.2.up_proj.weight")
     src = tiny.ref.model.layers[1].mlp.experts.gate_up_proj
     assert w.data_ptr() == src[2, w.shape[0]:].data_ptr()  # a view: no copy
     assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
