@@ -8,7 +8,7 @@ import torch
 from torch import fx
 
 from autodeploy_cli.pipeline.graph import placeholder_values
-from autodeploy_cli.runtime.sequence_info import BATCH_INFO, CachedSequenceInterface
+from autodeploy_cli.ops.sequence_info import BATCH_INFO, CachedSequenceInterface
 
 
 def bound_args(node: fx.Node) -> dict[str, Any]:

@@ -24,7 +24,7 @@ from torch import fx
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
-from autodeploy_cli.runtime.sequence_info import ensure_interface
+from autodeploy_cli.ops.sequence_info import ensure_interface
 from transforms._graph_inputs import add_graph_input, refresh_vals
 
 aten = torch.ops.aten

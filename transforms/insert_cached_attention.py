@@ -33,7 +33,7 @@ from autodeploy_cli.ops.attention_backends import BACKEND_MODULES, AttentionNode
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
-from autodeploy_cli.runtime.sequence_info import ensure_interface
+from autodeploy_cli.ops.sequence_info import ensure_interface
 from transforms._graph_inputs import add_graph_input, bound_args, ensure_shapes, refresh_vals
 
 

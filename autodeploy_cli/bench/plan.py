@@ -61,7 +61,7 @@ def _positive(value: Optional[float], flag: str, key: str, what: str) -> None:
 
 def effective_max_num_tokens(cfg: ADConfig) -> int:
     """The runtime's own rule, so the bench rejects exactly what the engine would."""
-    from autodeploy_cli.runtime.sequence_info import effective_max_num_tokens as runtime_rule
+    from autodeploy_cli.ops.sequence_info import effective_max_num_tokens as runtime_rule
 
     return runtime_rule(cfg)
 

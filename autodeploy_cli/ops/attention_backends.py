@@ -16,7 +16,7 @@ What the transform builds for every attention node, in this argument order:
 
 KV cache layout shared by every backend: per layer k_cache and v_cache of shape [num_pages, page_size, n_kv, head_dim]
 (NHD pages). Two sequences never share a page; `cache_loc` lists each sequence's pages (ragged, `cu_num_pages`).
-The sequence-info fields are documented in `autodeploy_cli.runtime.sequence_info.FIELDS`.
+The sequence-info fields are documented in `autodeploy_cli.ops.sequence_info.FIELDS`.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from autodeploy_cli.errors import ADError
 from autodeploy_cli.runtime import sampler
 from autodeploy_cli.runtime.page_manager import PageManager
 from autodeploy_cli.runtime.scheduler import Request, Scheduler
-from autodeploy_cli.runtime.sequence_info import CachedSequenceInterface
+from autodeploy_cli.ops.sequence_info import CachedSequenceInterface
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Engine:
     def __init__(self, model: Any, iface: CachedSequenceInterface, config: Any, tokenizer: Any = None,
                  build_result: Any = None, eos_token_ids: Sequence[int] = (), vocab_size: Optional[int] = None,
                  tokenizer_loader: Any = None):
-        from autodeploy_cli.runtime.sequence_info import effective_max_num_tokens
+        from autodeploy_cli.ops.sequence_info import effective_max_num_tokens
 
         if not iface.caches:
             raise ADError("The built model has no KV cache, so the runtime cannot run it. Keep "
