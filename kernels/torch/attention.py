@@ -60,6 +60,14 @@ def _prepare_fake(position_ids, seq_len, input_pos, cu_seqlen, cache_loc, cu_num
             new(T, dtype=torch.long))
 
 
+def _write_slots(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+    """cache[slots] = x, in the cache's dtype (fp8 goes through a byte view: CPU has no fp8 index_copy)."""
+    x = x.to(cache.dtype)
+    if cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        cache, x = cache.view(torch.uint8), x.view(torch.uint8)
+    cache.index_copy_(0, slots, x)
+
+
 @torch.library.custom_op("auto_deploy::torch_attention_with_paged_cache", mutates_args=("k_cache", "v_cache"))
 def torch_attention_with_paged_cache(
     q: torch.Tensor,
@@ -83,8 +91,8 @@ def torch_attention_with_paged_cache(
     _, T, n, d = q.shape
     n_kv, dv = k.shape[2], v.shape[-1]
     B, ps = seq_len.shape[0], k_cache.shape[1]
-    k_cache.view(-1, n_kv, d).index_copy_(0, slots, k[0].to(k_cache.dtype))
-    v_cache.view(-1, n_kv, dv).index_copy_(0, slots, v[0].to(v_cache.dtype))
+    _write_slots(k_cache.view(-1, n_kv, d), slots, k[0])
+    _write_slots(v_cache.view(-1, n_kv, dv), slots, v[0])
 
     ip = input_pos.long()
     if T == B:  # decode-only: one query per sequence
@@ -102,8 +110,9 @@ def torch_attention_with_paged_cache(
         num_pages = min(-(-int(batch_info_host[6]) // ps), page_table.shape[1])
     pt = page_table[:, :num_pages]
     L = num_pages * ps
-    keys = k_cache[pt].reshape(B, L, n_kv, d).to(torch.float32)
-    vals = v_cache[pt].reshape(B, L, n_kv, dv).to(torch.float32)
+    # index_select, not k_cache[pt]: advanced indexing takes a slow parallel path on small CPU tensors
+    keys = k_cache.index_select(0, pt.reshape(-1)).reshape(B, L, n_kv, d).to(torch.float32)
+    vals = v_cache.index_select(0, pt.reshape(-1)).reshape(B, L, n_kv, dv).to(torch.float32)
 
     g = n // n_kv  # query heads per kv head: head h reads kv head h // g
     S = qb.shape[1]
