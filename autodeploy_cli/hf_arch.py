@@ -6,22 +6,12 @@ id builds offline with its exact shapes: `AutoConfig.for_model(model_type, **val
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def _deep_merge(base: dict, other: dict) -> dict:
-    out = dict(base)
-    for key, value in other.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
+from autodeploy_cli.config.loader import deep_merge
 
 # Version shim: model types older transformers releases do not ship, and the type with the same modules and weight
 # names they map onto in newer releases (transformers 5.23 maps internlm3 onto LlamaForCausalLM; 5.17 lacks it).
@@ -34,7 +24,7 @@ def config_from_values(values: dict[str, Any], overrides: dict[str, Any] | None 
     from transformers import AutoConfig
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
-    merged = _deep_merge(values, dict(overrides or {}))
+    merged = deep_merge(values, dict(overrides or {}))
     model_type = merged.pop("model_type")
     if model_type not in CONFIG_MAPPING and model_type in MODEL_TYPE_FALLBACKS:
         model_type = MODEL_TYPE_FALLBACKS[model_type]
