@@ -78,7 +78,10 @@ def export_to_graph_module(
         for patch in patches:
             stack.enter_context(patch)
         stack.enter_context(_logits_only_forward(model))
-        ep = torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False)
+        # deferred asserts: HF code that branches on sizes (e.g. torch 2.11 with mask building) must not turn into
+        # guards that pin the dynamic dims
+        ep = torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False,
+                                 prefer_deferred_runtime_asserts_over_guards=True)
     gm = ep.module()
     return _flatten_codegen(gm)
 

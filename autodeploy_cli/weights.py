@@ -55,6 +55,9 @@ def assign_weights(gm: nn.Module, tensors: dict[str, torch.Tensor], hooks: dict[
     return len(wanted)
 
 
+META = torch.device("meta")
+
+
 def retarget_device_kwargs(gm: fx.GraphModule, device: torch.device) -> int:
     """Nodes created on the capture device (meta) get `device` instead; returns how many changed."""
     count = 0
@@ -68,9 +71,16 @@ def retarget_device_kwargs(gm: fx.GraphModule, device: torch.device) -> int:
         if args != node.args or kwargs != node.kwargs:
             node.args, node.kwargs = args, kwargs
             count += 1
-    for name, value in list(vars(gm).items()):
-        if isinstance(value, torch.Tensor) and value.device != device:
-            setattr(gm, name, value.to(device))  # lifted constants (e.g. _tensor_constant0)
+    params = {id(t) for t in [*gm.parameters(), *gm.buffers()]}
+    for node in gm.graph.nodes:  # lifted constants (e.g. _tensor_constant0), on the root or a submodule
+        if node.op != "get_attr":
+            continue
+        owner_name, _, leaf = str(node.target).rpartition(".")
+        owner = gm.get_submodule(owner_name) if owner_name else gm
+        value = getattr(owner, leaf, None)
+        # a constant captured on meta holds no data: matchers drop the ones they replace
+        if isinstance(value, torch.Tensor) and id(value) not in params and value.device not in (device, META):
+            setattr(owner, leaf, value.to(device))
             count += 1
     if count:
         gm.recompile()
