@@ -42,3 +42,15 @@ def tiny_dir(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture
+def scratch_transforms():
+    """register(name, cls): register throwaway transforms for one test; the registry is restored afterwards."""
+    from autodeploy_cli.pipeline import registry
+
+    registry.discover()
+    before = dict(registry._REGISTRY)
+    yield lambda name, cls: registry.register(name)(cls)
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(before)

@@ -7,19 +7,14 @@ import logging
 import pytest
 
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.pipeline import registry
 from autodeploy_cli.pipeline.build import build
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformInfo
-from autodeploy_cli.pipeline.registry import ordered_entries, register
+from autodeploy_cli.pipeline.registry import ordered_entries
 from autodeploy_cli.pipeline.runner import TransformFailed
 
 
 @pytest.fixture
-def extra_transforms():
-    """Register throwaway transforms for one test and remove them afterwards."""
-    registry.discover()
-    before = dict(registry._REGISTRY)
-
+def extra_transforms(scratch_transforms):
     class Boom(BaseTransform):
         def apply(self, gm, ctx):
             raise RuntimeError("kaboom")
@@ -28,11 +23,8 @@ def extra_transforms():
         def apply(self, gm, ctx):
             return TransformInfo.untouched(note="looked, found nothing")
 
-    register("tst_boom")(Boom)
-    register("tst_noop")(Noop)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
+    scratch_transforms("tst_boom", Boom)
+    scratch_transforms("tst_noop", Noop)
 
 
 def test_entries_sorted_by_stage_and_added_one_lands_at_end_of_its_stage(extra_transforms):

@@ -6,11 +6,9 @@ import pytest
 import torch
 
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.pipeline import registry
 from autodeploy_cli.pipeline.build import build
 from autodeploy_cli.pipeline.graph import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformInfo
-from autodeploy_cli.pipeline.registry import register
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
@@ -24,10 +22,7 @@ def test_verify_passes_on_tiny_models(family, tiny_dir):
 
 
 @pytest.fixture
-def wrong_transform():
-    registry.discover()
-    before = dict(registry._REGISTRY)
-
+def wrong_transform(scratch_transforms):
     class SiluToRelu(BaseTransform):
         """A deliberately wrong rewrite: every SiLU becomes ReLU."""
 
@@ -40,10 +35,7 @@ def wrong_transform():
             gm.recompile()
             return TransformInfo(num_matches=n, is_clean=True, has_valid_shapes=True)
 
-    register("tst_silu_to_relu")(SiluToRelu)
-    yield
-    registry._REGISTRY.clear()
-    registry._REGISTRY.update(before)
+    scratch_transforms("tst_silu_to_relu", SiluToRelu)
 
 
 def test_verify_names_first_transform_out_of_tolerance(wrong_transform):
