@@ -7,7 +7,7 @@ from typing import Any, Optional
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import placeholder_values
+from autodeploy_cli.pipeline.graph import placeholder_values, shape_prop
 from autodeploy_cli.ops.sequence_info import BATCH_INFO, CachedSequenceInterface
 
 
@@ -70,29 +70,9 @@ def add_graph_input(gm: fx.GraphModule, iface: CachedSequenceInterface, name: st
 
 
 def ensure_shapes(gm: fx.GraphModule, nodes: list[fx.Node]) -> None:
-    """Give `nodes` a meta["val"] by fake propagation when one lacks it, with the inputs' fake values on the device
-    of the real weights (after load_weights the weights are real, the captured inputs are fakes on meta)."""
-    if all(n.meta.get("val") is not None for n in nodes):
-        return
-    import itertools
-
-    from torch._guards import detect_fake_mode
-    from torch._subclasses.fake_tensor import FakeTensorMode
-    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
-
-    vals = placeholder_values(gm)
-    mode = detect_fake_mode([v for v in vals if v is not None]) or FakeTensorMode()
-    tensors = itertools.chain(gm.parameters(), gm.buffers())
-    device = next((t.device for t in tensors if t.device.type != "meta"), None)
-    prev = mode.allow_non_fake_inputs
-    mode.allow_non_fake_inputs = True
-    try:
-        with mode:
-            inputs = [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype, device=device)
-                      if device is not None and v.device != device else v for v in vals]
-            FakeTensorProp(gm, mode=mode).propagate_dont_convert_inputs(*inputs)
-    finally:
-        mode.allow_non_fake_inputs = prev
+    """Give `nodes` a meta["val"] by fake propagation when one lacks it."""
+    if any(n.meta.get("val") is None for n in nodes):
+        shape_prop(gm)
 
 
 def refresh_vals(nodes: list[fx.Node]) -> None:
