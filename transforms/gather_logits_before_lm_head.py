@@ -30,6 +30,7 @@ from transforms._graph_inputs import add_graph_input, refresh_vals
 aten = torch.ops.aten
 GATHER_INPUT = "logits_gather_idx"
 _HEAD_OPS = (aten.linear.default, aten.mm.default, aten.matmul.default)
+_HEAD_OP_NAMES = {"auto_deploy::triton_linear"}  # optimize_linear's GEMV-capable linear (input first, like linear)
 # ops allowed between the head and the output: element-wise with scalar partners (soft-capping, casts)
 _ELEMENTWISE = (aten.tanh.default, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
                 aten.to.dtype, aten._to_copy.default, aten.alias.default, aten.clone.default)
@@ -40,7 +41,7 @@ def find_lm_head(gm: fx.GraphModule) -> Optional[fx.Node]:
     out = next(n for n in gm.graph.nodes if n.op == "output")
     node = out.args[0]
     while isinstance(node, fx.Node):
-        if is_op(node, _HEAD_OPS):
+        if is_op(node, _HEAD_OPS) or getattr(node.target, "name", lambda: "")() in _HEAD_OP_NAMES:
             return node
         if not is_op(node, _ELEMENTWISE):
             return None

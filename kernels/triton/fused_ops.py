@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from kernels.triton import activation, norm, rope
+from kernels.triton import activation, gemv, norm, rope
 
 
 @torch.library.custom_op("auto_deploy::triton_rmsnorm", mutates_args=())
@@ -48,3 +50,62 @@ def triton_rope_with_explicit_cos_sin(q: torch.Tensor, k: torch.Tensor, cos: tor
 @triton_rope_with_explicit_cos_sin.register_fake
 def _rope_fake(q, k, cos, sin, unsqueeze_dim=2):
     return torch.empty_like(q), torch.empty_like(k)
+
+
+# --- linear layers: a GEMV kernel when the step has one token (bs1 decode), cuBLAS otherwise -------------------
+def _one_row(x: torch.Tensor) -> bool:
+    return x.numel() == x.shape[-1]
+
+
+@torch.library.custom_op("auto_deploy::triton_linear", mutates_args=())
+def triton_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    if _one_row(x):
+        return gemv.gemv(x, weight, bias)
+    return torch.nn.functional.linear(x, weight, bias)
+
+
+@torch.library.custom_op("auto_deploy::triton_silu_mul_linear", mutates_args=())
+def triton_silu_mul_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+                           ) -> torch.Tensor:
+    if _one_row(x):
+        return gemv.gemv(x, weight, bias, silu_mul=True)
+    return torch.nn.functional.linear(activation.silu_and_mul(x), weight, bias)
+
+
+@torch.library.custom_op("auto_deploy::triton_rmsnorm_linear", mutates_args=())
+def triton_rmsnorm_linear(x: torch.Tensor, norm_weight: torch.Tensor, eps: float, weight_offset: float,
+                          weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    if _one_row(x):
+        return gemv.gemv(x, weight, bias, norm_weight=norm_weight, eps=eps, weight_offset=weight_offset)
+    return torch.nn.functional.linear(norm.rmsnorm(x, norm_weight, eps, weight_offset), weight, bias)
+
+
+@torch.library.custom_op("auto_deploy::triton_add_rmsnorm_linear", mutates_args=())
+def triton_add_rmsnorm_linear(x: torch.Tensor, residual: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                              weight_offset: float, weight: torch.Tensor, bias: Optional[torch.Tensor] = None
+                              ) -> tuple[torch.Tensor, torch.Tensor]:
+    if _one_row(x):
+        return gemv.gemv(x, weight, bias, norm_weight=norm_weight, residual=residual, eps=eps,
+                         weight_offset=weight_offset)
+    normed, s = norm.add_rmsnorm(x, residual, norm_weight, eps, weight_offset)
+    return torch.nn.functional.linear(normed, weight, bias), s
+
+
+@triton_linear.register_fake
+def _linear_fake(x, weight, bias=None):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@triton_silu_mul_linear.register_fake
+def _silu_mul_linear_fake(x, weight, bias=None):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@triton_rmsnorm_linear.register_fake
+def _rmsnorm_linear_fake(x, norm_weight, eps, weight_offset, weight, bias=None):
+    return x.new_empty(*x.shape[:-1], weight.shape[0])
+
+
+@triton_add_rmsnorm_linear.register_fake
+def _add_rmsnorm_linear_fake(x, residual, norm_weight, eps, weight_offset, weight, bias=None):
+    return x.new_empty(*x.shape[:-1], weight.shape[0]), torch.empty_like(x)

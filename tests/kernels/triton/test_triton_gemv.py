@@ -1,0 +1,86 @@
+"""Triton single-token GEMV (kernels/triton/gemv.py): plain, SiLU-and-mul prologue, RMSNorm / add+RMSNorm prologue,
+and the triton_*linear ops that dispatch to it for one row and to cuBLAS otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernels.triton import activation, fused_ops, gemv, norm  # noqa: F401 - fused_ops registers the ops
+
+F = torch.nn.functional
+AD = torch.ops.auto_deploy
+
+
+def _reference(mode, x, w, b, nw, r, offset):
+    k = w.shape[1]
+    if mode == "silu_mul":
+        return F.linear(activation.silu_and_mul(x), w, b), None
+    if mode == "norm":
+        return F.linear(norm.rmsnorm(x, nw, 1e-5, offset), w, b), None
+    if mode == "add_norm":
+        normed, s = norm.add_rmsnorm(x, r, nw, 1e-5, offset)
+        return F.linear(normed, w, b), s
+    assert x.shape[-1] == k
+    return F.linear(x, w, b), None
+
+
+def _run(mode, x, w, b, nw, r, offset, config=None):
+    kw = {"norm": dict(norm_weight=nw, eps=1e-5, weight_offset=offset),
+          "add_norm": dict(norm_weight=nw, residual=r, eps=1e-5, weight_offset=offset),
+          "silu_mul": dict(silu_mul=True)}.get(mode, {})
+    out = gemv.gemv(x, w, b, config=config, **kw)
+    return out if mode == "add_norm" else (out, None)
+
+
+@pytest.mark.parametrize("mode", ["plain", "silu_mul", "norm", "add_norm"])
+@pytest.mark.parametrize("n,k,bias,offset", [(40, 64, False, 0.0), (33, 96, True, 1.0)])  # 96: a ragged K block
+def test_gemv_matches_unfused_ops(device, mode, n, k, bias, offset):
+    g = torch.Generator().manual_seed(n + k)
+    w = torch.randn(n, k, generator=g).to(device)
+    b = torch.randn(n, generator=g).to(device) if bias else None
+    x = torch.randn(1, 1, 2 * k if mode == "silu_mul" else k, generator=g).to(device)
+    r, nw = torch.randn(1, 1, k, generator=g).to(device), torch.randn(k, generator=g).to(device)
+    (out, s), (ref, ref_s) = _run(mode, x, w, b, nw, r, offset, config=(8, 64, 2)), _reference(mode, x, w, b, nw, r,
+                                                                                               offset)
+    assert out.shape == ref.shape == (1, 1, n)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    if mode == "add_norm":
+        assert torch.equal(s, ref_s)
+
+
+def test_gemv_rejects_more_than_one_row(device):
+    with pytest.raises(ValueError, match="one row of width 8"):
+        gemv.gemv(torch.zeros(2, 8, device=device), torch.zeros(4, 8, device=device))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_linear_ops_dispatch_by_row_count(device, rows):
+    g = torch.Generator().manual_seed(rows)
+    w, nw = torch.randn(24, 32, generator=g).to(device), torch.randn(32, generator=g).to(device)
+    x, r = torch.randn(1, rows, 32, generator=g).to(device), torch.randn(1, rows, 32, generator=g).to(device)
+    gu = torch.randn(1, rows, 64, generator=g).to(device)
+    torch.testing.assert_close(AD.triton_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(AD.triton_silu_mul_linear(gu, w), F.linear(activation.silu_and_mul(gu), w),
+                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(AD.triton_rmsnorm_linear(x, nw, 1e-6, 0.0, w),
+                               F.linear(norm.rmsnorm(x, nw, 1e-6), w), rtol=1e-5, atol=1e-5)
+    y, s = AD.triton_add_rmsnorm_linear(x, r, nw, 1e-6, 0.0, w)
+    normed, ref_s = norm.add_rmsnorm(x, r, nw, 1e-6)
+    torch.testing.assert_close(y, F.linear(normed, w), rtol=1e-5, atol=1e-5)
+    assert torch.equal(s, ref_s)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("mode,n,k", [("plain", 6144, 4096), ("add_norm", 28672, 4096), ("silu_mul", 4096, 14336),
+                                      ("norm", 4096, 4096)])
+def test_gpu_bf16_8b_shapes(mode, n, k):
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    w, x = torch.randn(n, k, **bf) / 64, torch.randn(1, 1, 2 * k if mode == "silu_mul" else k, **bf)
+    r, nw = torch.randn(1, 1, k, **bf), torch.rand(k, **bf) + 0.5
+    (out, s), (ref, ref_s) = _run(mode, x, w, None, nw, r, 0.0), _reference(mode, x, w, None, nw, r, 0.0)
+    rel = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert rel < 1e-2  # the fused norm skips one bf16 rounding of the normalised input
+    if mode == "add_norm":
+        assert torch.equal(s, ref_s)
