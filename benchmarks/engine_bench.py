@@ -88,9 +88,8 @@ def profile_decode(engine, res, batch=1, steps=20, prompt=128):
 
     for p in rand_prompts(batch, prompt, 5):
         engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True))
-    while engine.scheduler.waiting or engine.stats.decode_steps == 0:
-        engine.step()
-    for _ in range(2):
+    decode_steps = engine.stats.decode_steps
+    while engine.stats.decode_steps < decode_steps + 2:  # every prompt prefilled, two decode-only steps done
         engine.step()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -110,6 +109,24 @@ def profile_decode(engine, res, batch=1, steps=20, prompt=128):
     total = sum(r["us_per_step"] for r in rows)
     res[f"profile_b{batch}"] = dict(steps=steps, prompt=prompt, kernel_us_per_step=total,
                                     wall_us_per_step_profiled=wall * 1e6, top=rows[:25])
+
+
+def profile_prefill(engine, res, prompt=1024, runs=3):
+    """Top kernels of a single-prompt prefill (TTFT), and the wall time around them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    p = rand_prompts(1, prompt, 2)
+    run(engine, p, 1)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        wall = sum(run(engine, p, 1) for _ in range(runs)) / runs
+    rows = []
+    for e in prof.key_averages():
+        dev = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if dev > 0 and e.device_type.name == "CUDA":
+            rows.append(dict(name=e.key[:120], us_per_run=dev / runs, calls_per_run=e.count / runs))
+    rows.sort(key=lambda r: -r["us_per_run"])
+    res[f"profile_prefill_{prompt}"] = dict(kernel_us_per_run=sum(r["us_per_run"] for r in rows),
+                                            wall_us_per_run_profiled=wall * 1e6, top=rows[:25])
 
 
 def bench_ttft(engine, res):
@@ -166,6 +183,9 @@ def main():
         if "prof" in what and "tput" not in what:
             profile_decode(engine, res)
             out.write_text(json.dumps(res, indent=1))
+        if "profp" in what:
+            profile_prefill(engine, res)
+            out.write_text(json.dumps(res, indent=1))
         if "ttft" in what:
             bench_ttft(engine, res)
             out.write_text(json.dumps(res, indent=1))
@@ -183,6 +203,11 @@ def main():
     short = {k: res.get(k) for k in ("attn_backend", "compile_backend", "build_s", "copy_GBps", "bs1_floor_tok_s")}
     short.update({k: {kk: vv for kk, vv in res[k].items() if not isinstance(vv, (list, dict))}
                   for k in ("bs1", "ttft_1024", "tput") if k in res})
+    for key in [k for k in res if k.startswith("profile_prefill")]:
+        short[key] = {"kernel_us_per_run": res[key]["kernel_us_per_run"],
+                      "wall_us": res[key]["wall_us_per_run_profiled"],
+                      "top": [(r["name"][:40], round(r["us_per_run"], 1), r["calls_per_run"])
+                              for r in res[key]["top"][:10]]}
     for key in [k for k in res if k.startswith("profile_b")]:
         short[key] = {"kernel_us_per_step": res[key]["kernel_us_per_step"],
                       "top": [(r["name"][:40], round(r["us_per_step"], 1), r["calls_per_step"])

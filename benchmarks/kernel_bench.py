@@ -100,10 +100,10 @@ def tri_args(p):
     return (p["q"], p["kc"], p["vc"], p["seq_len"], p["input_pos"], p["cu"], p["loc"], p["cup"])
 
 
-def sec_decode(B, ctx, tag):
-    p = paged(B, ctx)
+def sec_decode(B, ctx, tag, ps=16, sweep_space=((32, 64, 128), (4, 8), (2, 3), (1, 2, 4, 8))):
+    p = paged(B, ctx, ps=ps)
     kv_bytes = 2 * B * ctx * 8 * 128 * 2
-    out = {"B": B, "ctx": ctx, "page": 16, "heads": "32/8x128", "kv_MB": kv_bytes / 1e6,
+    out = {"B": B, "ctx": ctx, "page": ps, "heads": "32/8x128", "kv_MB": kv_bytes / 1e6,
            "floor_us": kv_bytes / (RES.get("copy_GBps", 4230) * 1e3) * 1e6 / 1e6 * 1e3}
     ref = None
     try:
@@ -114,10 +114,10 @@ def sec_decode(B, ctx, tag):
     except Exception as e:  # noqa: BLE001
         out["flashinfer_error"] = repr(e)[:300]
     sweep = []
-    for bn in (32, 64, 128):
-        for warps in (4, 8):
-            for stages in (2, 3):
-                for splits in (1, 2, 4, 8):
+    for bn in sweep_space[0]:
+        for warps in sweep_space[1]:
+            for stages in sweep_space[2]:
+                for splits in sweep_space[3]:
                     try:
                         fn = lambda: ta.decode_attention(*tri_args(p), num_splits=splits, block_n=bn,  # noqa: E731
                                                          num_warps=warps, num_stages=stages)
@@ -131,7 +131,7 @@ def sec_decode(B, ctx, tag):
     out["triton_best"] = min(ok, key=lambda s: s["us"]) if ok else None
     o = ta.decode_attention(*tri_args(p))
     out["triton_default_us"] = bench(lambda: ta.decode_attention(*tri_args(p))) * 1e3
-    out["triton_default_splits"] = ta.decode_num_splits(B, 8, p["kc"].shape[0] * 16 // B)
+    out["triton_default_splits"] = ta.decode_num_splits(B, 8, p["kc"].shape[0] * ps // B)
     out["triton_default_rel_err_vs_fi"] = rel(o, ref) if ref is not None else None
     out["sweep"] = sweep
     RES[tag] = out
@@ -210,13 +210,18 @@ def sec_write():
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="kernel_bench.json")
+    ap.add_argument("--sections", default="", help="comma-separated section names (default: all but long decode)")
     a = ap.parse_args()
-    for name, fn in [("facts", sec_facts), ("bandwidth", sec_bandwidth),
+    long_space = ((64, 128), (4, 8), (2, 3, 4), (1,))
+    sections = [("decode256_p16", lambda: sec_decode(256, 1536, "decode_B256_ctx1536_p16", 16, long_space)),
+                ("decode256_p64", lambda: sec_decode(256, 1536, "decode_B256_ctx1536_p64", 64, long_space))]
+    wanted = set(filter(None, a.sections.split(",")))
+    for name, fn in [(n, f) for n, f in sections if n in wanted] + [(n, f) for n, f in [("facts", sec_facts), ("bandwidth", sec_bandwidth),
                      ("decode64", lambda: sec_decode(64, 1024, "decode_B64_ctx1024")),
                      ("decode1", lambda: sec_decode(1, 384, "decode_B1_ctx384")),
                      ("prefill1", lambda: sec_prefill(1, 1024, "prefill_1x1024")),
                      ("prefill16", lambda: sec_prefill(16, 2048, "prefill_16x2048")),
-                     ("pointwise", sec_pointwise), ("write", sec_write)]:
+                     ("pointwise", sec_pointwise), ("write", sec_write)] if not wanted or n in wanted]:
         t0 = time.time()
         try:
             fn()
@@ -225,7 +230,7 @@ def main():
         print(f"[{name}] {time.time() - t0:.1f}s", flush=True)
         save(a.out)
     # short table last
-    for tag in ("decode_B64_ctx1024", "decode_B1_ctx384"):
+    for tag in ("decode_B64_ctx1024", "decode_B1_ctx384", "decode_B256_ctx1536_p16", "decode_B256_ctx1536_p64"):
         d = RES.get(tag, {})
         print(tag, {k: d.get(k) for k in ("floor_us", "flashinfer_tc_us", "flashinfer_cuda_core_us",
                                           "triton_default_us", "triton_default_splits")}, "best", d.get("triton_best"))
