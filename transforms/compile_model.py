@@ -25,11 +25,12 @@ from autodeploy_cli.pipeline.registry import register
 
 @dataclass
 class CompileModelOptions(TransformOptions):
-    backend: str = "torch-simple"  # torch-simple | torch-compile | torch-cudagraph | torch-opt
+    # auto: torch-cudagraph on CUDA, torch-simple elsewhere | torch-simple | torch-compile | torch-cudagraph | torch-opt
+    backend: str = "auto"
     cuda_graph_batch_sizes: Optional[List[int]] = None  # decode batch sizes to capture (None: a default ladder)
     dynamo_backend: str = "inductor"  # torch.compile backend for torch-compile/torch-opt (eager/aot_eager: debug)
     cache_size_limit: int = 64  # torch._dynamo recompile limit (a few shape specialisations are expected)
-    choices: ClassVar[dict] = {"backend": ("torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
+    choices: ClassVar[dict] = {"backend": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
                                "dynamo_backend": ("inductor", "aot_eager", "eager")}
 
 
@@ -47,6 +48,9 @@ class CompileModel(BaseTransform):
     def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
         opts = self.options
         backend = opts.backend
+        if backend == "auto":
+            backend = "torch-cudagraph" if ctx.device.type == "cuda" else "torch-simple"
+        ctx.state["compile_backend"] = backend
         model = gm
         note = backend
         if backend in ("torch-compile", "torch-opt"):

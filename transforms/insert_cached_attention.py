@@ -39,8 +39,16 @@ from transforms._graph_inputs import add_graph_input, bound_args, ensure_shapes,
 
 @dataclass
 class InsertCachedAttentionOptions(TransformOptions):
-    backend: str = "torch"  # attention backend: torch (plain torch, any device) | triton | flashinfer (GPU)
-    choices: ClassVar[dict] = {"backend": tuple(BACKEND_MODULES)}
+    # auto: triton on a CUDA device, torch elsewhere | torch (plain torch, any device) | triton | flashinfer (GPU)
+    backend: str = "auto"
+    choices: ClassVar[dict] = {"backend": ("auto", *BACKEND_MODULES)}
+
+
+def resolve_attention_backend(name: str, device: torch.device) -> str:
+    """`auto` -> `triton` on CUDA (our kernels; FlashInfer is an optional extra), `torch` elsewhere."""
+    if name != "auto":
+        return name
+    return "triton" if device.type == "cuda" else "torch"
 
 
 def _node_info(node: fx.Node, layer_idx: int) -> AttentionNodeInfo:
@@ -72,7 +80,7 @@ class InsertCachedAttention(BaseTransform):
         nodes = [n for n in gm.graph.nodes if is_op(n, source)]
         if not nodes:
             return TransformInfo.untouched("no torch_attention nodes")
-        backend = get_attention_backend(self.options.backend)
+        backend = get_attention_backend(resolve_attention_backend(self.options.backend, ctx.device))
         # head counts and dims come from the q/k/v shapes; propagate them only if a transform left some unknown
         ensure_shapes(gm, [a for n in nodes for a in n.args[:3] if isinstance(a, fx.Node)])
         infos = [_node_info(n, i) for i, n in enumerate(nodes)]

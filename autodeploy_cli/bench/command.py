@@ -60,9 +60,9 @@ def _conditions(cfg: ADConfig, factory: Any) -> dict[str, Any]:
     }
 
 
-def _describe_ours(cfg: ADConfig) -> str:
-    return (f"ad engine: compile backend {cfg.compile_backend or 'default'}, attention backend "
-            f"{cfg.attn_backend or 'default'}, paged KV cache (page {cfg.attn_page_size})")
+def _describe_ours(cfg: ADConfig, conditions: dict[str, Any]) -> str:
+    return (f"ad engine: compile backend {conditions['compile_backend']}, attention backend "
+            f"{conditions['attn_backend']}, paged KV cache (page {cfg.attn_page_size})")
 
 
 class _Session:
@@ -91,6 +91,10 @@ class _Session:
         engine = ours.make_engine(self.cfg)
         self.result.build = ours.build_split(engine.build_result.records, now() - t0)
         self.result.kv_cache_capacity_tokens = getattr(engine, "kv_capacity_tokens", None)
+        # the backends `auto` resolved to on this device
+        state = getattr(getattr(engine.build_result, "ctx", None), "state", None) or {}
+        for key, name in (("attn_backend", "attention_backend"), ("compile_backend", "compile_backend")):
+            self.result.conditions[key] = state.get(name, self.result.conditions[key])
         with self._progress() as progress:
             self._run_ours(engine, progress)
             del engine
@@ -106,7 +110,7 @@ class _Session:
         from autodeploy_cli.bench import hardware
 
         requests, c = self.workload.requests, self.plan.concurrency
-        trace = self.result.runs.setdefault("ad", RunTrace("ad", _describe_ours(self.cfg)))
+        trace = self.result.runs.setdefault("ad", RunTrace("ad", _describe_ours(self.cfg, self.result.conditions)))
         self.stage = "ad"
         task = progress.add_task("ad: warm-up", total=len(requests))
         if self.plan.warmup:

@@ -52,7 +52,7 @@ def test_shortcut_reaches_its_transform_and_mirrors_it(tmp_path):
     # not set explicitly: the shortcut shows the transform's value
     cfg = resolve([], ["transforms.compile_model.backend=torch-compile"])
     assert cfg.compile_backend == "torch-compile"
-    assert resolve().compile_backend == "torch-simple"
+    assert resolve().compile_backend == "auto"
 
 
 def test_dollar_brace_in_prompts_is_literal():

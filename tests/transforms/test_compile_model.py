@@ -8,6 +8,14 @@ from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
 
 
+def test_auto_is_torch_simple_on_cpu():
+    result = build(resolve([], []))  # default: compile_backend auto, attn_backend auto
+    assert isinstance(result.model, torch.fx.GraphModule)
+    assert result.report["transforms"][-1]["note"] == "torch-simple"
+    assert result.ctx.state["compile_backend"] == "torch-simple"
+    assert result.ctx.state["attention_backend"] == "torch"
+
+
 def test_torch_simple_is_identity():
     result = build(resolve([], ["compile_backend=torch-simple"]))
     assert isinstance(result.model, torch.fx.GraphModule)

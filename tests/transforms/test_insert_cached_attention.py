@@ -75,7 +75,7 @@ def test_graph_without_attention_is_untouched(built):
 
 def test_backend_errors():
     with pytest.raises(ADError, match="Invalid value `flashnfer` for `transforms.insert_cached_attention.backend`: "
-                                      "choose one of torch, triton, flashinfer. Did you mean `flashinfer`?"):
+                                      "choose one of auto, torch, triton, flashinfer. Did you mean `flashinfer`?"):
         build_options("insert_cached_attention", {**OPTS, "backend": "flashnfer"})
     with pytest.raises(ADError, match="Unknown attention backend `trch`.*Did you mean `torch`?"):
         get_attention_backend("trch")
