@@ -38,7 +38,8 @@ def sampling_params(max_tokens: int) -> Any:
     """Greedy, exactly `max_tokens` tokens (EOS ignored), so every run does the same work."""
     from autodeploy_cli.runtime.engine import SamplingParams
 
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+    # token ids in and out: a benchmark of a hub id needs no tokenizer (none may be stored offline)
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
 
 
 def build_split(records: Iterable[Any], total_s: float) -> dict[str, Any]:

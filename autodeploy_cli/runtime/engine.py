@@ -36,6 +36,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)  # stop strings (cut from the text)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    detokenize: bool = True  # False: token ids only, Completion.text stays "" and no tokenizer is loaded
 
     @classmethod
     def from_config(cls, sc: Any) -> "SamplingParams":
@@ -278,7 +279,7 @@ class Engine:
         return True
 
     def _completion(self, r: Request) -> Completion:
-        text = r.text if r.text is not None else self._decode(r.output_token_ids)
+        text = r.text if r.text is not None else self._decode(r.output_token_ids) if r.sampling.detokenize else ""
         return Completion(r.request_id, r.prompt, list(r.prompt_token_ids), list(r.output_token_ids), text,
                           r.finish_reason, r.error)
 

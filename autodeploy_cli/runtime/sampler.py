@@ -17,6 +17,8 @@ def validate(sp: Any) -> Optional[str]:
         return f"top_p must be in (0, 1], got {sp.top_p}"
     if sp.top_k is not None and sp.top_k < 0:
         return f"top_k must be >= 0 (0 or null = off), got {sp.top_k}"
+    if sp.stop and not getattr(sp, "detokenize", True):
+        return "stop strings need the output text: keep detokenize=True or use stop_token_ids"
     return None
 
 

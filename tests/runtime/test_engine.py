@@ -152,3 +152,20 @@ def test_stop_token_ids_and_stop_strings(setup):
     assert out.finish_reason == "stop" and out.text == full[:j]
     n = next(i for i, t in enumerate(texts) if stop in t)  # the token that produced the stop string ends it
     assert out.token_ids == greedy[:n]
+
+
+def test_detokenize_false_needs_no_tokenizer(setup):
+    cfg, base, ref = setup
+
+    def no_tokenizer():
+        raise AssertionError("the tokenizer was loaded")
+
+    eng = Engine(base.model, base.iface, cfg, eos_token_ids=base.eos_token_ids, vocab_size=base.vocab_size,
+                 tokenizer_loader=no_tokenizer)
+    ids_only = dataclasses.replace(GREEDY, detokenize=False)
+    [done] = eng.generate([prompt(5)], ids_only)
+    assert done.token_ids == ref(prompt(5)) and done.text == ""
+    bad = eng.add_request(prompt(5), dataclasses.replace(ids_only, stop=["x"]))
+    eng.step()
+    assert eng.completion(bad).error == ("invalid sampling parameters: stop strings need the output text: keep "
+                                         "detokenize=True or use stop_token_ids")
