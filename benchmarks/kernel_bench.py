@@ -104,7 +104,7 @@ def sec_decode(B, ctx, tag, ps=16, sweep_space=((32, 64, 128), (4, 8), (2, 3), (
     p = paged(B, ctx, ps=ps)
     kv_bytes = 2 * B * ctx * 8 * 128 * 2
     out = {"B": B, "ctx": ctx, "page": ps, "heads": "32/8x128", "kv_MB": kv_bytes / 1e6,
-           "floor_us": kv_bytes / (RES.get("copy_GBps", 4230) * 1e3) * 1e6 / 1e6 * 1e3}
+           "floor_us": kv_bytes / (RES.get("copy_GBps", 4230) * 1e9) * 1e6}
     ref = None
     try:
         f = fi_decode(p, tc=True)
