@@ -80,6 +80,16 @@ def bench_bs1(engine, res):
                       decode_tok_s=1 / step, full_s=full)
 
 
+def _cuda_kernels(prof, repeats: int, unit: str) -> list[dict]:
+    """CUDA kernels of a torch.profiler run, per `unit` (us and calls), longest first."""
+    rows = []
+    for e in prof.key_averages():
+        dev = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if dev > 0 and e.device_type.name == "CUDA":
+            rows.append({"name": e.key[:120], f"us_per_{unit}": dev / repeats, f"calls_per_{unit}": e.count / repeats})
+    return sorted(rows, key=lambda r: -r[f"us_per_{unit}"])
+
+
 def profile_decode(engine, res, batch=1, steps=20, prompt=128):
     """Top kernels per decode-only step (torch.profiler), and the wall time per step around them."""
     from torch.profiler import ProfilerActivity, profile
@@ -100,12 +110,7 @@ def profile_decode(engine, res, batch=1, steps=20, prompt=128):
         wall = (time.perf_counter() - t0) / steps
     while engine.has_unfinished():
         engine.step()
-    rows = []
-    for e in prof.key_averages():
-        dev = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if dev > 0 and e.device_type.name == "CUDA":
-            rows.append(dict(name=e.key[:120], us_per_step=dev / steps, calls_per_step=e.count / steps))
-    rows.sort(key=lambda r: -r["us_per_step"])
+    rows = _cuda_kernels(prof, steps, "step")
     total = sum(r["us_per_step"] for r in rows)
     res[f"profile_b{batch}"] = dict(steps=steps, prompt=prompt, kernel_us_per_step=total,
                                     wall_us_per_step_profiled=wall * 1e6, top=rows[:25])
@@ -119,12 +124,7 @@ def profile_prefill(engine, res, prompt=1024, runs=3):
     run(engine, p, 1)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         wall = sum(run(engine, p, 1) for _ in range(runs)) / runs
-    rows = []
-    for e in prof.key_averages():
-        dev = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
-        if dev > 0 and e.device_type.name == "CUDA":
-            rows.append(dict(name=e.key[:120], us_per_run=dev / runs, calls_per_run=e.count / runs))
-    rows.sort(key=lambda r: -r["us_per_run"])
+    rows = _cuda_kernels(prof, runs, "run")
     res[f"profile_prefill_{prompt}"] = dict(kernel_us_per_run=sum(r["us_per_run"] for r in rows),
                                             wall_us_per_run_profiled=wall * 1e6, top=rows[:25])
 
