@@ -81,8 +81,9 @@ class CudaGraphModel:
         f["cu_seqlen"][B + 1: bs + 1] = B + k
         f["cu_num_pages"][B + 1: bs + 1] = P + k * n0
         f["cache_loc"][P: P + (bs - B) * n0] = np.tile(f["cache_loc"][:n0], bs - B)
-        if info._dev is not info._host:
-            info._dev.copy_(info._host, non_blocking=True)
+        info.copy_to_device()  # re-applies a device-side token feed; padded rows then copy row 0's token
+        ids = info._dev_views["input_ids"]
+        ids[B:bs].copy_(ids[0:1].expand(bs - B))
 
     # --- capture ------------------------------------------------------------------------------------------------
     def capture(self) -> None:

@@ -76,7 +76,6 @@ def run_engine(
                 rec = RequestRecord(index, req.prompt_len, req.max_tokens, t_submit=now())
                 trace.requests.append(rec)
                 live[engine.add_request(list(req.prompt_token_ids), sampling(req.max_tokens))] = rec
-            prefill_steps = getattr(getattr(engine, "stats", None), "prefill_steps", None)
             t0 = now()
             outputs = engine.step()
             t1 = now()
@@ -99,9 +98,10 @@ def run_engine(
                     del live[out.request_id]
                     if on_done:
                         on_done()
-            if first or decode:  # the engine's own count also sees prefill chunks that produced no token yet
-                prefilled = first > 0 if prefill_steps is None else engine.stats.prefill_steps != prefill_steps
-                trace.steps.append(StepRecord(t1 - t0, first + decode, not prefilled, kv_tokens))
+            if first or decode:
+                # a call returns the tokens of the forward before it (greedy steps overlap with the host) and
+                # waits for that forward: a call that returns first tokens timed a prefill
+                trace.steps.append(StepRecord(t1 - t0, first + decode, first == 0, kv_tokens))
             elif live and not engine.has_unfinished():
                 for rec in live.values():  # the engine dropped them: report, never hang
                     rec.error = "the engine reported no unfinished requests while this one was still running"

@@ -86,6 +86,8 @@ class SequenceInfo:
         self._batch_info_np = self.batch_info.numpy()
         self.num_seqs = self.num_tokens = self.num_pages_used = self.num_gather = 0
         self.num_prefill = 0
+        self._copied: Optional[torch.cuda.Event] = None  # the last H2D copy of the host buffer
+        self._feed: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # device-side input_ids fill (feed_tokens)
 
     def _view(self, buf: torch.Tensor, name: str) -> torch.Tensor:
         off, n = self._layout[name]
@@ -102,6 +104,9 @@ class SequenceInfo:
         tokens already cached; pages[b]: every page sequence b owns (covering input_pos + len(tokens[b]));
         gather: "last" (last token of each sequence), "all", or explicit flat indices.
         """
+        if self._copied is not None:  # the previous step's copy may still read the host buffer (overlapped steps)
+            self._copied.synchronize()
+        self._feed = None
         B = len(tokens)
         seq_len = np.fromiter(map(len, tokens), np.int64, B)
         T = int(seq_len.sum())
@@ -138,8 +143,26 @@ class SequenceInfo:
         self._batch_info_np[:] = (B, T, num_prefill, pre_tokens, B - num_prefill, seq_len.max(), slwc.max())
         self.num_seqs, self.num_tokens, self.num_pages_used, self.num_gather = B, T, P, len(idx)
         self.num_prefill = num_prefill
+        self.copy_to_device()  # the one H2D copy of the step
+
+    def copy_to_device(self) -> None:
+        """Host buffer -> device (async on CUDA; an event marks when the host buffer may be written again)."""
         if self._dev is not self._host:
-            self._dev.copy_(self._host, non_blocking=True)  # the one H2D copy of the step
+            self._dev.copy_(self._host, non_blocking=True)
+            self._copied = torch.cuda.Event()
+            self._copied.record()
+        self.apply_token_feed()
+
+    def feed_tokens(self, dst: torch.Tensor, src: torch.Tensor) -> None:
+        """input_ids[dst] = src on the device, after the copy: tokens the previous step sampled on the GPU and the
+        host has not read yet (their host slots hold placeholders). Kept until the next set_batch."""
+        self._feed = (dst, src)
+        self.apply_token_feed()
+
+    def apply_token_feed(self) -> None:
+        if self._feed is not None:
+            dst, src = self._feed
+            self._dev_views["input_ids"].index_copy_(0, dst, src)
 
     # --- reading -------------------------------------------------------------------------------------------------
     def _count(self, name: str) -> int:

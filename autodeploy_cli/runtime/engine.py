@@ -22,6 +22,7 @@ import torch
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.runtime import sampler
 from autodeploy_cli.runtime.page_manager import PageManager
+from autodeploy_cli.runtime.overlap import TokenPipeline
 from autodeploy_cli.runtime.scheduler import Request, Scheduler
 from autodeploy_cli.ops.sequence_info import CachedSequenceInterface
 
@@ -118,6 +119,7 @@ class Engine:
         self._next_id = 0
         self._errors: list[StepOutput] = []
         self._finished: dict[int, Completion] = {}
+        self._tokens = TokenPipeline(iface.device, iface.info.max_batch_size, self.max_seq_len)
 
     # --- construction ------------------------------------------------------------------------------------------
     @classmethod
@@ -193,15 +195,22 @@ class Engine:
         return rid
 
     def has_unfinished(self) -> bool:
-        return bool(self._errors) or self.scheduler.has_work()
+        return bool(self._errors) or self.scheduler.has_work() or self._tokens.busy()
 
-    # --- one step ----------------------------------------------------------------------------------------------
+    # --- one step ---------------------------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        """Schedule, run one forward over the flattened batch, sample, and report what changed."""
+        """Schedule, run one forward over the flattened batch, sample, and report what changed.
+
+        Greedy steps overlap with the host: the step's tokens stay on the GPU (its argmax feeds the next step's
+        input_ids there), and the host reads them after launching the next step, so the outputs of step N are
+        returned by the call that launches step N+1. A request that stops on a token is computed one token past
+        its end at most; that token is dropped. Sampled (temperature > 0) steps read their logits at once.
+        """
         t0 = time.perf_counter()
         outputs, self._errors = self._errors, []
         batch = self.scheduler.schedule()
         if not batch:
+            outputs += self._resolve()
             if not outputs and self.scheduler.waiting and not self.scheduler.running:
                 outputs.append(self._fail(self.scheduler.waiting.popleft(), "the request does not fit the KV cache "
                                           "or max_num_tokens even alone"))  # a safety net: validation prevents it
@@ -213,6 +222,7 @@ class Engine:
         self.iface.info.set_batch(
             [r.all_token_ids[r.num_computed: r.num_computed + n] for r, n in batch],
             [r.num_computed for r, _ in batch], [r.pages for r, _ in batch], num_prefill=len(prefill))
+        self._tokens.feed(batch, self.iface.info)
         with torch.no_grad():
             logits = self.iface.forward(self.model)  # [B, vocab]: last token of each sequence
         rows, ready = [], []
@@ -221,13 +231,31 @@ class Engine:
             if r.num_computed == len(r.all_token_ids):  # the whole context is cached: sample the next token
                 rows.append(i)
                 ready.append(r)
+        launched = None
         if ready:
             picked = logits if len(rows) == len(batch) else logits[torch.tensor(rows, device=logits.device)]
-            tokens = sampler.sample(picked, [r.sampling for r in ready], [r.generator for r in ready])
-            for r, tok in zip(ready, tokens):
-                outputs.append(self._append_token(r, tok))
+            if all(r.sampling.temperature == 0 for r in ready):
+                launched = self._tokens.launch(picked, ready)
+            else:  # sampling runs on the host: read the previous step, then this one
+                outputs += self._resolve()
+                tokens = sampler.sample(picked, [r.sampling for r in ready], [r.generator for r in ready])
+                for r, tok in zip(ready, tokens):
+                    if not r.finished:
+                        outputs.append(self._append_token(r, tok, len(r.all_token_ids), held=False))
+        outputs += self._resolve()  # the previous step's tokens, read while this step runs on the GPU
+        self._tokens.inflight = launched
         self._account(prefill, decode, len(ready), time.perf_counter() - t0)
         return outputs
+
+    def _resolve(self) -> list[StepOutput]:
+        """Read the in-flight step's tokens (waits for that step only) and append them."""
+        taken = self._tokens.take()
+        if taken is None:
+            return []
+        flight, tokens = taken
+        return [self._append_token(r, tok, pos, held)
+                for r, pos, held, tok in zip(flight.ready, flight.positions, flight.held, tokens)
+                if not r.finished]  # a finished one stopped at an earlier token: this one ran past its end
 
     def _account(self, prefill: list, decode: list, sampled: int, dt: float) -> None:
         s = self.stats
@@ -243,16 +271,20 @@ class Engine:
             s.decode_tokens += sampled
             s.decode_time_s += dt
 
-    def _append_token(self, r: Request, tok: int) -> StepOutput:
+    def _append_token(self, r: Request, tok: int, pos: int, held: bool) -> StepOutput:
+        """Token `tok` at all_token_ids[pos] (held: that slot has its placeholder, else it is appended)."""
         r.output_token_ids.append(tok)
-        r.all_token_ids.append(tok)
+        if held:
+            r.all_token_ids[pos] = tok
+        else:
+            r.all_token_ids.append(tok)
         sp = r.sampling
         reason = None
         if tok in sp.stop_token_ids or (not sp.ignore_eos and tok in self.eos_token_ids):
             reason = "stop"
         elif sp.stop and self._hit_stop_string(r):
             reason = "stop"
-        elif len(r.output_token_ids) >= sp.max_tokens or len(r.all_token_ids) >= self.max_seq_len:
+        elif len(r.output_token_ids) >= sp.max_tokens or pos + 1 >= self.max_seq_len:
             reason = "length"  # max_tokens reached, or prompt + output fill max_seq_len
         if reason is not None:
             r.finished, r.finish_reason = True, reason
@@ -321,4 +353,6 @@ class Engine:
                 ids.append(self.add_request(list(p), sp))
         while any(i not in self._finished for i in ids):
             self.step()
+        if not self.has_unfinished():
+            self._resolve()  # the step launched past the last stop: drop it
         return [self._finished.pop(i) for i in ids]

@@ -18,6 +18,9 @@ from typing import Any, Optional
 from autodeploy_cli.runtime.page_manager import PageManager
 
 
+PLACEHOLDER = -1  # all_token_ids slot of a token sampled on the GPU that the host has not read yet
+
+
 @dataclass(eq=False)  # identity comparison: `req in running` must not compare token lists (O(B^2 L) per step)
 class Request:
     request_id: int
@@ -35,6 +38,8 @@ class Request:
     error: Optional[str] = None
     text: Optional[str] = None
     generator: Any = None  # torch.Generator for sampling
+    unresolved: int = 0  # sampled tokens still on the GPU (their all_token_ids slots hold PLACEHOLDER)
+    feed_row: int = 0  # row of the in-flight step's token tensor that holds this request's placeholder token
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:
@@ -66,6 +71,8 @@ class Scheduler:
         self.pages.release(req.pages)
         if req in self.running:
             self.running.remove(req)
+        elif req in self.waiting:  # preempted while its last token was in flight
+            self.waiting.remove(req)
 
     def preempt(self, req: Request) -> None:
         self.pages.release(req.pages)
@@ -89,7 +96,7 @@ class Scheduler:
         while i < len(self.running) and seqs > 0 and tokens > 0:
             req = self.running[i]
             n = self._chunk(req, tokens)
-            if n > tokens:
+            if n == 0 or n > tokens:  # 0: its last token is being sampled and ends it (length)
                 i += 1
                 continue
             need = self.pages.pages_for(req.num_computed + n) - len(req.pages)
@@ -102,6 +109,8 @@ class Scheduler:
             tokens, seqs, i = tokens - n, seqs - 1, i + 1
         while self.waiting and seqs > 0 and tokens > 0:
             req = self.waiting[0]
+            if req.unresolved:  # preempted while its last token was in flight: recompute once the token is known
+                break
             n = self._chunk(req, tokens)
             need = self.pages.pages_for(n)
             # keep one page per running sequence free so admissions do not immediately force preemptions

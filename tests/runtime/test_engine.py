@@ -54,8 +54,11 @@ def test_request_joining_while_others_decode_gets_its_solo_tokens(setup):
     for _ in range(4):
         eng.step()  # a is decoding now
     b = eng.add_request(prompt(7, salt=1), GREEDY)
-    first = eng.step()  # b's prefill runs in the same forward as a's decode
-    assert {o.request_id for o in first} == {a, b}
+    eng.step()  # b's prefill runs in the same forward as a's decode
+    info = eng.iface.info
+    assert (info.num_seqs, info.num_prefill, info.num_tokens) == (2, 1, 8)
+    # greedy tokens reach the host one step later (read while the next step runs): both arrive together
+    assert {o.request_id for o in eng.step()} == {a, b}
     while eng.has_unfinished():
         eng.step()
     assert eng.completion(a).token_ids == ref(prompt(13))
@@ -140,6 +143,8 @@ def test_stop_token_ids_and_stop_strings(setup):
     k = next(i for i in range(2, len(greedy)) if greedy[i] not in greedy[:i])  # first occurrence at k
     out = eng.generate([p], SamplingParams(max_tokens=10, stop_token_ids=[greedy[k]], ignore_eos=True))[0]
     assert out.token_ids == greedy[: k + 1] and out.finish_reason == "stop"
+    # the step launched before the stop token was read computed one token past the end: dropped, pages returned
+    assert not eng.has_unfinished() and eng.pages.num_free == eng.pages.num_pages
     eos = Engine(base.model, base.iface, cfg, tokenizer=base.tokenizer, eos_token_ids=[greedy[k]], vocab_size=320)
     assert eos.generate([p], SamplingParams(max_tokens=10))[0].token_ids == greedy[: k + 1]
     assert eos.generate([p], SamplingParams(max_tokens=10, ignore_eos=True))[0].token_ids == greedy
