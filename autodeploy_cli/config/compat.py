@@ -16,59 +16,22 @@ TensorRT-LLM's runtime reads are dropped with exactly one warning each, naming t
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from autodeploy_cli.config import anchor_keys as K
-from autodeploy_cli.config.loader import Layer, deep_merge, get_path, load_yaml_file, set_path
+from autodeploy_cli.config.compat_report import (  # noqa: F401 - begin/last_report/CompatReport are this API
+    CompatReport,
+    begin,
+    check_backend,
+    fmt_value,
+    ignore_key,
+    last_report,
+    move_key,
+)
+from autodeploy_cli.config.loader import Layer, deep_merge, get_path, load_yaml_file
 from autodeploy_cli.errors import ADError, did_you_mean
 
-_MISSING = object()
-
-
-@dataclass
-class CompatReport:
-    """Warnings (a key was ignored) and notes (a key was mapped, or dropped as a no-op) of one resolve."""
-
-    warnings: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def warn(self, msg: str) -> None:
-        if msg not in self.warnings:  # one warning per key, however many layers repeat it
-            self.warnings.append(msg)
-            _logger().warning(msg)
-
-    def note(self, msg: str) -> None:
-        if msg not in self.notes:
-            self.notes.append(msg)
-            _logger().info(msg)
-
-
-_report = CompatReport()
-
-
-def _logger():
-    from autodeploy_cli.log import get_logger
-
-    return get_logger()
-
-
-def begin() -> CompatReport:
-    """Start a new report (the loader calls this at the start of every resolve)."""
-    global _report
-    _report = CompatReport()
-    return _report
-
-
-def last_report() -> CompatReport:
-    """The warnings and notes recorded since the last `begin()`."""
-    return _report
-
-
-# --- file expansion -------------------------------------------------------------------------------------------------
 def expand_file(path: str | Path) -> list[Layer]:
     """Load a config file as layers: the files its `yaml_extra` lists name (recursively), then the file itself."""
     return _expand_file(Path(path), ())
@@ -111,7 +74,7 @@ def _as_list(files: Any, label: str, source: str) -> list[str]:
         return [files]
     if isinstance(files, list) and all(isinstance(f, str) for f in files):
         return files
-    raise ADError(f"`{label}` in {source} must be a list of YAML file paths, got {_fmt(files)}.")
+    raise ADError(f"`{label}` in {source} must be a list of YAML file paths, got {fmt_value(files)}.")
 
 
 def _locate(name: str, base_dir: Path, label: str, source: str) -> Path:
@@ -146,7 +109,7 @@ def _hoist_args(data: dict, source: str) -> dict:
     if args is None:
         args = {}
     if not isinstance(args, dict):
-        raise ADError(f"`args` in {source} must be a mapping (AutoDeploy's deployment config), got {_fmt(args)}.")
+        raise ADError(f"`args` in {source} must be a mapping (AutoDeploy's deployment config), got {fmt_value(args)}.")
     if "model" in data and "model" in args and data["model"] != args["model"]:
         raise ADError(
             f"{source} sets `model: {data['model']}` and `args.model: {args['model']}`; keep one of them."
@@ -157,34 +120,34 @@ def _hoist_args(data: dict, source: str) -> dict:
 def _top_level(data: dict, source: str) -> None:
     for key in list(data):
         if key in K.RENAMED_TOP:
-            _move(data, data, key, K.RENAMED_TOP[key], key, source)
+            move_key(data, data, key, K.RENAMED_TOP[key], key, source)
         elif key in K.IGNORED_TOP:
-            _ignore(data, key, key, K.IGNORED_TOP[key])
+            ignore_key(data, key, key, K.IGNORED_TOP[key])
     if data.get("runtime") == "trtllm":
         data.pop("runtime")
-        _report.warn("`runtime: trtllm` is ignored: it selects TensorRT-LLM's runtime; ad always runs its built-in "
+        last_report().warn("`runtime: trtllm` is ignored: it selects TensorRT-LLM's runtime; ad always runs its built-in "
                      "runtime (`runtime: demollm`).")
     if "cuda_graph_config" in data:
         cg = data.pop("cuda_graph_config")
         if cg is None:
-            _report.warn(f"`cuda_graph_config: null` is ignored: {K.CUDA_GRAPH_OFF}.")
+            last_report().warn(f"`cuda_graph_config: null` is ignored: {K.CUDA_GRAPH_OFF}.")
         elif not isinstance(cg, dict):
-            raise ADError(f"`cuda_graph_config` in {source} must be a mapping or null, got {_fmt(cg)}.")
+            raise ADError(f"`cuda_graph_config` in {source} must be a mapping or null, got {fmt_value(cg)}.")
         elif not cg:
-            _report.note(f"`cuda_graph_config: {{}}` dropped: {K.CUDA_GRAPH_OFF}.")
+            last_report().note(f"`cuda_graph_config: {{}}` dropped: {K.CUDA_GRAPH_OFF}.")
         for key in list(cg or {}):
             label = f"cuda_graph_config.{key}"
             if key in K.RENAMED_CUDA_GRAPH:
-                _move(data, cg, key, K.RENAMED_CUDA_GRAPH[key], label, source)
+                move_key(data, cg, key, K.RENAMED_CUDA_GRAPH[key], label, source)
             elif key in K.IGNORED_CUDA_GRAPH:
-                _ignore(cg, key, label, K.IGNORED_CUDA_GRAPH[key])
+                ignore_key(cg, key, label, K.IGNORED_CUDA_GRAPH[key])
             else:
-                _ignore(cg, key, label, ((), "it is a TensorRT-LLM CUDA-graph option with no equivalent in ad"))
+                ignore_key(cg, key, label, ((), "it is a TensorRT-LLM CUDA-graph option with no equivalent in ad"))
     from autodeploy_cli.config.schema import SHORTCUTS
 
     for key in ("attn_backend", "compile_backend"):
         tname, option = SHORTCUTS[key]
-        _check_backend(data, key, key, tname, option)
+        check_backend(data, key, key, tname, option)
 
 
 def _kv_cache(data: dict, source: str) -> None:
@@ -194,9 +157,9 @@ def _kv_cache(data: dict, source: str) -> None:
     for key in list(kv):
         label = f"kv_cache_config.{key}"
         if key in K.RENAMED_KV_CACHE:
-            _move(data, kv, key, K.RENAMED_KV_CACHE[key], label, source)
+            move_key(data, kv, key, K.RENAMED_KV_CACHE[key], label, source)
         elif key in K.IGNORED_KV_CACHE:
-            _ignore(kv, key, label, K.IGNORED_KV_CACHE[key])
+            ignore_key(kv, key, label, K.IGNORED_KV_CACHE[key])
 
 
 def _transforms(data: dict, source: str) -> None:
@@ -222,12 +185,12 @@ def _transforms(data: dict, source: str) -> None:
             if opt in ours:
                 continue
             if renamed in ours:
-                _move(entry, entry, opt, renamed, label, source)
+                move_key(entry, entry, opt, renamed, label, source)
             elif opt in K.GENERIC_TRANSFORM_OPTIONS or opt in K.TRANSFORM_OPTIONS.get(name, ()):
-                _ignore(entry, opt, label, ((), f"ad's `{name}` has no such option"))
+                ignore_key(entry, opt, label, ((), f"ad's `{name}` has no such option"))
         for opt in list(entry):
             if opt.endswith("backend"):
-                _check_backend(entry, opt, f"transforms.{name}.{opt}", name, opt)
+                check_backend(entry, opt, f"transforms.{name}.{opt}", name, opt)
 
 
 def _prompt(data: dict) -> None:
@@ -240,7 +203,7 @@ def _prompt(data: dict) -> None:
     if isinstance(sp, dict):
         for key in list(sp):
             if key in K.SAMPLING_KEYS_IGNORED:
-                _ignore(sp, key, f"prompt.sp_kwargs.{key}", ((), K.SAMPLING_REASON))
+                ignore_key(sp, key, f"prompt.sp_kwargs.{key}", ((), K.SAMPLING_REASON))
 
 
 def _benchmark(data: dict, source: str) -> None:
@@ -249,7 +212,7 @@ def _benchmark(data: dict, source: str) -> None:
         return
     for key in list(bench):
         if key in K.RENAMED_BENCHMARK:
-            _move(data, bench, key, f"benchmark.{K.RENAMED_BENCHMARK[key]}", f"benchmark.{key}", source)
+            move_key(data, bench, key, f"benchmark.{K.RENAMED_BENCHMARK[key]}", f"benchmark.{key}", source)
     # enabled / results_path / store_results are judged in finalize(): they depend on other keys of all layers
 
 
@@ -274,21 +237,21 @@ def _finalize_benchmark(data: dict) -> None:
     path = bench.pop("results_path", None)
     if store is False:
         if path is not None:
-            _report.warn("`benchmark.results_path` is ignored because `benchmark.store_results` is false: ad prints "
+            last_report().warn("`benchmark.results_path` is ignored because `benchmark.store_results` is false: ad prints "
                          "the results and writes no file.")
         else:
-            _report.note("`benchmark.store_results: false` dropped: ad writes a results file only when "
+            last_report().note("`benchmark.store_results: false` dropped: ad writes a results file only when "
                          "`benchmark.output` is set.")
         return
     bench["output"] = path if path is not None else "./benchmark_results.json"  # AutoDeploy's default path
-    _report.note(f"`benchmark.results_path`/`benchmark.store_results` -> `benchmark.output: {bench['output']}`.")
+    last_report().note(f"`benchmark.results_path`/`benchmark.store_results` -> `benchmark.output: {bench['output']}`.")
 
 
 def _benchmark_enabled(data: dict, bench: dict, enabled: Any) -> None:
     """AutoDeploy's experiment validator: an enabled benchmark raises max_seq_len to isl + osl and max_batch_size
     to its batch size, so its files keep working with `ad bench`."""
     if enabled is not True:
-        _report.warn(f"`benchmark.enabled: {_fmt(enabled)}` is ignored: `ad bench` always runs the benchmark and "
+        last_report().warn(f"`benchmark.enabled: {fmt_value(enabled)}` is ignored: `ad bench` always runs the benchmark and "
                      "`ad run` never does.")
         return
     from autodeploy_cli.config.schema import ADConfig, BenchmarkConfig
@@ -304,7 +267,7 @@ def _benchmark_enabled(data: dict, bench: dict, enabled: Any) -> None:
     if isinstance(bs, int) and isinstance(max_bs, int) and bs > max_bs:
         data["max_batch_size"] = bs
         raised.append(f"max_batch_size to {bs}")
-    _report.note("`benchmark.enabled: true`: `ad bench` runs the benchmark (`ad run` never does)"
+    last_report().note("`benchmark.enabled: true`: `ad bench` runs the benchmark (`ad run` never does)"
                  + (f"; as in AutoDeploy, raised {' and '.join(raised)} to fit it." if raised else "."))
 
 
@@ -321,7 +284,7 @@ def _finalize_transforms(data: dict) -> None:
         entry = transforms[name] if isinstance(transforms[name], dict) else {}
         if entry.get("enabled", True) is False:
             del transforms[name]
-            _report.note(f"`transforms.{name}` (AutoDeploy) is disabled and ad does not implement it; dropped.")
+            last_report().note(f"`transforms.{name}` (AutoDeploy) is disabled and ad does not implement it; dropped.")
         elif name in K.SHARDING_TRANSFORMS:
             plan = _tp_plan(name, entry)
             del transforms[name]
@@ -329,7 +292,7 @@ def _finalize_transforms(data: dict) -> None:
                    "weights are not sharded")
             if plan:
                 msg += "; the manual tp_plan is kept unapplied: " + ", ".join(f"{k}: {v}" for k, v in plan.items())
-            _report.warn(msg + ".")
+            last_report().warn(msg + ".")
         else:
             raise ADError(
                 f"Transform `{name}` is a TensorRT-LLM AutoDeploy transform that ad does not implement, and your "
@@ -342,7 +305,7 @@ def _tp_plan(name: str, entry: dict) -> dict:
     plan = get_path(entry, "manual_config.tp_plan") or {}
     where = f"transforms.{name}.manual_config.tp_plan"
     if not isinstance(plan, dict):
-        raise ADError(f"`{where}` must map module-name patterns to a sharding style, got {_fmt(plan)}.")
+        raise ADError(f"`{where}` must map module-name patterns to a sharding style, got {fmt_value(plan)}.")
     for pattern, style in plan.items():
         if style not in K.TP_PLAN_VALUES:
             raise ADError(
@@ -350,90 +313,3 @@ def _tp_plan(name: str, entry: dict) -> dict:
                 f"{', '.join(K.TP_PLAN_VALUES)}.{did_you_mean(str(style), K.TP_PLAN_VALUES)}"
             )
     return plan
-
-
-# --- helpers ------------------------------------------------------------------------------------------------------
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
-
-
-def _same(value: Any, harmless: tuple) -> bool:
-    # `1 == True` in Python: compare types too
-    return any(type(value) is type(h) and value == h for h in harmless)
-
-
-def _move(root: dict, parent: dict, old: str, new: str, label: str, source: str) -> None:
-    """Rename `parent[old]` onto the dotted `new` under `root`; refuse two different values in one layer."""
-    value = parent.pop(old)
-    existing = get_path(root, new, _MISSING)
-    if existing is not _MISSING and existing != value:
-        raise ADError(
-            f"{source} sets both `{label}: {_fmt(value)}` (AutoDeploy's name) and `{new}: {_fmt(existing)}`; "
-            f"keep one of them."
-        )
-    set_path(root, new, value)
-    _report.note(f"`{label}` (AutoDeploy) -> `{new}`.")
-
-
-def _ignore(parent: dict, key: str, label: str, rule: tuple[tuple, str]) -> None:
-    value = parent.pop(key)
-    harmless, reason = rule
-    if _same(value, harmless):
-        _report.note(f"`{label}: {_fmt(value)}` dropped: {reason}.")
-    else:
-        _report.warn(f"`{label}: {_fmt(value)}` is ignored: {reason}.")
-
-
-def _check_backend(container: dict, key: str, label: str, tname: str, option: str) -> None:
-    """Map AutoDeploy v1 backend names; drop a documented AutoDeploy backend that ad lacks (one warning)."""
-    value = container.get(key)
-    if not isinstance(value, str):
-        return
-    if value in K.BACKEND_ALIASES:
-        old, value = value, K.BACKEND_ALIASES[value]
-        container[key] = value
-        _report.note(f"`{label}: {old}` (AutoDeploy v1 name) -> `{value}`.")
-    choices = _choices(tname, option)
-    if choices is None:
-        if value in K.TRTLLM_ONLY_BACKENDS:
-            container.pop(key)
-            _report.warn(f"`{label}: {value}` is ignored: it needs TensorRT-LLM's C++ kernels; ad keeps its own "
-                         f"`transforms.{tname}.{option}`.")
-        return
-    if value in choices or value not in K.BACKEND_VALUES:
-        return  # supported, or not an AutoDeploy value (then validation names the valid ones)
-    container.pop(key)
-    _report.warn(
-        f"`{label}: {value}` is ignored: ad's `{tname}` has no such backend (choices: {', '.join(choices)}); ad "
-        f"keeps `transforms.{tname}.{option}` from its defaults or lower config layers (default "
-        f"`{_default_option(tname, option)}`)."
-    )
-
-
-def _choices(tname: str, option: str) -> tuple | None:
-    """ad's valid values for a transform option; None when the transform is not registered or the option is free."""
-    from autodeploy_cli.pipeline.registry import get_transform_class, registered_names
-
-    if tname not in registered_names():
-        return None
-    choices = getattr(get_transform_class(tname).options_cls, "choices", {}) or {}
-    return tuple(choices[option]) if option in choices else None
-
-
-def _default_option(tname: str, option: str) -> Any:
-    from autodeploy_cli.config.loader import default_pipeline
-    from autodeploy_cli.pipeline.registry import get_transform_class
-
-    entry = (default_pipeline().get("transforms") or {}).get(tname) or {}
-    if option in entry:
-        return entry[option]
-    for f in dataclasses.fields(get_transform_class(tname).options_cls):
-        if f.name == option and f.default is not dataclasses.MISSING:
-            return f.default
-    return None
