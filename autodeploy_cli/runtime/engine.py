@@ -83,11 +83,15 @@ class EngineStats:
 
 
 def _generation_eos(source: str) -> Any:
-    """eos_token_id of the model's generation_config.json (what HF generate stops on), if it has one."""
+    """eos_token_id of the model's generation_config.json (what HF generate stops on), if it has one.
+
+    Local folder or HF cache only: building an engine must not wait on the network (offline, huggingface_hub retries
+    for minutes). Loading a hub model's weights caches its generation config; random-weight builds of a hub id use
+    config.json's eos."""
     try:
         from transformers import GenerationConfig
 
-        return GenerationConfig.from_pretrained(source).eos_token_id
+        return GenerationConfig.from_pretrained(source, local_files_only=True).eos_token_id
     except Exception:  # noqa: BLE001 - no generation config (or offline): config.json's eos is used alone
         return None
 

@@ -174,3 +174,22 @@ def test_detokenize_false_needs_no_tokenizer(setup):
     eng.step()
     assert eng.completion(bad).error == ("invalid sampling parameters: stop strings need the output text: keep "
                                          "detokenize=True or use stop_token_ids")
+
+
+def test_generation_eos_never_waits_on_the_network(tmp_path, monkeypatch):
+    import transformers
+
+    from autodeploy_cli.runtime.engine import _generation_eos
+
+    calls = []
+
+    def fake(source, **kw):
+        calls.append((source, kw))
+        raise OSError("not in the cache")
+
+    monkeypatch.setattr(transformers.GenerationConfig, "from_pretrained", fake)
+    assert _generation_eos("meta-llama/Llama-3.1-8B") is None
+    assert calls == [("meta-llama/Llama-3.1-8B", {"local_files_only": True})]
+    monkeypatch.undo()
+    transformers.GenerationConfig(eos_token_id=[7, 9]).save_pretrained(tmp_path)
+    assert _generation_eos(str(tmp_path)) == [7, 9]  # a local folder is read as before
