@@ -71,7 +71,8 @@ def user_errors(fn: Callable) -> Callable:
 def resolve_config(ctx: typer.Context, config: Optional[List[Path]], yaml_extra: Optional[List[Path]],
                    model: Optional[str], print_config: bool, explicit: Optional[dict] = None):
     """`explicit`: a command's own options as nested config keys; they win over the overrides after the options."""
-    from autodeploy_cli.config.loader import deep_merge, parse_overrides, resolve, to_yaml
+    from autodeploy_cli.config.layers import deep_merge, parse_overrides
+    from autodeploy_cli.config.loader import resolve, to_yaml
 
     overrides = deep_merge(parse_overrides(ctx.args), explicit) if explicit else list(ctx.args)
     cfg = resolve(list(config or []) + list(yaml_extra or []), overrides, model=model)
@@ -105,7 +106,7 @@ def build(
     """Build the optimised model and print the build report (transforms, matches, timings, coverage)."""
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
     if plan:
-        from autodeploy_cli.planner import print_plan
+        from autodeploy_cli.commands.plan import print_plan
 
         print_plan(cfg, gpu_mem)
         return
@@ -158,7 +159,7 @@ def run(
 ) -> None:
     """Build the model and generate completions for prompts with the built-in runtime."""
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
-    from autodeploy_cli.runtime.run_command import run_prompts
+    from autodeploy_cli.commands.run import run_prompts
 
     run_prompts(cfg, prompts=list(prompt or []), as_json=json_out)
 
@@ -195,7 +196,7 @@ def bench(
     run_bench(cfg)
 
 
-from autodeploy_cli.models_command import register as _register_models  # noqa: E402  (no torch import)
+from autodeploy_cli.commands.models import register as _register_models  # noqa: E402  (no torch import)
 
 _register_models(app, user_errors)
 

@@ -39,7 +39,7 @@ def copy_bandwidth_gbps() -> float:
 
 def build_engine(args, max_batch_size: int):
     from autodeploy_cli.config.loader import resolve
-    from autodeploy_cli.runtime.engine import Engine
+    from autodeploy_cli.llm import build_engine
     from tests.tiny_models import write_tiny_model_dir
 
     shape = dict(LLAMA_8B, num_hidden_layers=args.layers)
@@ -48,7 +48,7 @@ def build_engine(args, max_batch_size: int):
             f"max_batch_size={max_batch_size}", f"attn_page_size={args.page_size}", f"attn_backend={args.attn}",
             f"compile_backend={args.compile}", *args.override]
     t0 = time.perf_counter()
-    engine = Engine.from_config(resolve([], over, model=str(d)))
+    engine = build_engine(resolve([], over, model=str(d)))
     return engine, time.perf_counter() - t0, over
 
 

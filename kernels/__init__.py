@@ -2,5 +2,5 @@
 
 Deliberately inert: no `__version__` and no transformers import, because transformers probes for a third-party
 package named `kernels` and must not mistake this one for it. Backends are imported by name through
-`autodeploy_cli.ops.attention_backends`, never by transforms directly.
+the backend table `autodeploy_cli.ops.backends`, never by transforms directly.
 """

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from torch import nn
 
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
 
 
 @register("build_model")
 class BuildModel(BaseTransform):
-    def apply(self, gm: nn.Module | None, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: nn.Module | None, ctx: PassContext) -> TransformInfo:
         ctx.model = ctx.factory.build_meta_model()
         n_params = sum(p.numel() for p in ctx.model.parameters())
-        ctx.state["num_params"] = n_params
+        ctx.facts.num_params = n_params
         return TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True,
                              note=f"{type(ctx.model).__name__}, {n_params / 1e6:.2f}M params")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
 
 _ASSERT_OPS = (
@@ -24,7 +24,7 @@ _ASSERT_OPS = (
 
 @register("cleanup_input_constraints")
 class CleanupInputConstraints(BaseTransform):
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         count = 0
         for node in list(gm.graph.nodes):
             is_guard_module = node.op == "call_module" and str(node.target).startswith("_guards_fn")

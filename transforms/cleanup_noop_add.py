@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
 
 
@@ -31,7 +31,7 @@ def _zero_operand(node: fx.Node) -> fx.Node | None:
 
 @register("cleanup_noop_add")
 class CleanupNoopAdd(BaseTransform):
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         count = 0
         for node in list(gm.graph.nodes):
             if not is_op(node, (torch.ops.aten.add.Tensor, torch.ops.aten.add.Scalar)):

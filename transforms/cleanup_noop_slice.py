@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
 
 _FULL = 2**62  # export writes "to the end" as INT64_MAX
@@ -36,7 +36,7 @@ def _is_noop_slice(node: fx.Node) -> bool:
 
 @register("cleanup_noop_slice")
 class CleanupNoopSlice(BaseTransform):
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         count = 0
         for node in list(gm.graph.nodes):
             if is_op(node, torch.ops.aten.slice.Tensor) and _is_noop_slice(node):

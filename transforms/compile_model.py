@@ -19,7 +19,9 @@ from typing import ClassVar, List, Optional
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.config.schema import BACKEND_CHOICES
+from autodeploy_cli.ops.backends import resolve
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 
 
@@ -30,7 +32,7 @@ class CompileModelOptions(TransformOptions):
     cuda_graph_batch_sizes: Optional[List[int]] = None  # decode batch sizes to capture (None: a default ladder)
     dynamo_backend: str = "inductor"  # torch.compile backend for torch-compile/torch-opt (eager/aot_eager: debug)
     cache_size_limit: int = 64  # torch._dynamo recompile limit (a few shape specialisations are expected)
-    choices: ClassVar[dict] = {"backend": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
+    choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["compile"],
                                "dynamo_backend": ("inductor", "aot_eager", "eager")}
 
 
@@ -45,22 +47,20 @@ def _compile(gm: fx.GraphModule, opts: CompileModelOptions):
 class CompileModel(BaseTransform):
     options_cls = CompileModelOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         opts = self.options
-        backend = opts.backend
-        if backend == "auto":
-            backend = "torch-cudagraph" if ctx.device.type == "cuda" else "torch-simple"
-        ctx.state["compile_backend"] = backend
+        backend = resolve("compile", opts.backend, ctx.device.type)
+        ctx.facts.compile_backend = backend
         model = gm
         note = backend
         if backend in ("torch-compile", "torch-opt"):
             model = _compile(gm, opts)
         if backend in ("torch-cudagraph", "torch-opt"):
-            iface = ctx.sequence_info
+            iface = ctx.cache
             if ctx.device.type != "cuda" or iface is None or not iface.caches:
                 note = f"{backend}: no CUDA graphs ({'no KV cache' if ctx.device.type == 'cuda' else 'CPU'})"
             else:
-                from transforms._cudagraph import CudaGraphModel, clean_sizes
+                from autodeploy_cli.graph.cudagraph import CudaGraphModel, clean_sizes
 
                 sizes = clean_sizes(opts.cuda_graph_batch_sizes, iface.info.max_batch_size)
                 runner = CudaGraphModel(model, iface, sizes)

@@ -16,9 +16,9 @@ from typing import Any, Optional
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import ALIAS_OPS, VIEW_OPS, finish, norm_dim, rank, val
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import ALIAS_OPS, VIEW_OPS, norm_dim, rank, val
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -58,7 +58,7 @@ def _inner_transpose(node: fx.Node) -> Optional[fx.Node]:
 class EliminateRedundantTransposes(BaseTransform):
     options_cls = EliminateRedundantTransposesOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         count = 0
         for node in list(gm.graph.nodes):
             if not is_op(node, aten.transpose.int):
@@ -68,4 +68,4 @@ class EliminateRedundantTransposes(BaseTransform):
                 continue
             node.replace_all_uses_with(inner.args[0])
             count += 1
-        return finish(gm, ctx, count, self.name)  # no new nodes: shapes stay valid
+        return TransformInfo.matched(count)  # no new nodes: shapes stay valid

@@ -11,9 +11,9 @@ from typing import Dict
 
 from torch import nn
 
-from autodeploy_cli.export import export_to_graph_module
-from autodeploy_cli.export_patches import build_patches
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.export.capture import export_to_graph_module
+from autodeploy_cli.export.patches import build_patches
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 
 
@@ -27,10 +27,10 @@ class ExportOptions(TransformOptions):
 class ExportToGM(BaseTransform):
     options_cls = ExportOptions
 
-    def apply(self, gm: nn.Module, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: nn.Module, ctx: PassContext) -> TransformInfo:
         patches = build_patches(dict(self.options.patches), gm)
-        ctx.state["export_patches"] = [name for name, _ in patches]
+        ctx.facts.export_patches = [name for name, _ in patches]
         cfg = ctx.config
         ctx.model = export_to_graph_module(gm, cfg.max_batch_size, cfg.max_seq_len, [p for _, p in patches])
         return TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True,
-                             note=f"patches: {', '.join(ctx.state['export_patches']) or 'none'}")
+                             note=f"patches: {', '.join(ctx.facts.export_patches) or 'none'}")

@@ -19,15 +19,16 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.ops.fused_backends import BACKENDS, fused_op, resolve_backend
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.config.schema import BACKEND_CHOICES
+from autodeploy_cli.ops.backends import fused_op, resolve
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 
 
 @dataclass
 class FuseAddRmsnormOptions(TransformOptions):
     backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
-    choices: ClassVar[dict] = {"backend": BACKENDS}
+    choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["fused"]}
 
 
 def _residual_add(add: fx.Node) -> bool:
@@ -46,9 +47,9 @@ def _residual_add(add: fx.Node) -> bool:
 class FuseAddRmsnorm(BaseTransform):
     options_cls = FuseAddRmsnormOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
-        backend = resolve_backend(self.options.backend, ctx.device)
+        backend = resolve("fused", self.options.backend, ctx.device.type)
         norm_op = torch.ops.auto_deploy.torch_rmsnorm.default
         graph, count = gm.graph, 0
         for node in list(graph.nodes):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import fx, nn
 
-from autodeploy_cli.pipeline.graph import get_attr_value
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.core import get_attr_value
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 
 LINEAR = torch.ops.aten.linear.default
@@ -55,7 +55,7 @@ def _pop(gm: fx.GraphModule, target: str) -> torch.Tensor:
 class FuseGemms(BaseTransform):
     options_cls = FuseGemmsOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         if ctx.device.type == "cpu" and not self.options.on_cpu:
             return TransformInfo.untouched("CPU build (on_cpu: false)")
         groups: dict[tuple, list[fx.Node]] = defaultdict(list)

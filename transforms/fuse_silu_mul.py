@@ -16,9 +16,10 @@ from typing import ClassVar
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import get_attr_value
-from autodeploy_cli.ops.fused_backends import BACKENDS, fused_op, resolve_backend
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.core import get_attr_value
+from autodeploy_cli.config.schema import BACKEND_CHOICES
+from autodeploy_cli.ops.backends import fused_op, resolve
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -27,7 +28,7 @@ aten = torch.ops.aten
 @dataclass
 class FuseSiluMulOptions(TransformOptions):
     backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
-    choices: ClassVar[dict] = {"backend": BACKENDS}
+    choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["fused"]}
 
 
 def _width(gm: fx.GraphModule, node: fx.Node):
@@ -65,8 +66,8 @@ def _halves(gm: fx.GraphModule, node: fx.Node):
 class FuseSiluMul(BaseTransform):
     options_cls = FuseSiluMulOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
-        backend = resolve_backend(self.options.backend, ctx.device)
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
+        backend = resolve("fused", self.options.backend, ctx.device.type)
         graph, count = gm.graph, 0
         for node in list(graph.nodes):
             fused = _halves(gm, node)

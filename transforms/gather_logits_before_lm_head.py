@@ -21,11 +21,10 @@ from typing import Optional
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
-from autodeploy_cli.ops.sequence_info import ensure_interface
-from transforms._graph_inputs import add_graph_input, refresh_vals
+from autodeploy_cli.graph.inputs import add_graph_input, refresh_vals
 
 aten = torch.ops.aten
 GATHER_INPUT = "logits_gather_idx"
@@ -54,7 +53,7 @@ def find_lm_head(gm: fx.GraphModule) -> Optional[fx.Node]:
 
 @register("gather_logits_before_lm_head")
 class GatherLogitsBeforeLmHead(BaseTransform):
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         if any(n.op == "placeholder" and n.name == GATHER_INPUT for n in gm.graph.nodes):
             return TransformInfo.untouched("already gathered")
         head = find_lm_head(gm)
@@ -64,7 +63,7 @@ class GatherLogitsBeforeLmHead(BaseTransform):
         val = hidden.meta.get("val") if isinstance(hidden, fx.Node) else None
         if val is None:
             return TransformInfo.untouched("LM head input has no shape")
-        iface = ensure_interface(ctx)
+        iface = ctx.cache_interface()
         idx = add_graph_input(gm, iface, GATHER_INPUT)
         graph = gm.graph
         with graph.inserting_before(head):
@@ -78,6 +77,5 @@ class GatherLogitsBeforeLmHead(BaseTransform):
             node = next(iter(node.users))
         refresh_vals([flat, sel, hid, *downstream])
         iface.logits_gathered = True
-        if "probe_runner" not in ctx.state:
-            ctx.state["probe_runner"] = lambda ids, pos: ctx.sequence_info.run_prefill(ctx.model, ids, pos)
+        ctx.use_cached_probe()
         return TransformInfo(num_matches=1, is_clean=False, has_valid_shapes=False)

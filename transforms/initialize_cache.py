@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
 
 
@@ -30,8 +30,8 @@ def probe_pool_pages(iface) -> int:
 
 @register("initialize_cache")
 class InitializeCache(BaseTransform):
-    def apply(self, gm: nn.Module, ctx: TransformContext) -> TransformInfo:
-        iface = ctx.sequence_info
+    def apply(self, gm: nn.Module, ctx: PassContext) -> TransformInfo:
+        iface = ctx.cache
         if iface is None or not iface.cache_specs:
             return TransformInfo.untouched("no caches registered")
         pages = full_pool_pages(iface) if ctx.device.type == "cpu" else probe_pool_pages(iface)

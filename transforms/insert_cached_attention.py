@@ -1,7 +1,7 @@
 """insert_cached_attention: replace every canonical attention by the chosen backend's paged cached attention.
 
-Uses only the attention-backend interface (autodeploy_cli.ops.attention_backends); the kernels are imported by the
-registry. The graph gains the sequence-info inputs the backend reads, one metadata-preparation node, and two cache
+Uses only the attention-backend interface (autodeploy_cli.ops.attention_interface); the kernels are imported by the
+backend table. The graph gains the sequence-info inputs the backend reads, one metadata-preparation node, and two cache
 inputs per layer. Example (torch backend, one layer):
 
 Before:
@@ -14,13 +14,12 @@ After:
     %attn = auto_deploy.torch_attention_with_paged_cache(%q, %k, %v, %seq_len, %input_pos, %batch_info_host,
                 %meta[0], %meta[1], %meta[2], %meta[3], %k_cache_0, %v_cache_0, 0.25, None, None, None)
 
-After this transform `ctx.sequence_info` holds the cache interface, and `ctx.state["probe_runner"]` runs a prefill
+After this transform `ctx.cache` holds the cache interface, and `ctx.probe` runs a prefill
 through the cached graph so `ad build --verify` compares it with HF eager.
 """
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,26 +28,22 @@ from torch import fx
 
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.ops.attention_backends import BACKEND_MODULES, AttentionNodeInfo, get_attention_backend
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.config.schema import BACKEND_CHOICES
+from autodeploy_cli.ops.attention_interface import AttentionNodeInfo, get_attention_backend
+from autodeploy_cli.ops.backends import resolve
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
-from autodeploy_cli.ops.sequence_info import ensure_interface
-from transforms._graph_inputs import add_graph_input, bound_args, ensure_shapes, refresh_vals
+from autodeploy_cli.graph.inputs import (
+    add_buffer_inputs, add_cache_inputs, add_metadata_inputs, bound_args, ensure_shapes,
+)
 
 
 @dataclass
 class InsertCachedAttentionOptions(TransformOptions):
     # auto: triton on a CUDA device, torch elsewhere | torch (plain torch, any device) | triton | flashinfer (GPU)
     backend: str = "auto"
-    choices: ClassVar[dict] = {"backend": ("auto", *BACKEND_MODULES)}
-
-
-def resolve_attention_backend(name: str, device: torch.device) -> str:
-    """`auto` -> `triton` on CUDA (our kernels; FlashInfer is an optional extra), `torch` elsewhere."""
-    if name != "auto":
-        return name
-    return "triton" if device.type == "cuda" else "torch"
+    choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["attention"]}
 
 
 def _node_info(node: fx.Node, layer_idx: int) -> AttentionNodeInfo:
@@ -74,13 +69,13 @@ def _node_info(node: fx.Node, layer_idx: int) -> AttentionNodeInfo:
 class InsertCachedAttention(BaseTransform):
     options_cls = InsertCachedAttentionOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         source = torch.ops.auto_deploy.torch_attention
         nodes = [n for n in gm.graph.nodes if is_op(n, source)]
         if not nodes:
             return TransformInfo.untouched("no torch_attention nodes")
-        backend = get_attention_backend(resolve_attention_backend(self.options.backend, ctx.device))
+        backend = get_attention_backend(resolve("attention", self.options.backend, ctx.device.type))
         # head counts and dims come from the q/k/v shapes; propagate them only if a transform left some unknown
         ensure_shapes(gm, [a for n in nodes for a in n.args[:3] if isinstance(a, fx.Node)])
         infos = [_node_info(n, i) for i, n in enumerate(nodes)]
@@ -89,33 +84,14 @@ class InsertCachedAttention(BaseTransform):
             if reason:
                 raise ADError(f"The `{backend.name}` attention backend cannot run layer {info.layer_idx}: {reason}. "
                               "Choose another with `attn_backend=<name>`.")
-        iface = ensure_interface(ctx)
+        iface = ctx.cache_interface()
         cc = iface.cache_config
         graph = gm.graph
 
-        meta = {f: add_graph_input(gm, iface, f) for f in backend.metadata_fields}
-        prep_outs: list[fx.Node] = []
-        prep = backend.prepare_metadata(cc)
-        if prep is not None:
-            inputs = [meta[f] if f in meta else add_graph_input(gm, iface, f) for f in prep.fields]
-            last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
-            with graph.inserting_after(last_input):
-                prep_node = graph.call_function(prep.op, (*inputs, *prep.constants))
-            with graph.inserting_after(prep_node):
-                prep_outs = [graph.call_function(operator.getitem, (prep_node, i)) for i in range(prep.num_outputs)]
-            refresh_vals([prep_node, *prep_outs])
-        buffers = []
-        for name, init in backend.global_buffers(cc).items():
-            iface.add_buffer(name, init)
-            buffers.append(add_graph_input(gm, iface, name, init(torch.device("meta")), dynamic=False))
-
+        meta, prep_outs = add_metadata_inputs(gm, iface, backend.metadata_fields, backend.prepare_metadata(cc))
+        buffers = add_buffer_inputs(gm, iface, backend.global_buffers(cc))
         for node, info in zip(nodes, infos):
-            caches = []
-            for base, spec in backend.cache_initializers(info, cc).items():
-                name = f"{base}_{info.layer_idx}"
-                iface.add_cache(name, spec)
-                example = torch.empty((1, *spec.page_shape), dtype=spec.dtype, device="meta")
-                caches.append(add_graph_input(gm, iface, name, example, dynamic=False))
+            caches = add_cache_inputs(gm, iface, backend.cache_initializers(info, cc), info.layer_idx)
             a = bound_args(node)
             with graph.inserting_before(node):
                 q, k, v = a["q"], a["k"], a["v"]
@@ -132,7 +108,7 @@ class InsertCachedAttention(BaseTransform):
             node.replace_all_uses_with(out)
             graph.erase_node(node)
 
-        ctx.state["probe_runner"] = lambda ids, pos: ctx.sequence_info.run_prefill(ctx.model, ids, pos)
-        ctx.state["attention_backend"] = backend.name
+        ctx.use_cached_probe()
+        ctx.facts.attention_backend = backend.name
         return TransformInfo(num_matches=len(nodes), is_clean=False, has_valid_shapes=False,
                              note=f"backend {backend.name}, page size {cc.page_size}, kv {str(cc.dtype)[6:]}")

@@ -9,17 +9,18 @@ from __future__ import annotations
 
 from torch import fx
 
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
-from autodeploy_cli.weights import assign_weights, retarget_device_kwargs, source_tensors
+from autodeploy_cli.graph.core import retarget_device_kwargs
+from autodeploy_cli.models.weights import assign_weights, source_tensors
 
 
 @register("load_weights")
 class LoadWeights(BaseTransform):
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
-        source = ctx.state.pop("materialized_model", None) or ctx.factory.materialize(ctx.device)
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
+        source, ctx.reference_model = ctx.reference_model or ctx.factory.materialize(ctx.device), None
         tensors = source_tensors(source)
-        count = assign_weights(gm, tensors, ctx.state.get("weight_hooks"))
+        count = assign_weights(gm, tensors, ctx.weight_hooks)
         retarget_device_kwargs(gm, ctx.device)
         kind = "random init (seeded)" if ctx.config.skip_loading_weights else "checkpoint"
         return TransformInfo(num_matches=count, is_clean=True, has_valid_shapes=True,

@@ -18,9 +18,9 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import copy_meta, finish
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import copy_meta
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -40,7 +40,7 @@ def transpose12(graph: fx.Graph, x: fx.Node, like: fx.Node) -> fx.Node:
 class MatchAttentionLayout(BaseTransform):
     options_cls = MatchAttentionLayoutOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         want = self.options.attn_layout
         count, touched = 0, []
@@ -59,4 +59,4 @@ class MatchAttentionLayout(BaseTransform):
             node.replace_all_uses_with(back, delete_user_cb=lambda user: user is not back)
             touched += [q, k, v, node, back]
             count += 1
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

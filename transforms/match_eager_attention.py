@@ -21,11 +21,11 @@ from typing import Any, Optional
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.attention_mask import attention_call, erase_dropped_masks
-from autodeploy_cli.pipeline.graph import is_op, op_name
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import (
-    ALIAS_OPS, CAST_OPS, arg, erase_if_unused, finish, operands, rank, record_miss, replace, scalar, skip, sole_user,
+from autodeploy_cli.graph.attention_mask import attention_call, erase_dropped_masks
+from autodeploy_cli.graph.core import is_op, op_name
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import (
+    ALIAS_OPS, CAST_OPS, arg, erase_if_unused, operands, rank, record_miss, replace, scalar, skip, sole_user,
 )
 from autodeploy_cli.pipeline.registry import register
 
@@ -146,14 +146,14 @@ def match_one(softmax: fx.Node) -> tuple[Optional[dict], str]:
 class MatchEagerAttention(BaseTransform):
     options_cls = MatchEagerAttentionOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         count, cache, touched = 0, {}, []
         for node in list(gm.graph.nodes):
             if not is_op(node, SOFTMAX_OPS) or rank(node) != 4:
                 continue
             found, why = match_one(node)
             if found is None:
-                record_miss(ctx.state, "attention", node, why)
+                record_miss(ctx.misses, "attention", node, why)
                 continue
             s: _Scores = found["scores"]
             pv: fx.Node = found["pv"]
@@ -165,4 +165,4 @@ class MatchEagerAttention(BaseTransform):
             erase_if_unused(gm.graph, [pv, node] + s.nodes + found["extra"])
             count += 1
         erase_dropped_masks(gm, cache)
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

@@ -17,10 +17,10 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.attention_mask import erase_dropped_masks, sdpa_to_torch_attention
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import finish, replace
+from autodeploy_cli.graph.attention_mask import erase_dropped_masks, sdpa_to_torch_attention
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import replace
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -41,7 +41,7 @@ def _unrepeated(node: object) -> Optional[tuple[fx.Node, int]]:
 class MatchGroupedAttention(BaseTransform):
     options_cls = MatchGroupedAttentionOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         attention = torch.ops.auto_deploy.torch_attention.default
         count, cache, touched = 0, {}, []
@@ -62,4 +62,4 @@ class MatchGroupedAttention(BaseTransform):
             touched.append(new)
             count += 1
         erase_dropped_masks(gm, cache)
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

@@ -19,7 +19,7 @@ After:
                                [%experts_0_down_proj_weight, ...], [%experts_0_up_proj_weight, ...])
 Per-expert weights are new graph parameters `<experts>.<e>.{gate,up,down}_proj.weight`; weight hooks fill them
 with views of the checkpoint's stacked tensors at load time (no copy). The router (softmax, top-k, normalisation)
-and shared experts stay outside. `ctx.state["moe_experts_implementation"]` records the implementation matched.
+and shared experts stay outside. `ctx.facts.moe_experts_implementation` records the implementation matched.
 """
 
 from __future__ import annotations
@@ -32,10 +32,10 @@ import torch
 from torch import fx, nn
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import get_attr_value, is_op, op_name
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import (
-    CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, finish, graph_position, rank,
+from autodeploy_cli.graph.core import get_attr_value, is_op, op_name
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import (
+    CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, graph_position, rank,
     record_miss, replace, skip, split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
@@ -192,16 +192,16 @@ def _expert_params(gm: fx.GraphModule, found: dict, hooks: dict) -> tuple[list, 
 class MatchMoePattern(BaseTransform):
     options_cls = MatchMoeOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         count, impls, stacked, touched = 0, [], [], []
-        hooks = ctx.state.setdefault("weight_hooks", {})
+        hooks = ctx.weight_hooks
         matched_topk: set = set()
         for node in list(gm.graph.nodes):
             found, why = match_one(node)
             if found is None:
                 if why:
-                    record_miss(ctx.state, "moe", node, why)
+                    record_miss(ctx.misses, "moe", node, why)
                 continue
             names = _expert_params(gm, found, hooks)
             with gm.graph.inserting_before(node):
@@ -221,11 +221,11 @@ class MatchMoePattern(BaseTransform):
             count += 1
         for node in gm.graph.nodes:  # routers whose experts were not recognised
             if _is(node, aten.topk.default) and not any(u in matched_topk for u in node.users):
-                record_miss(ctx.state, "moe", node, "router top-k found but its experts block was not recognised")
+                record_miss(ctx.misses, "moe", node, "router top-k found but its experts block was not recognised")
         if count:
             gm.graph.eliminate_dead_code()
             drop_unused_attrs(gm, stacked)
             for name in stacked:
                 hooks.pop(name, None)
-            ctx.state["moe_experts_implementation"] = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
-        return finish(gm, ctx, count, self.name, touched)
+            ctx.facts.moe_experts_implementation = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
+        return TransformInfo.matched(count, touched)

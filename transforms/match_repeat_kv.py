@@ -17,9 +17,9 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import VIEW_OPS, arg, finish, rank, replace, static_shape
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import VIEW_OPS, arg, rank, replace, static_shape
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -64,7 +64,7 @@ def _sizes(written: object, node: fx.Node) -> list | None:
 class MatchRepeatKV(BaseTransform):
     options_cls = MatchRepeatKVOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         count, touched = 0, []
         for node in list(gm.graph.nodes):
@@ -77,4 +77,4 @@ class MatchRepeatKV(BaseTransform):
             replace(node, new)
             touched.append(new)
             count += 1
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

@@ -21,10 +21,10 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import is_op, op_name
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import (
-    CAST_OPS, arg, dtype, finish, is_last_dim, is_param, operands, rank, record_miss, replace, scalar, skip,
+from autodeploy_cli.graph.core import is_op, op_name
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import (
+    CAST_OPS, arg, dtype, is_last_dim, is_param, operands, rank, record_miss, replace, scalar, skip,
     split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
@@ -116,7 +116,7 @@ def match_one(rsqrt: fx.Node) -> tuple[Optional[dict], str]:
 class MatchRMSNormPattern(BaseTransform):
     options_cls = MatchRMSNormOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         count, touched = 0, []
         for node in list(gm.graph.nodes):
@@ -124,7 +124,7 @@ class MatchRMSNormPattern(BaseTransform):
                 continue
             found, why = match_one(node)
             if found is None:
-                record_miss(ctx.state, "rmsnorm", node, why)
+                record_miss(ctx.misses, "rmsnorm", node, why)
                 continue
             out = found["out"]
             with gm.graph.inserting_before(out):
@@ -136,4 +136,4 @@ class MatchRMSNormPattern(BaseTransform):
                     touched.append(new)
             replace(out, new)
             count += 1
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

@@ -21,9 +21,9 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import copy_meta, finish
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import copy_meta
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -47,7 +47,7 @@ def rope_ops() -> tuple:
 class MatchRopeLayout(BaseTransform):
     options_cls = MatchRopeLayoutOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         want = UNSQUEEZE_DIM[self.options.expected_layout]
         count, touched = 0, []
         graph = gm.graph
@@ -69,4 +69,4 @@ class MatchRopeLayout(BaseTransform):
                 user.replace_all_uses_with(back, delete_user_cb=lambda u, back=back: u is not back)
                 touched += [user, back]
             count += 1
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

@@ -27,10 +27,10 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import (
-    ALIAS_OPS, CAST_OPS, VIEW_OPS, arg, copy_meta, finish, graph_position, is_last_dim, norm_dim, operands, rank,
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import (
+    ALIAS_OPS, CAST_OPS, VIEW_OPS, arg, copy_meta, graph_position, is_last_dim, norm_dim, operands, rank,
     record_miss, replace, skip, split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
@@ -204,7 +204,7 @@ def _drop_empty_cat(out: fx.Node) -> None:
 class MatchRopePattern(BaseTransform):
     options_cls = MatchRopeOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         groups: dict[tuple, list[_Rope]] = {}
         for node in list(gm.graph.nodes):
@@ -212,7 +212,7 @@ class MatchRopePattern(BaseTransform):
             if rope is not None:
                 groups.setdefault(rope.group, []).append(rope)
             elif why:
-                record_miss(ctx.state, "rope", node, why)
+                record_miss(ctx.misses, "rope", node, why)
         count, touched = 0, []
         for ropes in groups.values():
             while ropes:
@@ -231,4 +231,4 @@ class MatchRopePattern(BaseTransform):
                         count, pair = count + 1, [last]
                 touched += _emit(gm, pair, pair[-1].out)
                 count += 1
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.attention_mask import erase_dropped_masks, sdpa_to_torch_attention
-from autodeploy_cli.pipeline.graph import is_op
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
-from autodeploy_cli.pipeline.pattern import finish, replace
+from autodeploy_cli.graph.attention_mask import erase_dropped_masks, sdpa_to_torch_attention
+from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.match import replace
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
@@ -34,7 +34,7 @@ class MatchSdpaOptions(TransformOptions):
 class MatchSdpaToTorchAttention(BaseTransform):
     options_cls = MatchSdpaOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         count, cache, touched = 0, {}, []
         for node in list(gm.graph.nodes):
             if not is_op(node, aten.scaled_dot_product_attention.default):
@@ -44,4 +44,4 @@ class MatchSdpaToTorchAttention(BaseTransform):
             touched.append(new)
             count += 1
         erase_dropped_masks(gm, cache)
-        return finish(gm, ctx, count, self.name, touched)
+        return TransformInfo.matched(count, touched)

@@ -28,15 +28,16 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.ops.fused_backends import BACKENDS, fused_op, resolve_backend
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.config.schema import BACKEND_CHOICES
+from autodeploy_cli.ops.backends import FUSED_OPS, fused_op, resolve
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 from transforms.gather_logits_before_lm_head import find_lm_head
 
 aten = torch.ops.aten
-_NORMS = {f"auto_deploy::{b}_rmsnorm" for b in ("torch", "triton")}
-_ADD_NORMS = {f"auto_deploy::{b}_fused_add_rmsnorm" for b in ("torch", "triton")}
-_SILU_MULS = {f"auto_deploy::{b}_silu_and_mul" for b in ("torch", "triton")}
+_NORMS = {"auto_deploy::torch_rmsnorm", *(f"auto_deploy::{op}" for op in FUSED_OPS["rmsnorm"].values())}
+_ADD_NORMS = {f"auto_deploy::{op}" for op in FUSED_OPS["fused_add_rmsnorm"].values()}
+_SILU_MULS = {f"auto_deploy::{op}" for op in FUSED_OPS["silu_and_mul"].values()}
 
 
 @dataclass
@@ -44,7 +45,7 @@ class OptimizeLinearOptions(TransformOptions):
     backend: str = "auto"  # auto (triton on CUDA, torch elsewhere) | torch | triton
     fuse_norm: bool = True  # RMSNorm (and residual add) into the linear that reads it
     fuse_silu_mul: bool = True  # SiLU-and-mul into the down projection
-    choices: ClassVar[dict] = {"backend": BACKENDS}
+    choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["fused"]}
 
 
 def _name(node: fx.Node) -> str:
@@ -82,9 +83,9 @@ def _norm_args(norm: fx.Node) -> tuple:
 class OptimizeLinear(BaseTransform):
     options_cls = OptimizeLinearOptions
 
-    def apply(self, gm: fx.GraphModule, ctx: TransformContext) -> TransformInfo:
+    def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
-        backend = resolve_backend(self.options.backend, ctx.device)
+        backend = resolve("fused", self.options.backend, ctx.device.type)
         graph, head = gm.graph, find_lm_head(gm)
         counts = {"silu_mul": 0, "norm": 0, "add_norm": 0, "plain": 0}
         for lin in [n for n in graph.nodes if _plain_linear(n)]:

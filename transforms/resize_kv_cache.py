@@ -17,7 +17,7 @@ from torch import nn
 
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.log import get_logger
-from autodeploy_cli.pipeline.interface import BaseTransform, TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 from transforms.initialize_cache import full_pool_pages
 
@@ -52,8 +52,8 @@ def _gpu_pages(iface, model, fraction: float) -> int:
 class ResizeKvCache(BaseTransform):
     options_cls = ResizeKvCacheOptions
 
-    def apply(self, gm: nn.Module, ctx: TransformContext) -> TransformInfo:
-        iface = ctx.sequence_info
+    def apply(self, gm: nn.Module, ctx: PassContext) -> TransformInfo:
+        iface = ctx.cache
         if iface is None or not iface.caches:
             return TransformInfo.untouched("no allocated caches")
         frac = self.options.free_gpu_memory_fraction

@@ -69,7 +69,7 @@ class _Session:
     """One `ad bench` invocation; `stage` says where an interrupt landed."""
 
     def __init__(self, cfg: ADConfig, plan: BenchPlan, console: Console):
-        from autodeploy_cli.factory import ModelFactory
+        from autodeploy_cli.models.factory import ModelFactory
 
         self.cfg, self.plan, self.console = cfg, plan, console
         self.factory = ModelFactory(cfg)
@@ -92,9 +92,9 @@ class _Session:
         self.result.build = ours.build_split(engine.build_result.records, now() - t0)
         self.result.kv_cache_capacity_tokens = getattr(engine, "kv_capacity_tokens", None)
         # the backends `auto` resolved to on this device
-        state = getattr(getattr(engine.build_result, "ctx", None), "state", None) or {}
+        facts = getattr(getattr(engine.build_result, "ctx", None), "facts", None)
         for key, name in (("attn_backend", "attention_backend"), ("compile_backend", "compile_backend")):
-            self.result.conditions[key] = state.get(name, self.result.conditions[key])
+            self.result.conditions[key] = getattr(facts, name, None) or self.result.conditions[key]
         with self._progress() as progress:
             self._run_ours(engine, progress)
             del engine

@@ -29,9 +29,9 @@ BUILD_SPLIT = {
 
 def make_engine(cfg: ADConfig) -> Any:
     """Build our engine (runs the whole pipeline). Tests replace this with a fake engine."""
-    from autodeploy_cli.runtime.engine import Engine
+    from autodeploy_cli.llm import build_engine
 
-    return Engine.from_config(cfg)
+    return build_engine(cfg)
 
 
 def sampling_params(max_tokens: int) -> Any:

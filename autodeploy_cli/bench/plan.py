@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from autodeploy_cli.config.schema import ADConfig
+from autodeploy_cli.config.schema import effective_max_num_tokens as schema_max_num_tokens
 from autodeploy_cli.errors import ADError, did_you_mean
 
 BASELINES = ("hf", "hf-compile")
@@ -60,10 +61,8 @@ def _positive(value: Optional[float], flag: str, key: str, what: str) -> None:
 
 
 def effective_max_num_tokens(cfg: ADConfig) -> int:
-    """The runtime's own rule, so the bench rejects exactly what the engine would."""
-    from autodeploy_cli.ops.sequence_info import effective_max_num_tokens as runtime_rule
-
-    return runtime_rule(cfg)
+    """The runtime's own rule (config.schema), so the bench rejects exactly what the engine would."""
+    return schema_max_num_tokens(cfg.max_batch_size, cfg.max_seq_len, cfg.max_num_tokens)
 
 
 def check_sequence_fits(prompt_len: int, max_tokens: int, cfg: ADConfig, where: str, fix: str) -> None:

@@ -10,113 +10,14 @@ from __future__ import annotations
 import copy
 import dataclasses
 import typing
-from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-import yaml
-
-from autodeploy_cli.config.schema import CHOICES, SHORTCUTS, ADConfig
+from autodeploy_cli.config.compat import AnchorCompat, CompatReport
+from autodeploy_cli.config.layers import Layer, deep_merge, default_pipeline, get_path, parse_overrides, set_path
+from autodeploy_cli.config.layers import to_yaml as _dict_to_yaml
+from autodeploy_cli.config.schema import BACKEND_CHOICES, CHOICES, SHORTCUTS, TRANSFORM_BACKENDS, ADConfig
 from autodeploy_cli.errors import ADError, did_you_mean
-
-Layer = tuple[str, dict]  # (source description, data)
-
-
-def default_pipeline() -> dict:
-    """The built-in default.yaml (the transform pipeline and top-level defaults)."""
-    text = resources.files("autodeploy_cli.config").joinpath("default.yaml").read_text()
-    return yaml.safe_load(text) or {}
-
-
-def load_yaml_file(path: str | Path) -> dict:
-    p = Path(path)
-    if not p.is_file():
-        raise ADError(
-            f"Config file `{path}` does not exist (resolved to {p.resolve()}). "
-            "Check the path given to --config, or drop the flag to use the built-in defaults."
-        )
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ADError(f"Config file `{path}` is not valid YAML: {e}. Fix the syntax and run again.") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ADError(f"Config file `{path}` must hold a mapping of keys to values at the top, not {type(data).__name__}.")
-    return data
-
-
-def deep_merge(base: dict, other: dict) -> dict:
-    """Merge `other` over `base` (new dict): dicts merge per key, everything else is replaced."""
-    out = dict(base)
-    for key, value in other.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
-def set_path(data: dict, dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = data
-    for part in parts[:-1]:
-        child = node.get(part)
-        if not isinstance(child, dict):
-            child = {}
-            node[part] = child
-        node = child
-    node[parts[-1]] = value
-
-
-def get_path(data: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = data
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def parse_value(text: str) -> Any:
-    """Parse an override value as YAML (ints, floats, bools, lists, null); fall back to the raw string."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
-
-
-def parse_overrides(args: Sequence[str]) -> dict:
-    """Turn `key.sub=value`, `--key.sub-name=value` and `--key.sub-name value` into one nested dict.
-
-    Dashes in `--` style keys become underscores (values are left alone).
-    """
-    out: dict = {}
-    items = list(args)
-    i = 0
-    while i < len(items):
-        item = items[i]
-        dashed = item.startswith("--")
-        body = item[2:] if dashed else item
-        if "=" in body:
-            key, raw = body.split("=", 1)
-        elif dashed and i + 1 < len(items) and not items[i + 1].startswith("--"):
-            key, raw = body, items[i + 1]
-            i += 1
-        elif dashed:
-            key, raw = body, "true"
-        else:
-            raise ADError(
-                f"Cannot read the override `{item}`: write it as `key.sub=value` or `--key.sub-name=value` "
-                "(for example `max_seq_len=1024` or `--model-kwargs.num-hidden-layers=2`)."
-            )
-        if dashed:
-            key = key.replace("-", "_")
-        if not key or key.startswith(".") or key.endswith("."):
-            raise ADError(f"The override `{item}` has an empty key; write it as `key.sub=value`.")
-        set_path(out, key, parse_value(raw))
-        i += 1
-    return out
 
 
 def _escape_interpolations(value: Any) -> Any:
@@ -171,7 +72,22 @@ def validate_schema(data: dict) -> ADConfig:
                 f"Invalid value `{value}` for `{key}`: choose one of {', '.join(choices)}."
                 f"{did_you_mean(str(value), choices)}"
             )
+    check_transform_entries(cfg.transforms)
     return cfg
+
+
+def check_transform_entries(transforms: dict[str, Any]) -> None:
+    """The cheap, torch-free checks of `transforms`: entries are mappings and backend options name a backend. Names
+    and every other option are validated against the transform registry when the pipeline is built."""
+    for name, entry in transforms.items():
+        if entry is not None and not isinstance(entry, dict):
+            raise ADError(f"`transforms.{name}` must be a mapping of options, got {entry!r}.")
+        for (tname, option), family in TRANSFORM_BACKENDS.items():
+            value = (entry or {}).get(option) if tname == name else None
+            allowed = BACKEND_CHOICES[family]
+            if value is not None and value not in allowed:
+                raise ADError(f"Invalid value `{value}` for `transforms.{name}.{option}`: choose one of "
+                              f"{', '.join(allowed)}.{did_you_mean(str(value), allowed)}")
 
 
 def apply_shortcuts(data: dict, explicit: dict) -> dict:
@@ -198,16 +114,16 @@ def resolve_layers(layers: Iterable[Layer]) -> dict:
     return apply_shortcuts(merged, explicit)
 
 
-def resolve(
+def resolve_with_report(
     config_files: Sequence[str | Path] = (),
     overrides: Sequence[str] | dict = (),
     model: str | None = None,
-) -> ADConfig:
-    """Resolve the full config: default.yaml < registry layers < config files < overrides (< `model` if given)."""
-    from autodeploy_cli.config import compat
+) -> tuple[ADConfig, CompatReport]:
+    """The config (default.yaml < registry layers < config files < overrides, `model` last if given) and the report
+    of how other tools' keys were read (notes and warnings). Transform options are validated by the pipeline."""
     from model_registry import registry_layers
 
-    compat.begin()  # collects the warnings about other tools' keys for this resolve
+    compat = AnchorCompat()
     user_layers: list[Layer] = []
     for path in config_files:
         user_layers.extend(compat.expand_file(path))
@@ -225,12 +141,17 @@ def resolve(
     layers += registry_layers(str(chosen_model))
     layers += user_layers
     data = compat.finalize(resolve_layers(layers))
-    cfg = validate_schema(data)
-    from autodeploy_cli.pipeline.registry import validate_transform_entries
+    return validate_schema(data), compat.report
 
-    validate_transform_entries(cfg.transforms)
-    return cfg
+
+def resolve(
+    config_files: Sequence[str | Path] = (),
+    overrides: Sequence[str] | dict = (),
+    model: str | None = None,
+) -> ADConfig:
+    """`resolve_with_report` without the report (its warnings are logged as they are found)."""
+    return resolve_with_report(config_files, overrides, model)[0]
 
 
 def to_yaml(cfg: ADConfig) -> str:
-    return yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, width=120)
+    return _dict_to_yaml(dataclasses.asdict(cfg))

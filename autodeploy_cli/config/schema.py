@@ -101,9 +101,34 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "kv_cache_config.free_gpu_memory_fraction": ("resize_kv_cache", "free_gpu_memory_fraction"),
 }
 
+# op family -> the backend names a config may choose (`auto` resolves per device: autodeploy_cli.ops.backends)
+BACKEND_CHOICES: dict[str, tuple[str, ...]] = {
+    "attention": ("auto", "torch", "triton", "flashinfer"),
+    "fused": ("auto", "torch", "triton"),
+    "compile": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
+}
+# (transform, option) -> the op family whose backend the option chooses
+TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
+    ("insert_cached_attention", "backend"): "attention",
+    ("compile_model", "backend"): "compile",
+    **{(name, "backend"): "fused" for name in ("fuse_silu_mul", "fuse_add_rmsnorm", "fuse_rmsnorm", "optimize_rope",
+                                                 "optimize_linear")},
+}
+
 CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "float32", "float16", "bfloat16"),
     "runtime": ("demollm",),
     "kv_cache_config.dtype": ("auto", "float32", "float16", "bfloat16", "fp8"),
     "benchmark.mode": ("throughput", "latency"),
 }
+
+
+def effective_max_num_tokens(max_batch_size: int, max_seq_len: int, max_num_tokens: Optional[int]) -> int:
+    """Tokens per step: `max_num_tokens`, or by default max_batch_size * max_seq_len capped at max(8192, max_seq_len)."""
+    if max_num_tokens is not None:
+        if max_num_tokens < 1:
+            from autodeploy_cli.errors import ADError
+
+            raise ADError(f"`max_num_tokens` must be at least 1, got {max_num_tokens}.")
+        return int(max_num_tokens)
+    return min(max_batch_size * max_seq_len, max(8192, max_seq_len))

@@ -4,7 +4,7 @@
   auto_deploy::torch_silu_and_mul(x [..., 2I]) -> silu(x[..., :I]) * x[..., I:]
   auto_deploy::torch_silu_mul_linear / torch_rmsnorm_linear / torch_add_rmsnorm_linear: those, then a linear layer
 
-Backends provide the same ops as `auto_deploy::<backend>_<name>` (see fused_backends.py); the reference ops of the
+Backends provide the same ops as `auto_deploy::<backend>_<name>` (see the FUSED_OPS table in ops/backends.py); the reference ops of the
 canonical forms (torch_rmsnorm, torch_rope_*) live in their own modules.
 """
 

@@ -10,7 +10,7 @@ from torch import fx, nn
 
 from autodeploy_cli.config.schema import ADConfig
 from autodeploy_cli.pipeline.dump import GraphDumper, dump_dir_from_env, prepare_dump_dir
-from autodeploy_cli.pipeline.interface import TransformContext
+from autodeploy_cli.pipeline.interface import PassContext
 from autodeploy_cli.pipeline.registry import ordered_entries
 from autodeploy_cli.pipeline.report import build_report
 from autodeploy_cli.pipeline.runner import PipelineRunner, TransformRecord
@@ -19,7 +19,7 @@ from autodeploy_cli.pipeline.runner import PipelineRunner, TransformRecord
 @dataclass
 class BuildResult:
     config: ADConfig
-    ctx: TransformContext
+    ctx: PassContext
     records: list[TransformRecord]
     report: dict[str, Any]
     dump_dir: Optional[Path] = None
@@ -46,12 +46,12 @@ def build(
     stop_after: str | None = None,
 ) -> BuildResult:
     """Run the whole pipeline for `cfg`. `dump_dir` (or AD_DUMP_GRAPHS_DIR) writes one graph file per entry."""
-    from autodeploy_cli.factory import ModelFactory
-    from autodeploy_cli.pipeline.coverage import coverage_rows
+    from autodeploy_cli.models.factory import ModelFactory
+    from autodeploy_cli.pipeline.coverage import CoverageHook, coverage_rows
 
+    entries = ordered_entries(cfg.transforms)  # the one validation of transform options: typed from here on
     factory = ModelFactory(cfg)
-    ctx = TransformContext(config=cfg, factory=factory, device=factory.device, world_size=cfg.world_size)
-    entries = ordered_entries(cfg.transforms)
+    ctx = PassContext(config=cfg, factory=factory, device=factory.device, world_size=cfg.world_size)
     if stop_after is not None:
         names = [n for n, _ in entries]
         entries = entries[: names.index(stop_after) + 1]
@@ -60,11 +60,12 @@ def build(
     runner = PipelineRunner(entries, dumper=dumper)
     exported_nodes: dict[str, int] = {}
 
-    def remember_export_size(rec: TransformRecord, _ctx: TransformContext) -> None:
+    def remember_export_size(rec: TransformRecord, _ctx: PassContext) -> None:
         if rec.name == "export_to_gm":
             exported_nodes["n"] = rec.nodes_after or 0
 
-    runner.after_hooks.append(remember_export_size)
+    coverage = CoverageHook()
+    runner.after_hooks += [remember_export_size, coverage]
     verifier = None
     if verify:
         from autodeploy_cli.pipeline.verify import Verifier
@@ -78,7 +79,8 @@ def build(
         records=records,
         graph_nodes_exported=exported_nodes.get("n"),
         final_graph=final,
-        coverage=coverage_rows(final, factory.hf_config(), ctx.state) if final is not None else [],
+        coverage=coverage_rows(final, factory.hf_config(), coverage.census, ctx.misses,
+                               ctx.facts.moe_experts_implementation) if final is not None else [],
         verify_rows=verifier.rows if verifier else None,
         verify_failure=verifier.first_failure if verifier else None,
     )

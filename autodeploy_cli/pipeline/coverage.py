@@ -1,7 +1,7 @@
 """Canonical-op coverage: how many of each block the model config implies vs how many the graph holds.
 
-The pattern matchers snapshot a census of the graph (`state["coverage_census"]`) after each of them runs, so the
-report reflects the canonical form even after later stages swap ops for cached/fused kernels. Each row of the
+A runner hook (`CoverageHook`) takes a census of the graph after every pattern_matcher transform, so the report
+reflects the canonical form even after later stages swap ops for cached/fused kernels. Each row of the
 report: {kind, found, expected, hint, detail}; the hint names the layers where a block was expected but not
 matched, with the reason the matcher gave and the node chain it saw there ("why didn't it match").
 """
@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import op_name
+from autodeploy_cli.graph.core import op_name
 
 KINDS = ("attention", "rope", "rmsnorm", "moe")
 CANONICAL = {
@@ -37,7 +37,7 @@ SANDWICH_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}  # pre/post feed-forwa
 
 def _live(gm: fx.GraphModule) -> set:
     """Nodes the output depends on (dead leftovers awaiting cleanup are not reported)."""
-    from autodeploy_cli.pipeline.pattern import ancestors
+    from autodeploy_cli.graph.match import ancestors
 
     out = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     return set(ancestors(out))
@@ -58,7 +58,7 @@ def _is_source(kind: str, node: fx.Node) -> bool:
 
 def census(gm: fx.GraphModule) -> dict[str, dict]:
     """Per kind: canonical ops found (total and per layer) and source ops left over (where, chain)."""
-    from autodeploy_cli.pipeline.pattern import chain, layer_index, module_path
+    from autodeploy_cli.graph.match import chain, layer_index, module_path
 
     live = _live(gm)
     result = {k: {"found": 0, "per_layer": Counter(), "leftovers": []} for k in KINDS}
@@ -76,10 +76,17 @@ def census(gm: fx.GraphModule) -> dict[str, dict]:
     return result
 
 
-def snapshot(gm: fx.GraphModule, state: dict, by: str = "") -> None:
-    """Remember the census of the canonical graph (called by the pattern matchers)."""
-    state["coverage_census"] = census(gm)
-    state["coverage_census_by"] = by
+class CoverageHook:
+    """Runner hook: the census of the graph after the last pattern_matcher transform that ran."""
+
+    def __init__(self) -> None:
+        self.census: Optional[dict[str, dict]] = None
+        self.taken_after: str = ""
+
+    def __call__(self, record: Any, ctx: Any) -> None:
+        if record.stage == "pattern_matcher" and isinstance(ctx.model, fx.GraphModule):
+            self.census = census(ctx.model)
+            self.taken_after = record.name
 
 
 def _text_config(cfg: Any) -> Any:
@@ -133,13 +140,15 @@ def _hint(kind: str, expected: dict, found: Counter, leftovers: list, misses: li
     return "; ".join(parts)
 
 
-def coverage_rows(gm: fx.GraphModule | None, hf_config: Any, state: dict) -> list[dict]:
-    """Rows {kind, found, expected, hint, detail} for the build report (kinds the model has or the graph holds)."""
-    data = state.get("coverage_census") or (census(gm) if gm is not None else None)
+def coverage_rows(gm: fx.GraphModule | None, hf_config: Any, canonical: Optional[dict], misses: dict,
+                  moe_impl: Optional[str] = None) -> list[dict]:
+    """Rows {kind, found, expected, hint, detail} for the build report (kinds the model has or the graph holds).
+
+    canonical: the census after the pattern matchers (CoverageHook), else the final graph's; misses: ctx.misses."""
+    data = canonical or (census(gm) if gm is not None else None)
     if data is None or hf_config is None:
         return []
     expected = expected_per_layer(hf_config)
-    misses = state.get("pattern_misses", {})
     rows = []
     for kind in KINDS:
         exp_total = sum(expected[kind].values())
@@ -150,7 +159,7 @@ def coverage_rows(gm: fx.GraphModule | None, hf_config: Any, state: dict) -> lis
                "hint": _hint(kind, expected[kind], got["per_layer"], got["leftovers"], misses.get(kind, [])),
                "detail": ""}
         if kind == "moe":
-            used = state.get("moe_experts_implementation")
+            used = moe_impl
             asked = getattr(_text_config(hf_config), "_experts_implementation", None)
             if used or asked:
                 row["detail"] = f"experts implementation: {used or 'not matched'} (HF config: {asked or 'default'})"

@@ -10,7 +10,7 @@ from typing import Any
 from torch import fx, nn
 
 from autodeploy_cli.errors import ADError
-from autodeploy_cli.pipeline.graph import op_name
+from autodeploy_cli.graph.core import op_name
 
 DUMP_ENV = "AD_DUMP_GRAPHS_DIR"
 _MARKER = ".ad_dump_graphs"  # written into dump dirs we create, so we may clear them later

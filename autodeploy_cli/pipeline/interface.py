@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
+    from torch import fx, nn
 
     from autodeploy_cli.config.schema import ADConfig
-    from autodeploy_cli.factory import ModelFactory
+    from autodeploy_cli.models.factory import ModelFactory
+    from autodeploy_cli.models.weights import WeightHook
+    from autodeploy_cli.ops.cache import CachedSequenceInterface
 
 
 class Stage(str, Enum):
@@ -60,13 +62,40 @@ class TransformInfo:
     def untouched(cls, note: str = "", skipped: bool = False) -> "TransformInfo":
         return cls(skipped=skipped, num_matches=0, is_clean=True, has_valid_shapes=True, note=note)
 
+    @classmethod
+    def matched(cls, count: int, touched: "Iterable[fx.Node]" = (), note: str = "") -> "TransformInfo":
+        """A matcher's result: shapes stay valid when the new/changed nodes `touched` get their fake values here
+        (no whole-graph shape propagation needed)."""
+        if not count:
+            return cls.untouched(note)
+        from autodeploy_cli.graph.match import infer_vals
+
+        alive = [n for n in touched if not getattr(n, "_erased", False)]
+        return cls(num_matches=count, is_clean=False, has_valid_shapes=infer_vals(alive), note=note)
+
+
+# (input_ids [b, s], position_ids [b, s]) -> logits [b, s, vocab]: runs a prefill through the cached graph, so
+# `ad build --verify` can compare it with HF after the cache is inserted
+ProbeRunner = Callable[["torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+
 
 @dataclass
-class TransformContext:
+class BuildFacts:
+    """Facts transforms record for the build report and the commands (one field each, set by the named transform)."""
+
+    num_params: int = 0  # build_model
+    export_patches: list[str] = field(default_factory=list)  # export_to_gm: the patches that were on
+    moe_experts_implementation: Optional[str] = None  # match_moe_pattern: HF experts implementation matched
+    attention_backend: Optional[str] = None  # insert_cached_attention: the resolved backend name
+    compile_backend: Optional[str] = None  # compile_model: the resolved backend name
+
+
+@dataclass
+class PassContext:
     """Everything a transform may read or update besides the graph.
 
     `model` is the current model: an nn.Module on the meta device after `build_model`, a GraphModule after
-    `export_to_gm`. A transform that replaces the model assigns `ctx.model`.
+    `export_to_gm`, the compiled callable after `compile_model`. A transform that replaces the model assigns it.
     """
 
     config: "ADConfig"
@@ -75,8 +104,24 @@ class TransformContext:
     model: "nn.Module | None" = None
     rank: int = 0
     world_size: int = 1
-    sequence_info: Any = None  # the runtime's batch/cache interface, once cache_init sets it up
-    state: dict = field(default_factory=dict)  # facts transforms share (e.g. export patches used, MoE style)
+    cache: "CachedSequenceInterface | None" = None  # the batch/cache interface, created by the first cache_init user
+    weight_hooks: dict[str, "WeightHook"] = field(default_factory=dict)  # graph weight -> how to build it at load
+    reference_model: "nn.Module | None" = None  # a materialised HF model load_weights may take its tensors from
+    probe: Optional[ProbeRunner] = None  # set once the graph takes cache inputs
+    facts: BuildFacts = field(default_factory=BuildFacts)
+    misses: dict[str, list[dict]] = field(default_factory=dict)  # kind -> candidates a matcher rejected, and why
+
+    def cache_interface(self) -> "CachedSequenceInterface":
+        """The cache interface, created from the config on first use (by whichever cache_init transform runs first)."""
+        if self.cache is None:
+            from autodeploy_cli.ops.cache import make_interface
+
+            self.cache = make_interface(self.config, self.device, self.factory.model_dtype())
+        return self.cache
+
+    def use_cached_probe(self) -> None:
+        """From now on `--verify` probes the graph through the cache interface (a prefill from position 0)."""
+        self.probe = lambda ids, pos: self.cache_interface().run_prefill(self.model, ids, pos)
 
 
 class BaseTransform:
@@ -89,7 +134,7 @@ class BaseTransform:
     def __init__(self, options: TransformOptions):
         self.options = options
 
-    def apply(self, gm: "nn.Module", ctx: TransformContext) -> TransformInfo:  # pragma: no cover - interface
+    def apply(self, gm: "nn.Module", ctx: PassContext) -> TransformInfo:  # pragma: no cover - interface
         raise NotImplementedError
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import op_name
+from autodeploy_cli.graph.core import op_name
 from autodeploy_cli.pipeline.runner import TransformRecord
 
 

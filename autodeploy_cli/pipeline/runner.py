@@ -13,8 +13,8 @@ from typing import Callable, Optional
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.log import get_logger, log_prefix
 from autodeploy_cli.pipeline.dump import GraphDumper
-from autodeploy_cli.pipeline.graph import canonicalize, is_graph_module, num_call_nodes, shape_prop
-from autodeploy_cli.pipeline.interface import TransformContext, TransformInfo, TransformOptions
+from autodeploy_cli.graph.core import canonicalize, is_graph_module, num_call_nodes, shape_prop
+from autodeploy_cli.pipeline.interface import PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import get_transform_class
 
 
@@ -43,7 +43,7 @@ class TransformFailed(ADError):
 
 
 # called after each enabled transform: (record, ctx) -> None
-AfterHook = Callable[[TransformRecord, TransformContext], None]
+AfterHook = Callable[[TransformRecord, PassContext], None]
 
 
 @dataclass
@@ -52,7 +52,7 @@ class PipelineRunner:
     dumper: Optional[GraphDumper] = None
     after_hooks: list[AfterHook] = field(default_factory=list)
 
-    def run(self, ctx: TransformContext) -> list[TransformRecord]:
+    def run(self, ctx: PassContext) -> list[TransformRecord]:
         log = get_logger()
         records: list[TransformRecord] = []
         applied: list[str] = []
@@ -86,7 +86,7 @@ class PipelineRunner:
                 self.dumper.write(position, opts.stage, name, ctx.model, status)
         return records
 
-    def _cleanup(self, phase: str, want_shapes: bool, want_clean: bool, ctx: TransformContext, state: dict) -> None:
+    def _cleanup(self, phase: str, want_shapes: bool, want_clean: bool, ctx: PassContext, state: dict) -> None:
         log = get_logger()
         gm = ctx.model
         if not is_graph_module(gm):

@@ -6,24 +6,20 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 from torch import fx, nn
 
 from autodeploy_cli.log import get_logger
-from autodeploy_cli.pipeline.graph import is_graph_module
-from autodeploy_cli.pipeline.interface import TransformContext
+from autodeploy_cli.graph.core import is_graph_module
+from autodeploy_cli.pipeline.interface import PassContext
 from autodeploy_cli.pipeline.runner import TransformRecord
-from autodeploy_cli.weights import assign_weights, retarget_device_kwargs, source_tensors
+from autodeploy_cli.graph.core import retarget_device_kwargs
+from autodeploy_cli.models.weights import assign_weights, source_tensors
 
 # Relative error bound (max |out - ref| / max |ref|) by dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 3e-2}
-
-# (input_ids [b, s], position_ids [b, s]) -> logits [b, s, vocab]; a transform that changes the graph's inputs
-# (e.g. cache insertion) puts one in ctx.state["probe_runner"]
-ProbeRunner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 class VerificationFailed(Exception):
     pass
@@ -42,7 +38,7 @@ class Verifier:
     first_failure: Optional[str] = None
 
     @classmethod
-    def create(cls, ctx: TransformContext, batch: int = 2, seq: int = 7) -> "Verifier":
+    def create(cls, ctx: PassContext, batch: int = 2, seq: int = 7) -> "Verifier":
         reference = ctx.factory.materialize(ctx.device)
         vocab = reference.get_input_embeddings().num_embeddings
         gen = torch.Generator().manual_seed(ctx.config.seed)
@@ -51,13 +47,12 @@ class Verifier:
         with torch.no_grad():
             ref = reference(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits.float()
         dtype = next(reference.parameters()).dtype
-        ctx.state["materialized_model"] = reference  # load_weights reuses it: same weights, no second init
+        ctx.reference_model = reference  # load_weights reuses it: same weights, no second init
         return cls(reference, input_ids, position_ids, ref, TOLERANCE.get(dtype, 3e-2))
 
-    def _run(self, ctx: TransformContext) -> torch.Tensor:
-        runner: Optional[ProbeRunner] = ctx.state.get("probe_runner")
-        if runner is not None:
-            return runner(self.input_ids, self.position_ids)
+    def _run(self, ctx: PassContext) -> torch.Tensor:
+        if ctx.probe is not None:
+            return ctx.probe(self.input_ids, self.position_ids)
         gm = ctx.model
         assert isinstance(gm, fx.GraphModule)
         if any(p.device.type == "meta" for p in gm.parameters()):
@@ -65,12 +60,12 @@ class Verifier:
                 warnings.simplefilter("ignore", FutureWarning)
                 gm = copy.deepcopy(gm)  # before load_weights: run a copy holding the reference weights
             retarget_device_kwargs(gm, ctx.device)
-            assign_weights(gm, source_tensors(self.reference), ctx.state.get("weight_hooks"))
+            assign_weights(gm, source_tensors(self.reference), ctx.weight_hooks)
         with torch.no_grad():
             return gm(self.input_ids, self.position_ids)
 
-    def __call__(self, record: TransformRecord, ctx: TransformContext) -> None:
-        if not is_graph_module(ctx.model) and ctx.state.get("probe_runner") is None:
+    def __call__(self, record: TransformRecord, ctx: PassContext) -> None:
+        if not is_graph_module(ctx.model) and ctx.probe is None:
             return
         if record.num_matches == 0:
             return  # graph unchanged

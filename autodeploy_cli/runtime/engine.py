@@ -1,6 +1,7 @@
 """The built-in runtime (`runtime: demollm`): requests in, tokens out, one forward per step over a flattened batch.
 
-    engine = Engine.from_config(cfg)                      # runs the pipeline
+The engine is handed a built model and its cache interface (`autodeploy_cli.llm.build_engine` builds both):
+
     rid = engine.add_request(token_ids, SamplingParams(max_tokens=16))
     while engine.has_unfinished():
         for out in engine.step(): ...                      # StepOutput per request that got a token / finished
@@ -14,57 +15,21 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from autodeploy_cli.config.schema import effective_max_num_tokens
 from autodeploy_cli.errors import ADError
+from autodeploy_cli.ops.cache import CachedSequenceInterface
 from autodeploy_cli.runtime import sampler
-from autodeploy_cli.runtime.page_manager import PageManager
-from autodeploy_cli.runtime.overlap import TokenPipeline
-from autodeploy_cli.runtime.scheduler import Request, Scheduler
-from autodeploy_cli.ops.sequence_info import CachedSequenceInterface
+from autodeploy_cli.runtime.overlap import InFlight, TokenPipeline
+from autodeploy_cli.runtime.pages import PageManager
+from autodeploy_cli.runtime.request import Completion, Request, SamplingParams, StepOutput, StopPolicy
+from autodeploy_cli.runtime.scheduler import Scheduler
 
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 32
-    temperature: float = 0.0  # 0 = greedy
-    top_k: Optional[int] = None  # None or 0 = off
-    top_p: float = 1.0
-    seed: Optional[int] = None  # per-request generator seed (None: drawn from the engine's seeded RNG)
-    stop: list[str] = field(default_factory=list)  # stop strings (cut from the text)
-    stop_token_ids: list[int] = field(default_factory=list)
-    ignore_eos: bool = False
-    detokenize: bool = True  # False: token ids only, Completion.text stays "" and no tokenizer is loaded
-
-    @classmethod
-    def from_config(cls, sc: Any) -> "SamplingParams":
-        """From config.schema.SamplingConfig (or any object with the same fields)."""
-        return cls(max_tokens=sc.max_tokens, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p,
-                   seed=sc.seed, stop=list(sc.stop), stop_token_ids=list(sc.stop_token_ids),
-                   ignore_eos=sc.ignore_eos)
-
-
-@dataclass
-class StepOutput:
-    request_id: int
-    new_token_ids: list[int]
-    finished: bool
-    finish_reason: Optional[str]  # stop | length | error (when finished)
-    error: Optional[str]
-
-
-@dataclass
-class Completion:
-    request_id: int
-    prompt: Optional[str]
-    prompt_token_ids: list[int]
-    token_ids: list[int]
-    text: str
-    finish_reason: Optional[str]
-    error: Optional[str]
+__all__ = ["Completion", "Engine", "EngineStats", "SamplingParams", "StepOutput"]
 
 
 @dataclass
@@ -82,68 +47,35 @@ class EngineStats:
     max_batch: int = 0
 
 
-def _generation_eos(source: str) -> Any:
-    """eos_token_id of the model's generation_config.json (what HF generate stops on), if it has one.
-
-    Local folder or HF cache only: building an engine must not wait on the network (offline, huggingface_hub retries
-    for minutes). Loading a hub model's weights caches its generation config; random-weight builds of a hub id use
-    config.json's eos."""
-    try:
-        from transformers import GenerationConfig
-
-        return GenerationConfig.from_pretrained(source, local_files_only=True).eos_token_id
-    except Exception:  # noqa: BLE001 - no generation config (or offline): config.json's eos is used alone
-        return None
-
-
 class Engine:
     def __init__(self, model: Any, iface: CachedSequenceInterface, config: Any, tokenizer: Any = None,
                  build_result: Any = None, eos_token_ids: Sequence[int] = (), vocab_size: Optional[int] = None,
-                 tokenizer_loader: Any = None):
-        from autodeploy_cli.ops.sequence_info import effective_max_num_tokens
-
+                 tokenizer_loader: Optional[Callable[[], Any]] = None):
         if not iface.caches:
             raise ADError("The built model has no KV cache, so the runtime cannot run it. Keep "
                           "`transforms.insert_cached_attention` and `transforms.initialize_cache` enabled.")
         self.model = model
         self.iface = iface
         self.config = config
-        self.build_result = build_result
+        self.build_result = build_result  # what the builder made (records, report); opaque to the runtime
         self._tokenizer = tokenizer
         self._tokenizer_loader = tokenizer_loader
         self.eos_token_ids = set(int(t) for t in eos_token_ids)
         self.vocab_size = vocab_size
         self.max_seq_len = iface.info.max_seq_len
-        self.max_num_tokens = min(effective_max_num_tokens(config), iface.info.max_num_tokens)
+        self.max_num_tokens = min(effective_max_num_tokens(config.max_batch_size, config.max_seq_len,
+                                                           config.max_num_tokens), iface.info.max_num_tokens)
         self.chunked_prefill = bool(config.enable_chunked_prefill)
         self.pages = PageManager(iface.num_pages, iface.page_size)
-        self.scheduler = Scheduler(self.pages, iface.info.max_batch_size, self.max_num_tokens, self.chunked_prefill)
+        stops = StopPolicy(self.eos_token_ids, self.max_seq_len, self._decode)
+        self.scheduler = Scheduler(self.pages, iface.info.max_batch_size, self.max_num_tokens, self.chunked_prefill,
+                                   stops)
         self.stats = EngineStats()
         self._rng = random.Random(config.seed)
         self._next_id = 0
         self._errors: list[StepOutput] = []
         self._finished: dict[int, Completion] = {}
         self._tokens = TokenPipeline(iface.device, iface.info.max_batch_size, self.max_seq_len)
-
-    # --- construction ------------------------------------------------------------------------------------------
-    @classmethod
-    def from_config(cls, cfg: Any) -> "Engine":
-        """Run the pipeline for `cfg` and wrap the built model."""
-        from autodeploy_cli.pipeline.build import build
-
-        result = build(cfg)
-        iface = result.ctx.sequence_info
-        if iface is None:
-            raise ADError("The pipeline inserted no KV cache (no attention was found, or "
-                          "`transforms.insert_cached_attention` is disabled); the runtime needs one.")
-        factory = result.ctx.factory
-        hf_config = factory.hf_config()
-        text_cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
-        eos_ids: list[int] = []
-        for eos in (getattr(text_cfg, "eos_token_id", None), _generation_eos(factory.source)):
-            eos_ids += eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
-        return cls(result.model, iface, cfg, build_result=result, eos_token_ids=eos_ids,
-                   vocab_size=getattr(text_cfg, "vocab_size", None), tokenizer_loader=factory.tokenizer)
 
     @property
     def tokenizer(self) -> Any:
@@ -201,7 +133,7 @@ class Engine:
     def has_unfinished(self) -> bool:
         return bool(self._errors) or self.scheduler.has_work() or self._tokens.busy()
 
-    # --- one step ---------------------------------------------------------------------------------------------
+    # --- one step: schedule -> run -> postprocess ---------------------------------------------------------------
     def step(self) -> list[StepOutput]:
         """Schedule, run one forward over the flattened batch, sample, and report what changed.
 
@@ -212,20 +144,23 @@ class Engine:
         """
         t0 = time.perf_counter()
         outputs, self._errors = self._errors, []
-        batch = self.scheduler.schedule()
+        batch = self.scheduler.schedule(self._tokens.holds_token)
         if not batch:
-            outputs += self._resolve()
-            if not outputs and self.scheduler.waiting and not self.scheduler.running:
-                outputs.append(self._fail(self.scheduler.waiting.popleft(), "the request does not fit the KV cache "
-                                          "or max_num_tokens even alone"))  # a safety net: validation prevents it
-            return outputs
+            outputs += self._postprocess(None)
+            return outputs or self._unschedulable()
         # prefill (context) sequences first, then decodes (one new token after a cached context)
         prefill = [(r, n) for r, n in batch if not (n == 1 and r.num_computed > 0)]
         decode = [(r, n) for r, n in batch if n == 1 and r.num_computed > 0]
-        batch = prefill + decode
+        flight = self._run(prefill + decode, len(prefill))
+        outputs += self._postprocess(flight)
+        self._account(prefill, decode, len(flight.ready) if flight else 0, time.perf_counter() - t0)
+        return outputs
+
+    def _run(self, batch: list[tuple[Request, int]], num_prefill: int) -> Optional[InFlight]:
+        """One forward over `batch`, then the next token of every request whose context is now cached."""
         self.iface.info.set_batch(
             [r.all_token_ids[r.num_computed: r.num_computed + n] for r, n in batch],
-            [r.num_computed for r, _ in batch], [r.pages for r, _ in batch], num_prefill=len(prefill))
+            [r.num_computed for r, _ in batch], [r.pages for r, _ in batch], num_prefill=num_prefill)
         self._tokens.feed(batch, self.iface.info)
         with torch.no_grad():
             logits = self.iface.forward(self.model)  # [B, vocab]: last token of each sequence
@@ -235,31 +170,44 @@ class Engine:
             if r.num_computed == len(r.all_token_ids):  # the whole context is cached: sample the next token
                 rows.append(i)
                 ready.append(r)
-        launched = None
-        if ready:
-            picked = logits if len(rows) == len(batch) else logits[torch.tensor(rows, device=logits.device)]
-            if all(r.sampling.temperature == 0 for r in ready):
-                launched = self._tokens.launch(picked, ready)
-            else:  # sampling runs on the host: read the previous step, then this one
-                outputs += self._resolve()
-                tokens = sampler.sample(picked, [r.sampling for r in ready], [r.generator for r in ready])
-                for r, tok in zip(ready, tokens):
-                    if not r.finished:
-                        outputs.append(self._append_token(r, tok, len(r.all_token_ids), held=False))
-        outputs += self._resolve()  # the previous step's tokens, read while this step runs on the GPU
-        self._tokens.inflight = launched
-        self._account(prefill, decode, len(ready), time.perf_counter() - t0)
+        if not ready:
+            return None
+        picked = logits if len(rows) == len(batch) else logits[torch.tensor(rows, device=logits.device)]
+        if all(r.sampling.temperature == 0 for r in ready):
+            return self._tokens.launch(picked, ready, self.scheduler.reserve_token)
+        tokens = sampler.sample(picked, [r.sampling for r in ready], [r.generator for r in ready])
+        return self._tokens.host_step(tokens, ready)
+
+    def _postprocess(self, flight: Optional[InFlight]) -> list[StepOutput]:
+        """Append what the host can read now: the previous step's tokens (read while this step runs on the GPU),
+        then this step's if it was sampled on the host; a greedy step stays in flight until the next call."""
+        outputs = self._append(self._tokens.take())
+        if flight is not None and flight.on_host:
+            outputs += self._append(self._tokens.take(flight))
+        else:
+            self._tokens.inflight = flight
         return outputs
 
-    def _resolve(self) -> list[StepOutput]:
-        """Read the in-flight step's tokens (waits for that step only) and append them."""
-        taken = self._tokens.take()
+    def _append(self, taken: Optional[tuple[InFlight, list[int]]]) -> list[StepOutput]:
         if taken is None:
             return []
         flight, tokens = taken
-        return [self._append_token(r, tok, pos, held)
-                for r, pos, held, tok in zip(flight.ready, flight.positions, flight.held, tokens)
-                if not r.finished]  # a finished one stopped at an earlier token: this one ran past its end
+        outputs = []
+        for r, pos, held, tok in zip(flight.ready, flight.positions, flight.held, tokens):
+            if r.finished:
+                continue  # it stopped at an earlier token: this one ran past its end
+            reason = self.scheduler.append_token(r, tok, pos, held)
+            if reason is not None:
+                self._finished[r.request_id] = self._completion(r)
+            outputs.append(StepOutput(r.request_id, [tok], r.finished, reason, None))
+        return outputs
+
+    def _unschedulable(self) -> list[StepOutput]:
+        """A safety net (validation prevents it): a waiting request that cannot run even alone fails."""
+        if self.scheduler.waiting and not self.scheduler.running:
+            return [self._fail(self.scheduler.waiting.popleft(), "the request does not fit the KV cache or "
+                               "max_num_tokens even alone")]
+        return []
 
     def _account(self, prefill: list, decode: list, sampled: int, dt: float) -> None:
         s = self.stats
@@ -275,44 +223,14 @@ class Engine:
             s.decode_tokens += sampled
             s.decode_time_s += dt
 
-    def _append_token(self, r: Request, tok: int, pos: int, held: bool) -> StepOutput:
-        """Token `tok` at all_token_ids[pos] (held: that slot has its placeholder, else it is appended)."""
-        r.output_token_ids.append(tok)
-        if held:
-            r.all_token_ids[pos] = tok
-        else:
-            r.all_token_ids.append(tok)
-        sp = r.sampling
-        reason = None
-        if tok in sp.stop_token_ids or (not sp.ignore_eos and tok in self.eos_token_ids):
-            reason = "stop"
-        elif sp.stop and self._hit_stop_string(r):
-            reason = "stop"
-        elif len(r.output_token_ids) >= sp.max_tokens or pos + 1 >= self.max_seq_len:
-            reason = "length"  # max_tokens reached, or prompt + output fill max_seq_len
-        if reason is not None:
-            r.finished, r.finish_reason = True, reason
-            self.scheduler.finish(r)
-            self._finished[r.request_id] = self._completion(r)
-        return StepOutput(r.request_id, [tok], r.finished, reason, None)
-
     def _fail(self, r: Request, error: str) -> StepOutput:
-        r.finished, r.finish_reason, r.error, r.text = True, "error", error, ""
-        self.scheduler.finish(r)
+        self.scheduler.finish(r, "error", error)
         self._finished[r.request_id] = self._completion(r)
         return StepOutput(r.request_id, [], True, "error", error)
 
     def _decode(self, ids: list[int]) -> str:
         tok = self.tokenizer
         return "" if tok is None else tok.decode(ids, skip_special_tokens=True)
-
-    def _hit_stop_string(self, r: Request) -> bool:
-        text = self._decode(r.output_token_ids)
-        cut = min((p for p in (text.find(s) for s in r.sampling.stop if s) if p >= 0), default=-1)
-        if cut < 0:
-            return False
-        r.text = text[:cut]
-        return True
 
     def _completion(self, r: Request) -> Completion:
         text = r.text if r.text is not None else self._decode(r.output_token_ids) if r.sampling.detokenize else ""
@@ -358,5 +276,5 @@ class Engine:
         while any(i not in self._finished for i in ids):
             self.step()
         if not self.has_unfinished():
-            self._resolve()  # the step launched past the last stop: drop it
+            self._tokens.take()  # the step launched past the last stop: drop it
         return [self._finished.pop(i) for i in ids]

@@ -1,32 +1,38 @@
 """Overlapped greedy steps: a step's sampled tokens stay on the GPU, feed the next step's input_ids there, and reach
 the host one step later (read while the next step runs), so the GPU does not wait for the host between steps.
+This module owns every token in flight: which requests have one, where it sits, and which device row holds it.
 
-    launch(logits, ready)   step N: argmax on the device, async copy to pinned memory; each request gets a
-                            PLACEHOLDER slot for the token (unless that token certainly ends it by length)
-    feed(batch, info)       step N+1: input_ids of placeholder slots <- step N's device tokens (index_copy)
-    take()                  after launching N+1: wait for step N only, return its tokens for the host
+    launch(logits, ready, reserve)  step N: argmax on the device, async copy to pinned memory; each request that
+                                    continues gets a PLACEHOLDER slot (reserve) for the token
+    feed(batch, info)               step N+1: input_ids of placeholder slots <- step N's device tokens (index_copy)
+    take()                          after launching N+1: wait for step N only, return its tokens for the host
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
 
 import torch
 
-from autodeploy_cli.runtime.scheduler import PLACEHOLDER, Request
+from autodeploy_cli.runtime.request import PLACEHOLDER, Request
 
 
 @dataclass
 class InFlight:
-    """A greedy step whose tokens the host has not read yet."""
+    """A step whose tokens the host has not read yet (greedy), or has read at once (sampled: on_host)."""
 
     ready: list[Request]  # requests that sample a token this step, in logits-row order
     positions: list[int]  # all_token_ids index of each one's new token
     held: list[bool]  # whether that slot holds a PLACEHOLDER (False: the token ends the request, it is appended)
-    tokens_dev: torch.Tensor  # [R] int64 on the model's device
-    tokens_host: torch.Tensor  # [R] (pinned copy on CUDA)
-    event: Optional[Any]  # torch.cuda.Event after the device->host copy
+    tokens_dev: Optional[torch.Tensor]  # [R] int64 on the model's device (None when sampled on the host)
+    tokens_host: Any  # [R] pinned tensor (CUDA) or device tensor (CPU), or a list of ints (sampled on the host)
+    event: Optional[Any] = None  # torch.cuda.Event after the device->host copy
+    rows: dict[int, int] = field(default_factory=dict)  # id(request) -> row of tokens_dev holding its placeholder
+
+    @property
+    def on_host(self) -> bool:
+        return self.tokens_dev is None
 
 
 class TokenPipeline:
@@ -37,6 +43,7 @@ class TokenPipeline:
         cuda = device.type == "cuda"
         self.max_seq_len = max_seq_len
         self.inflight: Optional[InFlight] = None
+        self._unread: dict[int, int] = {}  # id(request) -> its tokens the host has not read yet
         self._tokens = [torch.empty(max_batch_size, dtype=torch.int64, pin_memory=True) for _ in range(2)] \
             if cuda else None
         self._flip = 0
@@ -45,7 +52,11 @@ class TokenPipeline:
             else self._feed_host
         self._feed_copied: Optional[Any] = None
 
-    def launch(self, logits: torch.Tensor, ready: list[Request]) -> InFlight:
+    def holds_token(self, r: Request) -> bool:
+        """r has a sampled token on the device that the host has not read."""
+        return self._unread.get(id(r), 0) > 0
+
+    def launch(self, logits: torch.Tensor, ready: list[Request], reserve: Callable[[Request], None]) -> InFlight:
         tokens_dev = logits.argmax(dim=-1)
         event = None
         if self._tokens is not None:
@@ -56,29 +67,34 @@ class TokenPipeline:
             event.record()
         else:
             tokens_host = tokens_dev
-        positions, held = [], []
+        flight = InFlight(ready, [], [], tokens_dev, tokens_host, event)
         for row, r in enumerate(ready):
             pos = len(r.all_token_ids)
-            ends = len(r.output_token_ids) + r.unresolved + 1 >= r.sampling.max_tokens or pos + 1 >= self.max_seq_len
-            positions.append(pos)
-            held.append(not ends)
-            r.unresolved += 1
+            unread = self._unread.get(id(r), 0)
+            ends = len(r.output_token_ids) + unread + 1 >= r.sampling.max_tokens or pos + 1 >= self.max_seq_len
+            flight.positions.append(pos)
+            flight.held.append(not ends)
+            self._unread[id(r)] = unread + 1
             if not ends:  # keeps the request schedulable: the next step decodes this token, fed on the device
-                r.all_token_ids.append(PLACEHOLDER)
-                r.feed_row = row
-        return InFlight(ready, positions, held, tokens_dev, tokens_host, event)
+                reserve(r)
+                flight.rows[id(r)] = row
+        return flight
+
+    def host_step(self, tokens: list[int], ready: list[Request]) -> InFlight:
+        """A step sampled on the host: its tokens are known now (appended, never held)."""
+        return InFlight(ready, [len(r.all_token_ids) for r in ready], [False] * len(ready), None, tokens)
 
     def feed(self, batch: list[tuple[Request, int]], info: Any) -> None:
         """Point the placeholder tokens of `batch` (just set on `info`) at the in-flight step's device tokens."""
         flight = self.inflight
-        if flight is None:
+        if flight is None or flight.on_host:
             return
         dst, src, offset = [], [], 0
         for r, n in batch:
             if r.all_token_ids[r.num_computed + n - 1] == PLACEHOLDER:
                 assert n == 1, "a placeholder token can only be decoded alone"
                 dst.append(offset)
-                src.append(r.feed_row)
+                src.append(flight.rows[id(r)])
             offset += n
         if not dst:
             return
@@ -94,15 +110,20 @@ class TokenPipeline:
             self._feed_copied.record()
         info.feed_tokens(idx[0], flight.tokens_dev.index_select(0, idx[1]))
 
-    def take(self) -> Optional[tuple[InFlight, list[int]]]:
-        """The in-flight step and its tokens (waits for that step's copy only); None when nothing is in flight."""
-        flight, self.inflight = self.inflight, None
+    def take(self, flight: Optional[InFlight] = None) -> Optional[tuple[InFlight, list[int]]]:
+        """`flight` (default: the one in flight, which is then cleared) and its tokens, waiting for its copy only."""
+        if flight is None:
+            flight, self.inflight = self.inflight, None
         if flight is None:
             return None
+        if flight.on_host:
+            return flight, list(flight.tokens_host)
         if flight.event is not None:
             flight.event.synchronize()
         for r in flight.ready:
-            r.unresolved -= 1
+            left = self._unread.pop(id(r)) - 1
+            if left:
+                self._unread[id(r)] = left
         return flight, flight.tokens_host.tolist()
 
     def busy(self) -> bool:

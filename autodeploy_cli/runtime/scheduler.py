@@ -1,4 +1,5 @@
-"""Request state and the scheduler: continuous batching, chunked prefill, and preemption when the pool is full.
+"""The scheduler: continuous batching, chunked prefill, preemption when the pool is full; it alone appends tokens
+to requests and finishes them.
 
 Every step the scheduler picks, within `max_batch_size` sequences and `max_num_tokens` tokens:
   1. running requests, oldest first: decodes (one token) and the next chunk of unfinished prefills; a request that
@@ -12,48 +13,17 @@ Every step the scheduler picks, within `max_batch_size` sequences and `max_num_t
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Callable, Optional
 
-from autodeploy_cli.runtime.page_manager import PageManager
-
-
-PLACEHOLDER = -1  # all_token_ids slot of a token sampled on the GPU that the host has not read yet
-
-
-@dataclass(eq=False)  # identity comparison: `req in running` must not compare token lists (O(B^2 L) per step)
-class Request:
-    request_id: int
-    prompt_token_ids: list[int]
-    sampling: Any  # SamplingParams
-    prompt: Optional[str] = None
-    all_token_ids: list[int] = field(default_factory=list)  # prompt + generated
-    output_token_ids: list[int] = field(default_factory=list)
-    num_computed: int = 0  # tokens whose K/V are in the cache
-    pages: list[int] = field(default_factory=list)
-    resumed: bool = False  # preempted at least once
-    num_preemptions: int = 0
-    finished: bool = False
-    finish_reason: Optional[str] = None
-    error: Optional[str] = None
-    text: Optional[str] = None
-    generator: Any = None  # torch.Generator for sampling
-    unresolved: int = 0  # sampled tokens still on the GPU (their all_token_ids slots hold PLACEHOLDER)
-    feed_row: int = 0  # row of the in-flight step's token tensor that holds this request's placeholder token
-
-    def __post_init__(self) -> None:
-        if not self.all_token_ids:
-            self.all_token_ids = list(self.prompt_token_ids)
-
-    @property
-    def num_pending(self) -> int:
-        """Tokens not yet in the cache (the whole context after a preemption, else a prompt chunk or 1)."""
-        return len(self.all_token_ids) - self.num_computed
+from autodeploy_cli.runtime.pages import PageManager
+from autodeploy_cli.runtime.request import PLACEHOLDER, Request, StopPolicy
 
 
 class Scheduler:
-    def __init__(self, pages: PageManager, max_batch_size: int, max_num_tokens: int, chunked_prefill: bool):
+    def __init__(self, pages: PageManager, max_batch_size: int, max_num_tokens: int, chunked_prefill: bool,
+                 stops: Optional[StopPolicy] = None):
         self.pages = pages
+        self.stops = stops
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
         self.chunked_prefill = chunked_prefill
@@ -67,7 +37,28 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def finish(self, req: Request) -> None:
+    # --- tokens and endings (the only place that changes a request's tokens or ends it) --------------------------
+    def reserve_token(self, req: Request) -> None:
+        """A token for `req` is in flight on the device: its slot holds PLACEHOLDER, so the next step can decode it."""
+        req.all_token_ids.append(PLACEHOLDER)
+
+    def append_token(self, req: Request, tok: int, pos: int, held: bool) -> Optional[str]:
+        """Token `tok` at all_token_ids[pos] (held: that slot has a placeholder, else it is appended); ends the
+        request when the stop policy says so and returns the reason."""
+        req.output_token_ids.append(tok)
+        if held:
+            req.all_token_ids[pos] = tok
+        else:
+            req.all_token_ids.append(tok)
+        reason = self.stops.reason(req, tok, pos) if self.stops is not None else None
+        if reason is not None:
+            self.finish(req, reason)
+        return reason
+
+    def finish(self, req: Request, reason: str = "stop", error: Optional[str] = None) -> None:
+        req.finished, req.finish_reason = True, reason
+        if error is not None:
+            req.error, req.text = error, ""
         self.pages.release(req.pages)
         if req in self.running:
             self.running.remove(req)
@@ -88,8 +79,9 @@ class Scheduler:
             return min(req.num_pending, budget)
         return req.num_pending
 
-    def schedule(self) -> list[tuple[Request, int]]:
-        """The requests of the next step with their number of new tokens."""
+    def schedule(self, in_flight: Callable[[Request], bool] = lambda r: False) -> list[tuple[Request, int]]:
+        """The requests of the next step with their number of new tokens. `in_flight(r)`: r has a token on the
+        device the host has not read (a preempted one waits for it before its context is recomputed)."""
         tokens, seqs = self.max_num_tokens, self.max_batch_size
         out: list[tuple[Request, int]] = []
         i = 0
@@ -109,7 +101,7 @@ class Scheduler:
             tokens, seqs, i = tokens - n, seqs - 1, i + 1
         while self.waiting and seqs > 0 and tokens > 0:
             req = self.waiting[0]
-            if req.unresolved:  # preempted while its last token was in flight: recompute once the token is known
+            if in_flight(req):  # preempted while its last token was in flight: recompute once the token is known
                 break
             n = self._chunk(req, tokens)
             need = self.pages.pages_for(n)

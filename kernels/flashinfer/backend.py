@@ -17,13 +17,13 @@ from typing import Optional
 import torch
 
 from autodeploy_cli.ops import graph_hooks
-from autodeploy_cli.ops.attention_backends import (
+from autodeploy_cli.ops.attention_interface import (
     AttentionDescriptor,
     AttentionNodeInfo,
-    CacheConfig,
     PrepareMetadata,
     register_attention_backend,
 )
+from autodeploy_cli.ops.cache import CacheConfig
 from kernels.flashinfer import attention as fa
 from kernels.triton import attention as ta
 

@@ -4,7 +4,7 @@ Ops:
   auto_deploy::torch_attention_prepare_metadata  once per forward: padded page table + per-token cache slots
   auto_deploy::torch_attention_with_paged_cache  per layer: write this step's k/v into the pages, then attend
 
-Conventions (see autodeploy_cli.ops.sequence_info.FIELDS): q [1, T, n, d], k/v [1, T, n_kv, d] hold the tokens
+Conventions (see autodeploy_cli.ops.batch.FIELDS): q [1, T, n, d], k/v [1, T, n_kv, d] hold the tokens
 of all sequences back to back; k_cache/v_cache [num_pages, page_size, n_kv, d]. Token j of sequence b sits at cache
 position input_pos[b] + j and sees keys 0 .. input_pos[b] + j (causal, bottom-right), minus keys `sliding_window`
 or more positions back. A decode-only batch (T == B) runs with shapes fixed by the inputs and no host read when a
@@ -17,12 +17,12 @@ from typing import Optional
 
 import torch
 
-from autodeploy_cli.ops.attention_backends import (
+from autodeploy_cli.ops.attention_interface import (
     AttentionDescriptor,
-    CacheConfig,
     PrepareMetadata,
     register_attention_backend,
 )
+from autodeploy_cli.ops.cache import CacheConfig
 
 
 @torch.library.custom_op("auto_deploy::torch_attention_prepare_metadata", mutates_args=())

@@ -19,7 +19,7 @@ HEADER = (
 
 
 def compute() -> dict[str, int]:
-    from autodeploy_cli.hf_arch import config_from_values, count_params, meta_model
+    from autodeploy_cli.models.hf_arch import config_from_values, count_params, meta_model
     from model_registry import ARCH_META_KEYS, load_architectures, resolve_architecture
 
     out: dict[str, int] = {}

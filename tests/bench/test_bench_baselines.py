@@ -21,7 +21,7 @@ def test_batches_and_shapes_left_pad_to_the_longest_prompt():
 def test_run_hf_mixed_lengths_times_each_request_to_its_own_last_token():
     from autodeploy_cli.bench.metrics import RunTrace
     from autodeploy_cli.config.loader import resolve
-    from autodeploy_cli.factory import ModelFactory
+    from autodeploy_cli.models.factory import ModelFactory
 
     model = ModelFactory(resolve([], [])).materialize()
     reqs = [BenchRequest([5, 6, 7], 4), BenchRequest(list(range(10, 16)), 2), BenchRequest([9, 9], 3)]

@@ -10,7 +10,7 @@ from autodeploy_cli.bench import baselines, ours
 from autodeploy_cli.bench.results import BUILD_FIELDS, RUN_FIELDS
 from autodeploy_cli.cli import app
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.factory import ModelFactory
+from autodeploy_cli.models.factory import ModelFactory
 from tests.bench.conftest import SMALL
 
 

@@ -10,7 +10,7 @@ from autodeploy_cli.bench.plan import make_plan
 from autodeploy_cli.bench.workload import dataset_workload, synthetic_workload
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.errors import ADError
-from autodeploy_cli.factory import ModelFactory
+from autodeploy_cli.models.factory import ModelFactory
 
 
 def plan_for(*overrides: str):

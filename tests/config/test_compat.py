@@ -15,8 +15,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from autodeploy_cli.config import compat
-from autodeploy_cli.config.loader import default_pipeline, resolve
+from autodeploy_cli.config.layers import default_pipeline
+from autodeploy_cli.config.loader import resolve_with_report
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.pipeline import registry
 
@@ -56,12 +56,21 @@ def fallback_warning(label: str, tname: str, value: str) -> list[str]:
             f"layers (default `{default}`)."]
 
 
+_last: dict = {}
+
+
+def resolve(*args, **kwargs):
+    """resolve_with_report, keeping the report for warnings() and notes()."""
+    cfg, _last["report"] = resolve_with_report(*args, **kwargs)
+    return cfg
+
+
 def warnings() -> list[str]:
-    return compat.last_report().warnings
+    return _last["report"].warnings
 
 
 def notes() -> list[str]:
-    return compat.last_report().notes
+    return _last["report"].notes
 
 
 def write(tmp_path: Path, name: str, data: dict) -> Path:

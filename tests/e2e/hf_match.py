@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from autodeploy_cli.cli import app
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.factory import ModelFactory
+from autodeploy_cli.models.factory import ModelFactory
 
 # 1, 19 and 34 byte tokens: with page size 4 every sequence but the first crosses page boundaries
 PROMPTS = ["a", "The quick brown fox", "hi there, how are you doing today?"]
@@ -53,10 +53,11 @@ def check_ad_run(model_dir: Path, family: str, *extra: str) -> None:
 
 def check_engine_chunked(model_dir: Path, family: str, *extra: str) -> None:
     """The Python Engine API with chunked prefill (8 tokens per step) == HF generate."""
-    from autodeploy_cli.runtime.engine import Engine, SamplingParams
+    from autodeploy_cli.llm import build_engine
+    from autodeploy_cli.runtime.engine import SamplingParams
 
     cfg = resolve([], overrides(model_dir, family, "enable_chunked_prefill=true", "max_num_tokens=8", *extra))
-    engine = Engine.from_config(cfg)
+    engine = build_engine(cfg)
     prompts = [[(7 * i + 3 * j) % 250 + 3 for j in range(n)] for i, n in enumerate((23, 2, 13))]
     comps = engine.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))
     assert engine.stats.prefill_steps >= 5  # 38 prompt tokens, at most 8 per step

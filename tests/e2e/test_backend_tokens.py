@@ -16,7 +16,8 @@ if not torch.cuda.is_available():  # before kernels.triton is imported anywhere 
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from autodeploy_cli.config.loader import resolve  # noqa: E402
-from autodeploy_cli.runtime.engine import Engine, SamplingParams  # noqa: E402
+from autodeploy_cli.llm import build_engine  # noqa: E402
+from autodeploy_cli.runtime.engine import SamplingParams  # noqa: E402
 
 PROMPTS = [[5, 9, 200, 31, 7, 77, 12], [42, 3], [100, 101, 102, 103, 104, 105, 106, 107, 108, 109, 110, 111, 2]]
 _CACHE: dict = {}
@@ -26,7 +27,7 @@ GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 def _tokens(model_dir, *overrides, prompts=PROMPTS, max_tokens=6):
     cfg = resolve([], ["skip_loading_weights=true", "max_seq_len=64", "max_batch_size=4", "attn_page_size=4",
                        *overrides], model=str(model_dir))
-    engine = Engine.from_config(cfg)
+    engine = build_engine(cfg)
     out = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
     return [c.token_ids for c in out], engine
 
@@ -57,7 +58,7 @@ def test_torch_compile_no_recompile_storm(llama_dir):
     cfg = resolve([], ["skip_loading_weights=true", "max_seq_len=64", "max_batch_size=4", "attn_page_size=4",
                        "device=cpu", "dtype=float32", "compile_backend=torch-compile",
                        "transforms.compile_model.dynamo_backend=eager"], model=str(llama_dir))
-    engine = Engine.from_config(cfg)
+    engine = build_engine(cfg)
     outs = engine.generate(PROMPTS, [SamplingParams(max_tokens=n, ignore_eos=True) for n in (6, 4, 2)])
     assert [c.token_ids for c in outs] == [ref[0], ref[1][:4], ref[2][:2]]
     # one dynamic graph, plus at most the size-1 specialisations (one sequence / one token)
@@ -92,7 +93,7 @@ def test_gpu_bf16_8b_shaped_logits(tmp_path_factory, attn):
     def logits(backend):
         cfg = resolve([], ["skip_loading_weights=true", "device=cuda", "dtype=bfloat16", "max_seq_len=1024",
                            "max_batch_size=4", "attn_page_size=16", f"attn_backend={backend}"], model=str(d))
-        engine = Engine.from_config(cfg)
+        engine = build_engine(cfg)
         ids = torch.randint(0, 128256, (2, 300), generator=torch.Generator().manual_seed(0))
         return engine.iface.run_prefill(engine.model, ids.cuda(), gather="all").float()
 

@@ -16,7 +16,7 @@ import torch
 
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.pipeline.graph import op_name
+from autodeploy_cli.graph.core import op_name
 from tests.transforms.pattern_helpers import PATTERN_STAGE, PINNED, max_rel_err, repeat_kv_chains
 
 MOE_FAMILIES = {"mixtral", "qwen2_moe", "qwen3_moe"}
@@ -57,7 +57,7 @@ def test_matchers_make_every_block_canonical(family, attn, tiny_dir):
                  f"model_kwargs._attn_implementation={attn}"]
     overrides += [f"model_kwargs._experts_implementation={experts}"] if experts else []
     result = build(resolve([], overrides), stop_after=PATTERN_STAGE[-1])
-    gm, state = result.model, result.ctx.state
+    gm, facts = result.model, result.ctx.facts
 
     want = expected(family)
     found = census(gm)
@@ -68,13 +68,13 @@ def test_matchers_make_every_block_canonical(family, attn, tiny_dir):
     layouts = {n.kwargs["layout"] for n in gm.graph.nodes if op_name(n) == "auto_deploy.torch_attention"}
     assert layouts == {"bsnd"}
     if family in MOE_FAMILIES:
-        assert state["moe_experts_implementation"] == experts
+        assert facts.moe_experts_implementation == experts
     rows = {r["kind"]: (r["found"], r["expected"], r["hint"]) for r in result.report["coverage"]}
     assert rows == {k: (v, v, "") for k, v in want.items()}
 
     ref = result.ctx.factory.materialize(torch.device("cpu"))  # the same seeded weights, HF eager attention
     ref.set_attn_implementation("eager")
-    assert max_rel_err(gm, ref, state) < 1e-4  # shapes (2, 7), (3, 5) and (2, 1)
+    assert max_rel_err(gm, ref, result.ctx) < 1e-4  # shapes (2, 7), (3, 5) and (2, 1)
 
 
 def _broken_rmsnorm(self, x):
@@ -84,7 +84,7 @@ def _broken_rmsnorm(self, x):
 
 
 def test_broken_rmsnorm_is_named_in_the_report(tiny_dir, monkeypatch):
-    from autodeploy_cli.factory import ModelFactory
+    from autodeploy_cli.models.factory import ModelFactory
 
     original = ModelFactory._from_config
 

@@ -27,7 +27,7 @@ def test_default_build_verifies_and_reports_full_coverage(family, tiny_dir):
     assert result.report["verify"]["ok"] and len(result.report["verify"]["rows"]) >= 10
     rows = {r["kind"]: (r["found"], r["expected"], r["hint"]) for r in result.report["coverage"]}
     assert rows == {k: (v, v, "") for k, v in expected(family).items()}
-    assert "hf_attention_to_torch_attention" in result.ctx.state["export_patches"]
+    assert "hf_attention_to_torch_attention" in result.ctx.facts.export_patches
     if family in MOE_FAMILIES:
         moe = next(r for r in result.report["coverage"] if r["kind"] == "moe")
         assert moe["detail"] == "experts implementation: grouped_mm (HF config: grouped_mm)"

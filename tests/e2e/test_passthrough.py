@@ -9,7 +9,7 @@ import torch
 
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.pipeline.graph import op_name
+from autodeploy_cli.graph.core import op_name
 from tests.transforms.pattern_helpers import PINNED
 
 
@@ -31,7 +31,7 @@ def _wrap_mlps(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def test_user_op_survives_every_transform(tiny_dir, tmp_path, monkeypatch):
-    from autodeploy_cli.factory import ModelFactory
+    from autodeploy_cli.models.factory import ModelFactory
 
     original = ModelFactory._from_config
     monkeypatch.setattr(ModelFactory, "_from_config", lambda self: _wrap_mlps(original(self)))

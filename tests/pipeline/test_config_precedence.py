@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from autodeploy_cli.config.loader import deep_merge, parse_overrides, resolve
+from autodeploy_cli.config.layers import deep_merge, parse_overrides
+from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.errors import ADError
 
 
@@ -88,16 +89,21 @@ def test_invalid_choice_lists_valid_ones():
 
 
 def test_unknown_transform_lists_registered():
+    from autodeploy_cli.pipeline.registry import validate_transform_entries
+
     with pytest.raises(ADError) as e:
-        resolve([], ["transforms.export_to_gmm.stage=export"])
+        validate_transform_entries(resolve([], ["transforms.export_to_gmm.stage=export"]).transforms)
     msg = str(e.value)
     assert "Unknown transform `export_to_gmm`" in msg and "Did you mean `export_to_gm`?" in msg
     assert "Registered transforms:" in msg and "load_weights" in msg
 
 
 def test_unknown_transform_option_names_closest():
+    from autodeploy_cli.pipeline.registry import validate_transform_entries
+
+    cfg = resolve([], ["transforms.compile_model.backnd=x"])  # options are checked once, by the pipeline
     with pytest.raises(ADError, match=r"Unknown option `transforms.compile_model.backnd`. Did you mean `backend`\?"):
-        resolve([], ["transforms.compile_model.backnd=x"])
+        validate_transform_entries(cfg.transforms)
 
 
 def test_missing_config_file_is_named(tmp_path):

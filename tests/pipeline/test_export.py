@@ -7,7 +7,8 @@ import torch
 
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.weights import assign_weights, retarget_device_kwargs, source_tensors
+from autodeploy_cli.graph.core import retarget_device_kwargs
+from autodeploy_cli.models.weights import assign_weights, source_tensors
 
 FAMILIES = ["llama", "qwen3", "phi3", "gemma", "mixtral"]
 SHAPES = [(2, 7), (3, 1), (1, 5)]

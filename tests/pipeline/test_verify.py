@@ -7,7 +7,7 @@ import torch
 
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.graph.core import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, TransformInfo
 
 

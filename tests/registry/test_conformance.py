@@ -5,7 +5,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from autodeploy_cli.cli import app
-from autodeploy_cli.conformance import check_entry, shrink_kwargs
+from autodeploy_cli.commands.conformance import check_entry, shrink_kwargs
 from model_registry import hf_architecture, load_registry
 
 runner = CliRunner()
@@ -47,7 +47,7 @@ def test_shrink_keeps_moe_routing():
 
 
 def test_shrink_keeps_special_token_ids_in_the_small_vocabulary():
-    from autodeploy_cli.hf_arch import config_from_values
+    from autodeploy_cli.models.hf_arch import config_from_values
 
     kw = shrunk("google/gemma-2b-it")
     assert "pad_token_id" not in kw  # 0 already fits
@@ -71,7 +71,7 @@ def test_unsupported_entries_are_counted_not_built(tmp_path):
 
 
 def test_a_failing_entry_is_a_result_not_a_crash(monkeypatch):
-    import autodeploy_cli.conformance as conf
+    import autodeploy_cli.commands.conformance as conf
 
     def boom(*a, **k):
         raise RuntimeError("kaboom\nsecond line")

@@ -18,7 +18,7 @@ def _cfg(path, *extra):
 def test_dynamic_rope_exports_with_base_frequencies(tmp_path):
     path = write_tiny_model_dir(tmp_path / "m", "llama", rope_parameters=DYNAMIC, max_position_embeddings=64)
     result = build(_cfg(path), verify=True, stop_after="export_to_gm")
-    assert "dynamic_rope_static" in result.ctx.state["export_patches"]
+    assert "dynamic_rope_static" in result.ctx.facts.export_patches
     (row,) = result.report["verify"]["rows"]
     assert row["transform"] == "export_to_gm" and row["max_rel_err"] < 1e-5
 

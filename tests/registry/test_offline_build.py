@@ -13,8 +13,8 @@ import torch
 
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.errors import ADError
-from autodeploy_cli.factory import ModelFactory
-from autodeploy_cli.hf_arch import count_params, meta_model
+from autodeploy_cli.models.factory import ModelFactory
+from autodeploy_cli.models.hf_arch import count_params, meta_model
 
 # Published config.json values (and safetensors parameter totals) of the flagship models
 FLAGSHIPS = {
@@ -128,7 +128,7 @@ def test_a_config_in_the_hf_cache_wins_over_the_stored_values(tmp_path):
     (tmp_path / "models--Qwen--Qwen3-0.6B" / "refs" / "main").write_text("0123abcd")
     (snap / "config.json").write_text(json.dumps({"model_type": "qwen3", "num_hidden_layers": 3, "hidden_size": 64,
                                                   "num_attention_heads": 4, "num_key_value_heads": 2}))
-    code = ("from autodeploy_cli.config.loader import resolve; from autodeploy_cli.factory import ModelFactory; "
+    code = ("from autodeploy_cli.config.loader import resolve; from autodeploy_cli.models.factory import ModelFactory; "
             "hf = ModelFactory(resolve(model='Qwen/Qwen3-0.6B')).hf_config(); print(hf.num_hidden_layers, hf.hidden_size)")
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,

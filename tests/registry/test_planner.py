@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 from autodeploy_cli.cli import app
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.errors import ADError
-from autodeploy_cli.planner import make_plan, parse_mem
+from autodeploy_cli.commands.plan import make_plan, parse_mem
 
 runner = CliRunner()
 LLAMA_8B = "meta-llama/Llama-3.1-8B-Instruct"

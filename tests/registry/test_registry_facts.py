@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.planner import make_plan
+from autodeploy_cli.commands.plan import make_plan
 from model_registry import PARAMS_FILE, load_architectures, load_registry
 
 _tool = Path(__file__).resolve().parents[2] / "model_registry" / "tools" / "update_params.py"

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.factory import ModelFactory
+from autodeploy_cli.models.factory import ModelFactory
+from autodeploy_cli.llm import build_engine
 from autodeploy_cli.runtime.engine import Engine, SamplingParams
 from tests.e2e.hf_match import overrides
 
@@ -21,7 +22,7 @@ GREEDY = SamplingParams(max_tokens=10, ignore_eos=True)
 @pytest.fixture(scope="module")
 def setup(tiny_dir):
     cfg = resolve([], overrides(tiny_dir("llama"), "llama", "attn_page_size=4"))  # max_seq_len 64, batch 4
-    engine = Engine.from_config(cfg)
+    engine = build_engine(cfg)
     hf = ModelFactory(cfg).materialize()
     cache: dict[tuple, list[int]] = {}
 
@@ -179,7 +180,7 @@ def test_detokenize_false_needs_no_tokenizer(setup):
 def test_generation_eos_never_waits_on_the_network(tmp_path, monkeypatch):
     import transformers
 
-    from autodeploy_cli.runtime.engine import _generation_eos
+    from autodeploy_cli.llm import _generation_eos
 
     calls = []
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.runtime.engine import Engine, SamplingParams
+from autodeploy_cli.llm import build_engine
+from autodeploy_cli.runtime.engine import SamplingParams
 
 
 def test_fp8_kv_cache_generates_on_cpu():
-    engine = Engine.from_config(resolve([], ["kv_cache_config.dtype=fp8", "max_seq_len=64", "max_batch_size=2"]))
+    engine = build_engine(resolve([], ["kv_cache_config.dtype=fp8", "max_seq_len=64", "max_batch_size=2"]))
     caches = list(engine.iface.caches.values())
     assert caches and all(c.dtype == torch.float8_e4m3fn for c in caches)
     out = engine.generate([[5, 6, 7, 8, 9]], SamplingParams(max_tokens=6, ignore_eos=True))

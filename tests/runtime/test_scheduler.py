@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from autodeploy_cli.runtime.page_manager import PageManager
-from autodeploy_cli.runtime.scheduler import Request, Scheduler
+from autodeploy_cli.runtime.pages import PageManager
+from autodeploy_cli.runtime.request import Request
+from autodeploy_cli.runtime.scheduler import Scheduler
 
 
 def req(rid: int, n: int) -> Request:

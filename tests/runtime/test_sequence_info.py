@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autodeploy_cli.ops.sequence_info import BATCH_INFO_KEYS, FIELDS, SequenceInfo
+from autodeploy_cli.ops.batch import BATCH_INFO_KEYS, FIELDS, SequenceInfo
 
 
 def test_fields_of_a_mixed_batch():

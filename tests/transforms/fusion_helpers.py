@@ -12,7 +12,7 @@ if not torch.cuda.is_available():  # Triton kernels run through the interpreter 
 
 from autodeploy_cli.config.loader import resolve  # noqa: E402
 from autodeploy_cli.pipeline.build import build  # noqa: E402
-from autodeploy_cli.pipeline.graph import canonicalize, count_ops  # noqa: E402
+from autodeploy_cli.graph.core import canonicalize, count_ops  # noqa: E402
 from autodeploy_cli.pipeline.registry import build_options, get_transform_class  # noqa: E402
 
 _CACHE: dict = {}

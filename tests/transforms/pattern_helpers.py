@@ -11,13 +11,14 @@ from typing import Any, Iterable
 import torch
 from torch import fx, nn
 
-from autodeploy_cli.export import _flatten_codegen, export_to_graph_module
-from autodeploy_cli.export_patches import build_patches
-from autodeploy_cli.pipeline.graph import count_ops, is_op
-from autodeploy_cli.pipeline.interface import TransformContext
+from autodeploy_cli.export.capture import _flatten_codegen, export_to_graph_module
+from autodeploy_cli.export.patches import build_patches
+from autodeploy_cli.graph.core import count_ops, is_op
+from autodeploy_cli.pipeline.interface import PassContext
 from autodeploy_cli.pipeline.registry import build_options
 from autodeploy_cli.pipeline.runner import PipelineRunner, TransformRecord
-from autodeploy_cli.weights import assign_weights, retarget_device_kwargs, source_tensors
+from autodeploy_cli.graph.core import retarget_device_kwargs
+from autodeploy_cli.models.weights import assign_weights, source_tensors
 from tests.tiny_models import tiny_hf_config
 
 CLEANUPS = ("cleanup_noop_slice", "cleanup_noop_add", "cleanup_input_constraints")
@@ -63,12 +64,15 @@ def export_tiny(family: str, attn: str = "eager", patch: bool = False, experts: 
     return Tiny(copy.deepcopy(t.gm), t.ref, t.config)
 
 
-def run_transforms(gm: fx.GraphModule, names: Iterable[str], state: dict | None = None,
-                   options: dict | None = None) -> tuple[list[TransformRecord], TransformContext]:
-    """Run registered transforms on `gm` (in place) through the pipeline runner (cleanup + shape propagation)."""
+def run_transforms(gm: fx.GraphModule, names: Iterable[str], ctx: PassContext | None = None,
+                   options: dict | None = None) -> tuple[list[TransformRecord], PassContext]:
+    """Run registered transforms on `gm` (in place) through the pipeline runner (cleanup + shape propagation);
+    `ctx`: continue with an earlier run's context (its weight hooks and misses)."""
     options = options or {}
     entries = [(n, build_options(n, {"stage": "pattern_matcher", **options.get(n, {})})) for n in names]
-    ctx = TransformContext(config=None, factory=None, device=torch.device("cpu"), model=gm, state=state or {})
+    if ctx is None:
+        ctx = PassContext(config=None, factory=None, device=torch.device("cpu"))
+    ctx.model = gm
     records = PipelineRunner(entries).run(ctx)
     return records, ctx
 
@@ -77,17 +81,17 @@ def matches(records: list[TransformRecord]) -> dict[str, int]:
     return {r.name: r.num_matches for r in records}
 
 
-def with_weights(gm: fx.GraphModule, ref: nn.Module, state: dict) -> fx.GraphModule:
-    """A runnable copy of a meta-weight graph holding the reference model's tensors (weight hooks applied)."""
+def with_weights(gm: fx.GraphModule, ref: nn.Module, ctx: PassContext) -> fx.GraphModule:
+    """A runnable copy of a meta-weight graph holding the reference model's tensors (ctx's weight hooks applied)."""
     gm = copy.deepcopy(gm)
     retarget_device_kwargs(gm, torch.device("cpu"))
-    assign_weights(gm, source_tensors(ref), state.get("weight_hooks"))
+    assign_weights(gm, source_tensors(ref), ctx.weight_hooks)
     return gm
 
 
-def max_rel_err(gm: fx.GraphModule, ref: nn.Module, state: dict, shapes=SHAPES, seed: int = 0) -> float:
+def max_rel_err(gm: fx.GraphModule, ref: nn.Module, ctx: PassContext, shapes=SHAPES, seed: int = 0) -> float:
     """Largest max|out - ref| / max|ref| of the graph's logits vs the HF model's over `shapes`."""
-    runnable = with_weights(gm, ref, state)
+    runnable = with_weights(gm, ref, ctx)
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for b, s in shapes:
@@ -120,7 +124,7 @@ def export_toy(module: nn.Module, *args: torch.Tensor, dynamic: dict | None = No
 
 
 def ops_in(gm: fx.GraphModule) -> list[str]:
-    from autodeploy_cli.pipeline.graph import op_name
+    from autodeploy_cli.graph.core import op_name
 
     return [op_name(n) for n in gm.graph.nodes if n.op == "call_function"]
 

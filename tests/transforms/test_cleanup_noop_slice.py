@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import fx, nn
 
-from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.graph.core import is_op
 from tests.transforms.pattern_helpers import count, export_toy, matches, ops_in, run_transforms
 
 SLICE = torch.ops.aten.slice.Tensor

@@ -12,8 +12,8 @@ def test_auto_is_torch_simple_on_cpu():
     result = build(resolve([], []))  # default: compile_backend auto, attn_backend auto
     assert isinstance(result.model, torch.fx.GraphModule)
     assert result.report["transforms"][-1]["note"] == "torch-simple"
-    assert result.ctx.state["compile_backend"] == "torch-simple"
-    assert result.ctx.state["attention_backend"] == "torch"
+    assert result.ctx.facts.compile_backend == "torch-simple"
+    assert result.ctx.facts.attention_backend == "torch"
 
 
 def test_torch_simple_is_identity():

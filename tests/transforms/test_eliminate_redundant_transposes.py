@@ -54,9 +54,9 @@ def test_layout_transposes_cancel_against_hf_ones_in_a_real_model():
     stage = list(PATTERN_STAGE)
     records, ctx = run_transforms(tiny.gm, stage[: stage.index("eliminate_redundant_transposes")])
     before = count(tiny.gm, aten.transpose.int)
-    records, ctx = run_transforms(tiny.gm, ["eliminate_redundant_transposes"], state=ctx.state)
+    records, ctx = run_transforms(tiny.gm, ["eliminate_redundant_transposes"], ctx=ctx)
     # per layer: HF's q, k, v and output transposes (4), the attention layout's (4) and the RoPE layout's (4)
     assert before == 24
     assert matches(records) == {"eliminate_redundant_transposes": 12}  # each removes a pair
     assert count(tiny.gm, aten.transpose.int) == 0
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5

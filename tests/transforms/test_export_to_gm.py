@@ -8,7 +8,7 @@ import torch
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.pipeline.graph import count_ops
+from autodeploy_cli.graph.core import count_ops
 
 
 def test_graph_keeps_hf_names_and_routes_attention():
@@ -18,7 +18,7 @@ def test_graph_keeps_hf_names_and_routes_attention():
     assert "model.layers.0.self_attn.q_proj.weight" in attrs and "lm_head.weight" in attrs
     assert count_ops(gm, torch.ops.auto_deploy.torch_attention) == 2
     assert count_ops(gm, torch.ops.aten.scaled_dot_product_attention) == 0
-    assert "hf_attention_to_torch_attention" in result.ctx.state["export_patches"]
+    assert "hf_attention_to_torch_attention" in result.ctx.facts.export_patches
 
 
 def test_patch_can_be_disabled():

@@ -7,9 +7,9 @@ import torch
 from torch import fx, nn
 
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.factory import ModelFactory
+from autodeploy_cli.models.factory import ModelFactory
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.graph.core import is_op
 from autodeploy_cli.pipeline.registry import build_options
 from transforms.gather_logits_before_lm_head import GatherLogitsBeforeLmHead, find_lm_head
 
@@ -35,12 +35,12 @@ def test_gathers_before_the_head(built):
     sel = unsq.args[0]
     assert is_op(unsq, torch.ops.aten.unsqueeze.default) and is_op(sel, torch.ops.aten.index_select.default)
     assert sel.args[2].op == "placeholder" and sel.args[2].name == "logits_gather_idx"
-    assert result.ctx.sequence_info.logits_gathered
+    assert result.ctx.cache.logits_gathered
 
 
 def test_last_token_and_all_token_logits_match_hf(built):
     result, hf = built
-    iface = result.ctx.sequence_info
+    iface = result.ctx.cache
     ids = torch.randint(0, 320, (3, 9), generator=torch.Generator().manual_seed(0))
     pos = torch.arange(9).expand(3, 9)
     with torch.no_grad():

@@ -6,9 +6,9 @@ import torch
 from torch import fx, nn
 
 from autodeploy_cli.config.loader import resolve
-from autodeploy_cli.factory import ModelFactory
+from autodeploy_cli.models.factory import ModelFactory
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.pipeline.interface import TransformContext
+from autodeploy_cli.pipeline.interface import PassContext
 from autodeploy_cli.pipeline.registry import build_options
 from transforms.initialize_cache import InitializeCache
 
@@ -21,7 +21,7 @@ def _build(tiny_dir, *extra):
 
 def test_allocates_the_cpu_pool(tiny_dir):
     cfg, result = _build(tiny_dir)
-    iface = result.ctx.sequence_info
+    iface = result.ctx.cache
     rec = result.records[-1]
     assert rec.name == "initialize_cache" and rec.num_matches == 4  # k and v of 2 layers
     assert sorted(iface.caches) == ["k_cache_0", "k_cache_1", "v_cache_0", "v_cache_1"]
@@ -32,7 +32,7 @@ def test_allocates_the_cpu_pool(tiny_dir):
 
 def test_kv_dtype_from_config(tiny_dir):
     cfg, result = _build(tiny_dir, "kv_cache_config.dtype=bfloat16")
-    iface = result.ctx.sequence_info
+    iface = result.ctx.cache
     assert {c.dtype for c in iface.caches.values()} == {torch.bfloat16}
     ids = torch.randint(0, 320, (2, 9), generator=torch.Generator().manual_seed(1))
     pos = torch.arange(9).expand(2, 9)
@@ -46,7 +46,7 @@ def test_kv_dtype_from_config(tiny_dir):
 
 def test_without_caches_nothing_happens(tiny_dir):
     cfg = resolve([], [f"model={tiny_dir('llama')}"])
-    ctx = TransformContext(config=cfg, factory=None, device=torch.device("cpu"))  # type: ignore[arg-type]
+    ctx = PassContext(config=cfg, factory=None, device=torch.device("cpu"))  # type: ignore[arg-type]
     gm = fx.symbolic_trace(nn.Linear(2, 2))
     info = InitializeCache(build_options("initialize_cache", {"stage": "cache_init"})).apply(gm, ctx)
     assert info.num_matches == 0 and info.note == "no caches registered"

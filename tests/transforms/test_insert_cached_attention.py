@@ -8,10 +8,10 @@ from torch import fx, nn
 
 from autodeploy_cli.config.loader import resolve
 from autodeploy_cli.errors import ADError
-from autodeploy_cli.factory import ModelFactory
-from autodeploy_cli.ops.attention_backends import get_attention_backend
+from autodeploy_cli.models.factory import ModelFactory
+from autodeploy_cli.ops.attention_interface import get_attention_backend
 from autodeploy_cli.pipeline.build import build
-from autodeploy_cli.pipeline.graph import count_ops
+from autodeploy_cli.graph.core import count_ops
 from autodeploy_cli.pipeline.registry import build_options
 from transforms.insert_cached_attention import InsertCachedAttention
 
@@ -34,7 +34,7 @@ def built(tiny_dir):
 
 def test_replaces_every_attention(built):
     result, _, info = built
-    gm, iface = result.model, result.ctx.sequence_info
+    gm, iface = result.model, result.ctx.cache
     assert info.num_matches == 2 and info.note == "backend torch, page size 4, kv float32"
     assert count_ops(gm, torch.ops.auto_deploy.torch_attention) == 0
     assert count_ops(gm, torch.ops.auto_deploy.torch_attention_with_paged_cache) == 2
@@ -45,7 +45,7 @@ def test_replaces_every_attention(built):
         "cu_num_pages", "pages_per_seq", "k_cache_0", "v_cache_0", "k_cache_1", "v_cache_1"]
     spec = iface.cache_specs["k_cache_1"]
     assert spec.page_shape == (4, 2, 16) and spec.dtype == torch.float32  # page_size, n_kv_heads, head_dim
-    assert "probe_runner" in result.ctx.state
+    assert result.ctx.probe is not None
 
 
 @pytest.mark.parametrize("shape", [(2, 7), (1, 13)])
@@ -53,7 +53,7 @@ def test_prefill_through_the_cache_matches_hf(built, shape):
     result, hf, _ = built
     ids = torch.randint(0, 320, shape, generator=torch.Generator().manual_seed(shape[1]))
     pos = torch.arange(shape[1]).expand(shape)
-    got = result.ctx.sequence_info.run_prefill(result.model, ids, pos)  # pages of 4: 13 tokens span 4 pages
+    got = result.ctx.cache.run_prefill(result.model, ids, pos)  # pages of 4: 13 tokens span 4 pages
     with torch.no_grad():
         want = hf(input_ids=ids.to(hf.device), position_ids=pos.to(hf.device)).logits
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

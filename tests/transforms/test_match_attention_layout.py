@@ -25,7 +25,7 @@ def test_bnsd_attention_becomes_bsnd():
     assert [n.kwargs["layout"] for n in attn] == ["bsnd", "bsnd"]
     assert [tuple(n.meta["val"].shape[2:]) for n in attn] == [(4, 16), (4, 16)]  # [b, s, n, d]
     assert count(tiny.gm, aten.transpose.int) == transposes + 2 * 4  # q, k, v in + out, per layer
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_attention_layout"])
     assert matches(records) == {"match_attention_layout": 0}

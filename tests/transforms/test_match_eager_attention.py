@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import is_op
+from autodeploy_cli.graph.core import is_op
 from tests.transforms.pattern_helpers import (
     count, export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms,
 )
@@ -31,7 +31,7 @@ def test_llama_eager_attention_becomes_causal_torch_attention():
     left = [n for n in tiny.gm.graph.nodes if is_op(n, (aten.softmax.int, aten.dropout.default, aten.matmul.default))
             and n.meta["val"].dim() == 4]  # (transformers 5.17's RoPE has a 3-D matmul of its own)
     assert not left
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_eager_attention"])
     assert matches(records) == {"match_eager_attention": 0}
@@ -46,7 +46,7 @@ def test_gemma2_soft_capping_and_sliding_window():
     assert [k["sliding_window"] for k in kw] == [4, None]  # layer 0 slides (window 4), layer 1 is global
     assert all(k["is_causal"] and k["attn_mask"] is None for k in kw)
     assert count(tiny.gm, aten.tanh.default) == 1  # only the final-logit soft-cap is left
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
 
 class _PaddingMaskAttention(nn.Module):
@@ -83,4 +83,4 @@ def test_graph_without_the_pattern_is_unchanged():
     records, ctx = run_transforms(gm, ["match_eager_attention"])
     assert matches(records) == {"match_eager_attention": 0}
     assert ops_in(gm) == before
-    assert "pattern_misses" not in ctx.state  # 2-D softmax is not an attention candidate
+    assert not ctx.misses  # 2-D softmax is not an attention candidate

@@ -29,7 +29,7 @@ def test_sdpa_over_repeated_kv_becomes_grouped_torch_attention():
     assert count(tiny.gm, SDPA) == 0 and count(tiny.gm, REPEAT_KV) == 0
     assert _kv_heads(tiny.gm) == [(2, 2), (2, 2)]  # the 2 kv heads, not the 4 repeated ones
     assert all(n.kwargs["is_causal"] and n.kwargs["attn_mask"] is None for n in nodes_of(tiny.gm, ATTN))
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_grouped_attention"])
     assert matches(records) == {"match_grouped_attention": 0}
@@ -42,7 +42,7 @@ def test_eager_torch_attention_over_repeated_kv_drops_the_repeat():
     records, ctx = run_transforms(tiny.gm, ["match_grouped_attention"])
     assert matches(records) == {"match_grouped_attention": 2}
     assert count(tiny.gm, REPEAT_KV) == 0 and _kv_heads(tiny.gm) == [(2, 2), (2, 2)]
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
 
 class _PlainSdpa(nn.Module):

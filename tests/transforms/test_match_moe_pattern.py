@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.graph import op_name
+from autodeploy_cli.graph.core import op_name
 from tests.transforms.pattern_helpers import (
     export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms, with_weights,
 )
@@ -27,7 +27,7 @@ def test_experts_become_torch_moe(family, experts, gone, inter):
     assert gone in ops_in(tiny.gm)
     records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"])
     assert matches(records) == {"match_moe_pattern": 2}
-    assert ctx.state["moe_experts_implementation"] == experts
+    assert ctx.facts.moe_experts_implementation == experts
     assert gone not in ops_in(tiny.gm) and "aten.histc" not in ops_in(tiny.gm)
     moe = nodes_of(tiny.gm, MOE)
     assert [len(n.args[3]) for n in moe] == [4, 4]  # 4 experts
@@ -38,13 +38,13 @@ def test_experts_become_torch_moe(family, experts, gone, inter):
     assert "aten.topk" in ops_in(tiny.gm)  # the router stays outside
     stacked = {n for n, _ in tiny.gm.named_parameters() if n.endswith(("gate_up_proj", "experts.down_proj"))}
     assert stacked == set()  # the stacked weights are no longer graph parameters ...
-    runnable = with_weights(tiny.gm, tiny.ref, ctx.state)  # ... the hooks fill per-expert views of them
+    runnable = with_weights(tiny.gm, tiny.ref, ctx)  # ... the hooks fill per-expert views of them
     w = runnable.get_parameter("model.layers.1.mlp.experts.2.up_proj.weight")
     src = tiny.ref.model.layers[1].mlp.experts.gate_up_proj
     assert w.data_ptr() == src[2, w.shape[0]:].data_ptr()  # a view: no copy
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
-    records, _ = run_transforms(tiny.gm, ["match_moe_pattern"], state=ctx.state)
+    records, _ = run_transforms(tiny.gm, ["match_moe_pattern"], ctx=ctx)
     assert matches(records) == {"match_moe_pattern": 0}
 
 
@@ -55,7 +55,7 @@ def test_qwen2_moe_shared_expert_stays_outside():
     linears = {n.args[1].target for n in tiny.gm.graph.nodes if op_name(n) == "aten.linear"}
     assert "model.layers.0.mlp.shared_expert.up_proj.weight" in linears
     assert "model.layers.0.mlp.shared_expert_gate.weight" in linears
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
 
 class _DenseMLP(nn.Module):
@@ -73,4 +73,4 @@ def test_graph_without_the_pattern_is_unchanged():
     before = ops_in(gm)
     records, ctx = run_transforms(gm, ["match_moe_pattern"])
     assert matches(records) == {"match_moe_pattern": 0}
-    assert ops_in(gm) == before and "moe_experts_implementation" not in ctx.state
+    assert ops_in(gm) == before and ctx.facts.moe_experts_implementation is None

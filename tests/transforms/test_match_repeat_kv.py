@@ -22,7 +22,7 @@ def test_llama_eager_repeat_kv_chains_become_ops():
     assert count(tiny.gm, REPEAT_KV) == 4 and repeat_kv_chains(tiny.gm) == 0
     assert {n.args[1] for n in nodes_of(tiny.gm, REPEAT_KV)} == {2}  # 4 heads over 2 kv heads
     assert [tuple(n.meta["val"].shape[1:2]) for n in nodes_of(tiny.gm, REPEAT_KV)] == [(4,)] * 4
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_repeat_kv"])  # applied twice: nothing new
     assert matches(records) == {"match_repeat_kv": 0}

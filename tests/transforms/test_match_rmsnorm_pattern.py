@@ -24,7 +24,7 @@ def test_llama_rmsnorm():
     assert [n.args[1].target for n in norms][-1] == "model.norm.weight"
     assert {(n.args[2], n.args[3]) for n in norms} == {(1e-6, 0.0)}
     assert count(tiny.gm, aten.rsqrt.default) == 0 and count(tiny.gm, aten.pow.Tensor_Scalar) == 0
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_rmsnorm_pattern"])
     assert matches(records) == {"match_rmsnorm_pattern": 0}
@@ -37,7 +37,7 @@ def test_gemma3_one_plus_weight_and_qk_norms():
     norms = nodes_of(tiny.gm, RMSNORM)
     assert {n.args[3] for n in norms} == {1.0}
     assert sum(n.args[1].target.endswith("q_norm.weight") for n in norms) == 2
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
 
 class _Norms(nn.Module):
@@ -59,7 +59,7 @@ def test_broken_norm_is_not_matched_and_the_reason_is_recorded():
     records, ctx = run_transforms(gm, ["match_rmsnorm_pattern"])
     assert matches(records) == {"match_rmsnorm_pattern": 1}
     assert count(gm, aten.rsqrt.default) == 1
-    (miss,) = ctx.state["pattern_misses"]["rmsnorm"]
+    (miss,) = ctx.misses["rmsnorm"]
     assert miss["reason"] == "rsqrt input is `mean.dim`, not mean(x^2) + eps (no eps add)"
     assert miss["chain"].endswith("pow.Tensor_Scalar -> mean.dim -> rsqrt")
     x = torch.randn(3, 4, 8)

@@ -23,7 +23,7 @@ def test_rope_moves_to_bsnd():
     assert [n.args[4] for n in ropes] == [2, 2]
     assert [tuple(n.args[0].meta["val"].shape[2:]) for n in ropes] == [(4, 16), (4, 16)]  # q in [b, s, n, d]
     assert count(tiny.gm, aten.transpose.int) == transposes + 2 * 4
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_rope_layout"])
     assert matches(records) == {"match_rope_layout": 0}

@@ -29,7 +29,7 @@ def test_hf_rotate_half_rope_becomes_one_op_per_layer():
     assert len(ropes) == 2 and [n.args[4] for n in ropes] == [1, 1]
     assert [(n.args[0].meta["val"].shape[1], n.args[1].meta["val"].shape[1]) for n in ropes] == [(4, 2)] * 2  # q, k
     assert count(tiny.gm, aten.neg.default) == 0 and count(tiny.gm, aten.cat.default) == 1  # only cos/sin's cat
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_rope_pattern"])
     assert matches(records) == {"match_rope_pattern": 0}
@@ -40,7 +40,7 @@ def test_phi3_partial_rotary_pairs_q_and_k_and_drops_the_empty_pass_through():
     records, ctx = run_transforms(tiny.gm, ["match_rope_pattern"])
     assert matches(records) == {"match_rope_pattern": 2}
     assert count(tiny.gm, aten.cat.default) == 1
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
 
 class _InterleavedRope(nn.Module):
@@ -116,5 +116,5 @@ def test_graph_without_the_pattern_is_unchanged():
     records, ctx = run_transforms(gm, ["match_rope_pattern"])
     assert matches(records) == {"match_rope_pattern": 0}
     assert ops_in(gm) == before
-    (miss,) = ctx.state["pattern_misses"]["rope"]
+    (miss,) = ctx.misses["rope"]
     assert miss["reason"] == "cos/sin are not unsqueezed on the head dim (1 or 2)"

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.pipeline.attention_mask import classify_mask
+from autodeploy_cli.graph.attention_mask import classify_mask
 from tests.transforms.pattern_helpers import (
     count, export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms,
 )
@@ -26,7 +26,7 @@ def test_hf_sdpa_with_boolean_causal_mask():
     assert [(n.kwargs["is_causal"], n.kwargs["sliding_window"], n.kwargs["attn_mask"]) for n in attn] == [
         (True, 4, None), (True, None, None)]
     assert [n.kwargs["scale"] for n in attn] == [0.25, 0.25] and {n.kwargs["layout"] for n in attn} == {"bnsd"}
-    assert max_rel_err(tiny.gm, tiny.ref, ctx.state) < 1e-5
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
 
     records, _ = run_transforms(tiny.gm, ["match_sdpa_to_torch_attention"])
     assert matches(records) == {"match_sdpa_to_torch_attention": 0}

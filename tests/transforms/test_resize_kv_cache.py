@@ -20,7 +20,7 @@ def _build(tiny_dir, *extra):
 
 def test_cpu_pool_and_cap(tiny_dir):
     result = _build(tiny_dir, "transforms.resize_kv_cache.max_tokens=20")
-    iface = result.ctx.sequence_info
+    iface = result.ctx.cache
     rec = result.records[-1]
     assert rec.num_matches == 1 and iface.num_pages == 3  # 20 tokens -> 3 pages of 8 (was 2 x 8 = 16)
     assert rec.note == "16 -> 3 pages (24 tokens, 0.000 GiB)"
@@ -45,7 +45,7 @@ def test_gpu_pool_from_free_memory(tiny_dir):
     # a huge max_seq_len makes the full pool (4 x 2M tokens) larger than the memory share: memory decides
     result = _build(tiny_dir, "device=cuda", "max_seq_len=2097152", "max_batch_size=4", "max_num_tokens=256",
                     "kv_cache_config.free_gpu_memory_fraction=0.01")
-    iface = result.ctx.sequence_info
+    iface = result.ctx.cache
     full = 4 * (2097152 // 8)
     free, total = torch.cuda.mem_get_info()
     assert 0 < iface.num_pages < full

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from autodeploy_cli.ops.attention import torch_attention
-from autodeploy_cli.ops.sequence_info import SequenceInfo
+from autodeploy_cli.ops.batch import SequenceInfo
 from kernels.torch.attention import torch_attention_prepare_metadata, torch_attention_with_paged_cache
 
 N, N_KV, D, PS = 4, 2, 8, 4

@@ -57,7 +57,7 @@ def _pick_layers(full: Any, n: int = 2) -> list[int]:
 
 def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     """`model_kwargs` that shrink a stored architecture for a CPU conformance build (see the module docstring)."""
-    from autodeploy_cli.hf_arch import config_from_values
+    from autodeploy_cli.models.hf_arch import config_from_values
 
     full = config_from_values(values)
     heads = int(full.num_attention_heads)
@@ -196,7 +196,7 @@ def write_markdown(results: list[CheckResult], path: str | Path, command: str) -
     import torch
     import transformers
 
-    from autodeploy_cli.config.loader import default_pipeline
+    from autodeploy_cli.config.layers import default_pipeline
 
     enabled = [n for n, e in (default_pipeline().get("transforms") or {}).items()
                if (e or {}).get("enabled", True) is not False]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import operator
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import placeholder_values, shape_prop
-from autodeploy_cli.ops.sequence_info import BATCH_INFO, CachedSequenceInterface
+from autodeploy_cli.graph.core import placeholder_values, shape_prop
+from autodeploy_cli.ops.batch import BATCH_INFO
+from autodeploy_cli.ops.attention_interface import PrepareMetadata
+from autodeploy_cli.ops.cache import CachedSequenceInterface, CacheSpec, StateSpec
 
 
 def bound_args(node: fx.Node) -> dict[str, Any]:
@@ -63,7 +66,7 @@ def add_graph_input(gm: fx.GraphModule, iface: CachedSequenceInterface, name: st
     val = _fake_value(gm, example, dynamic, name)
     if val is not None:
         node.meta["val"] = val
-    if name in iface.cache_specs:
+    if name in iface.cache_specs or name in iface.state_specs:
         return node
     iface.add_input(name)
     return node
@@ -99,3 +102,49 @@ def refresh_vals(nodes: list[fx.Node]) -> None:
                     node.meta["val"] = node.target(*args, **kwargs)
         except Exception:  # noqa: BLE001 - informational only
             node.meta.pop("val", None)
+
+
+def add_metadata_inputs(gm: fx.GraphModule, iface: CachedSequenceInterface, fields: Sequence[str],
+                        prepare: Optional[PrepareMetadata]) -> tuple[dict[str, fx.Node], list[fx.Node]]:
+    """The sequence-info inputs a cached op reads, and the outputs of its once-per-forward metadata op (inserted
+    right after the graph inputs), shared by every layer."""
+    meta = {f: add_graph_input(gm, iface, f) for f in fields}
+    if prepare is None:
+        return meta, []
+    graph = gm.graph
+    inputs = [meta[f] if f in meta else add_graph_input(gm, iface, f) for f in prepare.fields]
+    last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    with graph.inserting_after(last_input):
+        prep_node = graph.call_function(prepare.op, (*inputs, *prepare.constants))
+    with graph.inserting_after(prep_node):
+        outs = [graph.call_function(operator.getitem, (prep_node, i)) for i in range(prepare.num_outputs)]
+    refresh_vals([prep_node, *outs])
+    return meta, outs
+
+
+def add_buffer_inputs(gm: fx.GraphModule, iface: CachedSequenceInterface,
+                      buffers: dict[str, Callable[[torch.device], torch.Tensor]]) -> list[fx.Node]:
+    """Global buffers shared by all layers (e.g. a planner workspace), registered with the interface."""
+    nodes = []
+    for name, init in buffers.items():
+        iface.add_buffer(name, init)
+        nodes.append(add_graph_input(gm, iface, name, init(torch.device("meta")), dynamic=False))
+    return nodes
+
+
+def add_cache_inputs(gm: fx.GraphModule, iface: CachedSequenceInterface, specs: dict[str, Union[CacheSpec, StateSpec]],
+                     layer_idx: int) -> list[fx.Node]:
+    """One layer's caches (`<base>_<layer_idx>`): paged KV caches ([pages, *page_shape]) or per-sequence state
+    slots ([slots, *slot_shape]), registered with the interface and added as graph inputs."""
+    nodes = []
+    for base, spec in specs.items():
+        name = f"{base}_{layer_idx}"
+        if isinstance(spec, StateSpec):
+            iface.add_state(name, spec)
+            shape = spec.slot_shape
+        else:
+            iface.add_cache(name, spec)
+            shape = spec.page_shape
+        example = torch.empty((1, *shape), dtype=spec.dtype, device="meta")
+        nodes.append(add_graph_input(gm, iface, name, example, dynamic=False))
+    return nodes

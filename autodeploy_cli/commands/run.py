@@ -50,10 +50,11 @@ def timing_line(t: dict) -> str:
 
 def run_prompts(cfg: ADConfig, prompts: list[str], as_json: bool = False) -> None:
     """Build, generate, print. Exits with status 1 when any request failed (after printing every result)."""
-    from autodeploy_cli.runtime.engine import Engine, SamplingParams
+    from autodeploy_cli.llm import build_engine
+    from autodeploy_cli.runtime.request import SamplingParams
 
     chosen = select_prompts(cfg, prompts)
-    engine = Engine.from_config(cfg)
+    engine = build_engine(cfg)
     sampling = SamplingParams.from_config(cfg.prompt.sp_kwargs)
     completions = engine.generate(chosen, sampling, chat_template=cfg.prompt.chat_template)
     t = timing(engine.stats)

@@ -15,7 +15,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from autodeploy_cli.export_patches import register_export_patch
+from autodeploy_cli.export.patches import register_export_patch
 
 
 @register_export_patch("moe_histc_float", "torch.histc counts integer MoE expert ids as floats (CPU has no int kernel)")

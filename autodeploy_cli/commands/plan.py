@@ -112,8 +112,8 @@ def _sliding(hf: Any, layers: int) -> tuple[int, Optional[int]]:
 
 def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     """The memory plan of `cfg.model` (meta model; nothing is loaded or allocated)."""
-    from autodeploy_cli.factory import ModelFactory
-    from autodeploy_cli.hf_arch import count_params, meta_model
+    from autodeploy_cli.models.factory import ModelFactory
+    from autodeploy_cli.models.hf_arch import count_params, meta_model
 
     factory = ModelFactory(cfg)
     hf = factory.hf_config()

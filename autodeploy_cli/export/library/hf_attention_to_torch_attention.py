@@ -1,4 +1,5 @@
-"""The built-in export patches (each registered by name; see export_patches.py)."""
+"""Export patch: HF attention (eager/sdpa/...) routed to auto_deploy::torch_attention through transformers'
+attention registry, with a no-op mask builder (causal and window masking happen inside torch_attention)."""
 
 from __future__ import annotations
 
@@ -8,26 +9,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from autodeploy_cli.export_patches import register_export_patch
-
-
-@register_export_patch("autocast_noop", "torch.autocast inside the model becomes a no-op (it exports as a wrapper op)")
-@contextlib.contextmanager
-def autocast_noop(model: nn.Module) -> Iterator[None]:
-    original = torch.autocast
-
-    class _NoAutocast(contextlib.nullcontext):
-        def __init__(self, *args, **kwargs):
-            super().__init__()
-
-        def __call__(self, fn):  # used as a decorator
-            return fn
-
-    torch.autocast = _NoAutocast  # type: ignore[misc,assignment]
-    try:
-        yield
-    finally:
-        torch.autocast = original  # type: ignore[misc]
+from autodeploy_cli.export.patches import register_export_patch
 
 
 AD_ATTN_IMPL = "ad_torch_attention"

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autodeploy_cli.config.loader import deep_merge
+from autodeploy_cli.config.layers import deep_merge
 
 # Version shim: model types older transformers releases do not ship, and the type with the same modules and weight
 # names they map onto in newer releases (transformers 5.23 maps internlm3 onto LlamaForCausalLM; 5.17 lacks it).

@@ -144,7 +144,7 @@ def check(names: list[str], report: Optional[Path], one_per_family: bool, comman
             if not reg[n].get("unsupported") and not reg[n].get("local_dir"):
                 firsts.setdefault(reg[n].get("family", "?"), n)
         names = list(firsts.values())
-    from autodeploy_cli.conformance import run_check, summary, write_markdown
+    from autodeploy_cli.commands.conformance import run_check, summary, write_markdown
 
     typer.echo(f"conformance sweep: {len(names)} entries, shrunk, CPU float32, `ad build --verify`")
     results = run_check(names, echo=typer.echo)

@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from autodeploy_cli.log import get_logger
-from autodeploy_cli.pipeline.pattern import ancestors, arg, val
+from autodeploy_cli.graph.match import ancestors, arg, val
 
 MAX_PROBE_LEN = 4098  # probe length cap: [S, S] masks stay < 100 MB
 _INT_LIMIT = 2**31  # larger ints are "to the end" sentinels, not windows
@@ -73,7 +73,7 @@ def _int_constants(nodes: list[fx.Node]) -> tuple[set[int], set[int]]:
 
 def evaluate_subgraph(gm: fx.GraphModule, out: fx.Node, inputs: list[torch.Tensor]) -> Optional[torch.Tensor]:
     """Run the part of `gm` that computes `out` on CPU with `inputs` for the placeholders (None if it cannot)."""
-    from autodeploy_cli.weights import retarget_device_kwargs
+    from autodeploy_cli.graph.core import retarget_device_kwargs
 
     nodes = ancestors(out)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -202,7 +202,7 @@ def attention_call(
 def erase_dropped_masks(gm: fx.GraphModule, mask_cache: dict) -> None:
     """Remove the mask computations no attention reads any more, including in-place ops dead-code elimination
     keeps (e.g. detach_ of a lifted constant)."""
-    from autodeploy_cli.pipeline.pattern import erase_if_unused
+    from autodeploy_cli.graph.match import erase_if_unused
 
     for mask in mask_cache.get("dropped", []):
         if not getattr(mask, "_erased", False):

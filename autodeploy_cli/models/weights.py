@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-from torch import fx, nn
+from torch import nn
 
 from autodeploy_cli.errors import ADError
 
@@ -53,35 +53,3 @@ def assign_weights(gm: nn.Module, tensors: dict[str, torch.Tensor], hooks: dict[
         tensor = hooks[name](tensors) if name in hooks else tensors[name]
         _set_tensor(gm, name, tensor, is_param)
     return len(wanted)
-
-
-META = torch.device("meta")
-
-
-def retarget_device_kwargs(gm: fx.GraphModule, device: torch.device) -> int:
-    """Nodes created on the capture device (meta) get `device` instead; returns how many changed."""
-    count = 0
-    for node in gm.graph.nodes:
-        if node.op != "call_function":
-            continue
-        args = tuple(device if isinstance(a, torch.device) and a != device else a for a in node.args)
-        kwargs = dict(node.kwargs)
-        if kwargs.get("device") is not None and torch.device(kwargs["device"]) != device:
-            kwargs["device"] = device
-        if args != node.args or kwargs != node.kwargs:
-            node.args, node.kwargs = args, kwargs
-            count += 1
-    params = {id(t) for t in [*gm.parameters(), *gm.buffers()]}
-    for node in gm.graph.nodes:  # lifted constants (e.g. _tensor_constant0), on the root or a submodule
-        if node.op != "get_attr":
-            continue
-        owner_name, _, leaf = str(node.target).rpartition(".")
-        owner = gm.get_submodule(owner_name) if owner_name else gm
-        value = getattr(owner, leaf, None)
-        # a constant captured on meta holds no data: matchers drop the ones they replace
-        if isinstance(value, torch.Tensor) and id(value) not in params and value.device not in (device, META):
-            setattr(owner, leaf, value.to(device))
-            count += 1
-    if count:
-        gm.recompile()
-    return count

@@ -108,7 +108,7 @@ class ModelFactory:
             return None
         from transformers import AutoConfig
 
-        from autodeploy_cli.hf_arch import registry_hf_config
+        from autodeploy_cli.models.hf_arch import registry_hf_config
 
         try:
             return AutoConfig.from_pretrained(self.source, local_files_only=True,

@@ -1,7 +1,7 @@
 """torch.export capture of a HF causal LM into a flat GraphModule: forward(input_ids, position_ids) -> logits.
 
 Export runs non-strict, under no_grad, on meta weights, with dynamic batch and sequence dims. HF quirks are handled
-by named export patches (small context managers) from `autodeploy_cli.export_patches`, toggled in config.
+by named export patches (small context managers) from `autodeploy_cli.export.patches`, toggled in config.
 """
 
 from __future__ import annotations

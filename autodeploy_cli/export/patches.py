@@ -1,6 +1,6 @@
 """Named export patches: small context managers applied around torch.export for HF quirks.
 
-Each patch is registered under a name and toggled in config: `transforms.export_to_gm.patches.<name>=false`.
+Each patch lives in `export/library/<name>.py`, is registered under its file name and toggled in config: `transforms.export_to_gm.patches.<name>=false`.
 A patch factory receives the model being exported and returns a context manager.
 """
 
@@ -33,9 +33,14 @@ def registered_patches() -> dict[str, str]:
 
 
 def _load_library() -> None:
-    import autodeploy_cli.export_patch_library  # noqa: F401 - registers the built-in patches
-    import autodeploy_cli.export_patch_rope  # noqa: F401
-    import autodeploy_cli.export_patch_moe  # noqa: F401
+    """Import every module of `export/library/` once (each registers its patch; file name == patch name)."""
+    import importlib
+    import pkgutil
+
+    from autodeploy_cli.export import library
+
+    for info in pkgutil.iter_modules(library.__path__):
+        importlib.import_module(f"{library.__name__}.{info.name}")
 
 
 def build_patches(toggles: dict[str, bool], model: nn.Module) -> list[tuple[str, ContextManager]]:

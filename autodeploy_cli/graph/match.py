@@ -15,8 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 from torch import fx
 
-from autodeploy_cli.pipeline.graph import get_attr_value, is_op, op_name
-from autodeploy_cli.pipeline.interface import TransformContext, TransformInfo
+from autodeploy_cli.graph.core import get_attr_value, is_op, op_name
 
 aten = torch.ops.aten
 
@@ -164,9 +163,9 @@ def describe(node: fx.Node) -> str:
     return f"{where} (node {node.name})" if where else f"node {node.name}"
 
 
-def record_miss(state: dict, kind: str, node: fx.Node, reason: str) -> None:
-    """Remember a candidate block that did not match, for the coverage hint of the build report."""
-    misses = state.setdefault("pattern_misses", {}).setdefault(kind, [])
+def record_miss(misses_by_kind: dict[str, list[dict]], kind: str, node: fx.Node, reason: str) -> None:
+    """Remember a candidate block that did not match (in `ctx.misses`), for the coverage hint of the build report."""
+    misses = misses_by_kind.setdefault(kind, [])
     entry = {"where": module_path(node), "node": node.name, "layer": layer_index(node), "reason": reason,
              "chain": chain(node)}
     if entry not in misses:
@@ -287,16 +286,3 @@ def _fake_mode_of(gm: fx.GraphModule) -> Any:
     if mode is None:
         raise RuntimeError("no fake mode on the graph inputs")
     return mode
-
-
-def finish(gm: fx.GraphModule, ctx: TransformContext, count: int, name: str,
-           touched: Iterable[fx.Node] = ()) -> TransformInfo:
-    """A matcher's result. Shapes stay valid when the new/changed nodes `touched` get their fake values here (no
-    whole-graph shape propagation needed); also refreshes the coverage census the build report shows."""
-    from autodeploy_cli.pipeline.coverage import snapshot
-
-    snapshot(gm, ctx.state, by=name)
-    if not count:
-        return TransformInfo.untouched()
-    alive = [n for n in touched if not getattr(n, "_erased", False)]
-    return TransformInfo(num_matches=count, is_clean=False, has_valid_shapes=infer_vals(alive))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from autodeploy_cli.ops import graph_hooks
-from autodeploy_cli.ops.sequence_info import BATCH_INFO, FIELDS
+from autodeploy_cli.ops.batch import BATCH_INFO, FIELDS
 
 
 def default_ladder(max_batch_size: int) -> list[int]:

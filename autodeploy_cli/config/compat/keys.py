@@ -1,4 +1,4 @@
-"""What `ad` knows about TensorRT-LLM AutoDeploy's config files (data only; the logic is in `compat.py`).
+"""What `ad` knows about TensorRT-LLM AutoDeploy's config files (data only; the logic is in `reader.py`).
 
 Each table says what happens to one family of AutoDeploy/TensorRT-LLM keys: renamed onto an `ad` key, or ignored
 with a reason that tells the user what `ad` does instead. Values listed as "harmless" are what `ad` does anyway;
@@ -165,6 +165,23 @@ TRANSFORM_OPTIONS: dict[str, frozenset] = {
     "fuse_rmsnorm": frozenset({"backend", "rmsnorm_backend", "gated_rmsnorm_backend"}),
     "mlir_elementwise_fusion": frozenset({"bypass_ops"}),
 }
+# options AutoDeploy's and ad's same-named transforms both have (kept as they are; a pipeline test checks them)
+SHARED_TRANSFORM_OPTIONS: dict[str, frozenset] = {
+    "match_attention_layout": frozenset({"attn_layout"}),
+    "match_rope_layout": frozenset({"expected_layout"}),
+    "insert_cached_attention": frozenset({"backend"}),
+    "compile_model": frozenset({"backend", "cuda_graph_batch_sizes"}),
+    "fuse_rmsnorm": frozenset({"backend"}),
+}
+
+
+def is_anchor_only_option(transform: str, option: str) -> bool:
+    """An option of AutoDeploy's `transform` that ad's same-named transform lacks (dropped with a warning)."""
+    if option in SHARED_TRANSFORM_OPTIONS.get(transform, ()):
+        return False
+    return option in GENERIC_TRANSFORM_OPTIONS or option in TRANSFORM_OPTIONS.get(transform, ())
+
+
 # option renames inside one transform (AutoDeploy name -> ad name)
 RENAMED_TRANSFORM_OPTIONS: dict[tuple[str, str], str] = {
     ("resize_kv_cache", "free_mem_ratio"): "free_gpu_memory_fraction",

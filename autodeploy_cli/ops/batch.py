@@ -1,4 +1,4 @@
-"""Sequence info: the flattened batch the cached graph reads, and the cache interface that owns the KV pages.
+"""The flattened batch the cached graph reads (SequenceInfo); the caches live in `ops/cache.py`.
 
 The runtime schedules a batch of sequences; every step becomes ONE flat batch: the tokens of all sequences back to
 back as `input_ids [1, T]` (so one graph shape serves prefill, decode and mixed batches), plus per-sequence metadata.
@@ -18,7 +18,6 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from autodeploy_cli.ops.attention_backends import CacheConfig, CacheSpec
 
 
 @dataclass(frozen=True)
@@ -194,143 +193,3 @@ class SequenceInfo:
         base = name[:-5] if name.endswith("_host") else name
         shape = (1, 3) if base in ("input_ids", "position_ids") else (3,)
         return torch.zeros(shape, dtype=FIELDS[base].dtype)
-
-
-class CachedSequenceInterface:
-    """Sequence info + the caches and buffers the graph takes as inputs, in graph-input order."""
-
-    def __init__(self, info: SequenceInfo, cache_config: CacheConfig):
-        self.info = info
-        self.cache_config = cache_config
-        self.device = info.device
-        self.input_names: list[str] = ["input_ids", "position_ids"]  # the graph's placeholders, in order
-        self.cache_specs: dict[str, CacheSpec] = {}
-        self.caches: dict[str, torch.Tensor] = {}
-        self.buffer_inits: dict[str, Callable[[torch.device], torch.Tensor]] = {}
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.num_pages = 0
-        self.logits_gathered = False  # set by gather_logits_before_lm_head: logits come back as [1, G, vocab]
-
-    @property
-    def page_size(self) -> int:
-        return self.info.page_size
-
-    # --- registration (transforms) -------------------------------------------------------------------------------
-    def add_input(self, name: str) -> None:
-        if name not in self.input_names:
-            self.input_names.append(name)
-
-    def add_cache(self, name: str, spec: CacheSpec) -> None:
-        self.cache_specs[name] = spec
-        self.add_input(name)
-
-    def add_buffer(self, name: str, init: Callable[[torch.device], torch.Tensor]) -> None:
-        self.buffer_inits[name] = init
-        self.add_input(name)
-
-    # --- memory --------------------------------------------------------------------------------------------------
-    def bytes_per_page(self) -> int:
-        return sum(int(np.prod(s.page_shape)) * s.dtype.itemsize for s in self.cache_specs.values())
-
-    def allocate(self, num_pages: int) -> None:
-        """(Re)allocate every cache with `num_pages` pages, and the global buffers once."""
-        self.caches.clear()  # drop the old pool before allocating the new one
-        for name, spec in self.cache_specs.items():
-            self.caches[name] = torch.zeros((num_pages, *spec.page_shape), dtype=spec.dtype, device=self.device)
-        for name, init in self.buffer_inits.items():
-            if name not in self.buffers:
-                self.buffers[name] = init(self.device)
-        self.num_pages = num_pages
-
-    def free(self) -> None:
-        self.caches.clear()
-        self.num_pages = 0
-
-    @property
-    def capacity_tokens(self) -> int:
-        return self.num_pages * self.page_size
-
-    # --- running -------------------------------------------------------------------------------------------------
-    def graph_args(self) -> list[torch.Tensor]:
-        out = []
-        for name in self.input_names:
-            if name in self.caches:
-                out.append(self.caches[name])
-            elif name in self.buffers:
-                out.append(self.buffers[name])
-            elif name in self.cache_specs:
-                raise RuntimeError(f"cache {name!r} is not allocated yet (initialize_cache has not run)")
-            else:
-                out.append(self.info.arg(name))
-        return out
-
-    def forward(self, model: Callable) -> torch.Tensor:
-        """Run `model` on the current batch; returns logits [G, vocab] (one row per gathered token)."""
-        logits = model(*self.graph_args())
-        if self.logits_gathered:
-            return logits.reshape(-1, logits.shape[-1])
-        idx = self.info.arg("logits_gather_idx")
-        return logits.reshape(-1, logits.shape[-1]).index_select(0, idx)
-
-    def run_prefill(self, model: Callable, input_ids: torch.Tensor, position_ids: Optional[torch.Tensor] = None,
-                    gather: str = "all") -> torch.Tensor:
-        """Prefill b sequences of s tokens through the cached graph: input_ids [b, s] -> logits [b, s, vocab]
-        (gather="all") or [b, vocab] (gather="last").
-
-        Used by `ad build --verify` and the memory probe. Sequences get consecutive pages; when the pool is not
-        allocated yet (or too small) a temporary one is used and released afterwards.
-        """
-        b, s = input_ids.shape
-        per_seq = -(-s // self.page_size)
-        temporary = self.num_pages < b * per_seq
-        if temporary:
-            old = self.num_pages
-            self.allocate(b * per_seq)
-        try:
-            pages = [list(range(i * per_seq, (i + 1) * per_seq)) for i in range(b)]
-            pos = None if position_ids is None else position_ids.tolist()
-            self.info.set_batch(input_ids.tolist(), [0] * b, pages, num_prefill=b, gather=gather, position_ids=pos)
-            with torch.no_grad():
-                logits = self.forward(model)
-            return logits.reshape(b, s, -1) if gather == "all" else logits
-        finally:
-            if temporary:
-                self.free() if old == 0 else self.allocate(old)
-
-
-def make_interface(config: Any, device: torch.device, model_dtype: torch.dtype) -> CachedSequenceInterface:
-    """The interface for an ADConfig: limits from max_batch_size / max_seq_len / max_num_tokens / attn_page_size."""
-    from autodeploy_cli.errors import ADError
-
-    kv = config.kv_cache_config.dtype
-    dtypes = {"auto": model_dtype, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-              "fp8": getattr(torch, "float8_e4m3fn", None)}
-    kv_dtype = dtypes.get(kv)
-    if kv_dtype is None:
-        raise ADError(f"`kv_cache_config.dtype: {kv}` is not supported here; use auto, float32, float16 or bfloat16.")
-    for key in ("max_batch_size", "max_seq_len", "attn_page_size"):
-        if getattr(config, key) < 1:
-            raise ADError(f"`{key}` must be at least 1, got {getattr(config, key)}.")
-    max_num_tokens = effective_max_num_tokens(config)
-    info = SequenceInfo(config.max_batch_size, config.max_seq_len, max_num_tokens, config.attn_page_size, device)
-    cc = CacheConfig(dtype=kv_dtype, page_size=config.attn_page_size, max_seq_len=config.max_seq_len,
-                     max_batch_size=config.max_batch_size, max_num_tokens=info.max_num_tokens)
-    return CachedSequenceInterface(info, cc)
-
-
-def effective_max_num_tokens(config: Any) -> int:
-    """max_num_tokens, or by default max_batch_size * max_seq_len capped at max(8192, max_seq_len)."""
-    if config.max_num_tokens is not None:
-        if config.max_num_tokens < 1:
-            from autodeploy_cli.errors import ADError
-
-            raise ADError(f"`max_num_tokens` must be at least 1, got {config.max_num_tokens}.")
-        return int(config.max_num_tokens)
-    return min(config.max_batch_size * config.max_seq_len, max(8192, config.max_seq_len))
-
-
-def ensure_interface(ctx: Any) -> CachedSequenceInterface:
-    """The pipeline's cache interface (ctx.sequence_info), created from the config on first use."""
-    if ctx.sequence_info is None:
-        ctx.sequence_info = make_interface(ctx.config, ctx.device, ctx.factory.model_dtype())
-    return ctx.sequence_info

@@ -1,8 +1,8 @@
 """Attention backends: how a canonical `auto_deploy::torch_attention` node becomes a cached (paged) attention call.
 
 A backend is an `AttentionDescriptor` registered by name. `insert_cached_attention` reads only this interface; the
-kernels behind it live in `kernels/<backend>/` and are imported lazily, by module path, the first time a backend is
-asked for. So transforms never import a kernel module, and `kernels.triton` is never imported on a CPU machine.
+kernels behind it live in `kernels/<backend>/` and are imported lazily, by module path (the table in
+`autodeploy_cli/ops/backends.py`), the first time a backend is asked for. So transforms never import a kernel module, and `kernels.triton` is never imported on a CPU machine.
 
 What the transform builds for every attention node, in this argument order:
 
@@ -16,42 +16,20 @@ What the transform builds for every attention node, in this argument order:
 
 KV cache layout shared by every backend: per layer k_cache and v_cache of shape [num_pages, page_size, n_kv, head_dim]
 (NHD pages). Two sequences never share a page; `cache_loc` lists each sequence's pages (ragged, `cu_num_pages`).
-The sequence-info fields are documented in `autodeploy_cli.ops.sequence_info.FIELDS`.
+The sequence-info fields are documented in `autodeploy_cli.ops.batch.FIELDS`.
 """
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
-from autodeploy_cli.errors import ADError, did_you_mean
-
-# backend name -> module that registers it on import (kept as strings: nothing is imported until asked for)
-BACKEND_MODULES: dict[str, str] = {
-    "torch": "kernels.torch.attention",
-    "triton": "kernels.triton.backend",
-    "flashinfer": "kernels.flashinfer.backend",
-}
+from autodeploy_cli.errors import ADError
+from autodeploy_cli.ops.cache import CacheConfig, CacheSpec
 
 _REGISTRY: dict[str, type["AttentionDescriptor"]] = {}
-
-
-@dataclass(frozen=True)
-class CacheConfig:
-    """Cache facts every backend may need (from the config, fixed for the life of the graph)."""
-
-    dtype: torch.dtype  # KV dtype (kv_cache_config.dtype; "auto" = the model dtype)
-    page_size: int  # tokens per page (attn_page_size)
-    max_seq_len: int
-    max_batch_size: int
-    max_num_tokens: int
-
-    @property
-    def max_pages_per_seq(self) -> int:
-        return -(-self.max_seq_len // self.page_size)
 
 
 @dataclass(frozen=True)
@@ -68,14 +46,6 @@ class AttentionNodeInfo:
     sinks: Any  # an fx.Node holding [n_heads] sink logits, or None
     sliding_window: Optional[int]
     logit_cap: Optional[float]
-
-
-@dataclass(frozen=True)
-class CacheSpec:
-    """A per-layer cache, allocated as [num_pages, *page_shape]."""
-
-    page_shape: tuple[int, ...]  # e.g. (page_size, n_kv_heads, head_dim)
-    dtype: torch.dtype
 
 
 @dataclass(frozen=True)
@@ -145,26 +115,15 @@ def register_attention_backend(name: str) -> Callable[[type[AttentionDescriptor]
     return deco
 
 
-def backend_names() -> list[str]:
-    return sorted(set(BACKEND_MODULES) | set(_REGISTRY))
-
-
 def get_attention_backend(name: str) -> type[AttentionDescriptor]:
-    """The descriptor registered as `name`, importing its kernel module on first use."""
+    """The descriptor registered as `name` (a resolved name, not `auto`), importing its kernel module on first use."""
+    from autodeploy_cli.ops import backends
+
     if name not in _REGISTRY:
-        module = BACKEND_MODULES.get(name)
-        if module is None:
-            raise ADError(
-                f"Unknown attention backend `{name}` (transforms.insert_cached_attention.backend / attn_backend)."
-                f"{did_you_mean(name, backend_names())} Available: {', '.join(backend_names())}."
-            )
-        try:
-            importlib.import_module(module)
-        except ImportError as e:
-            raise ADError(
-                f"The `{name}` attention backend could not be loaded ({module}: {e}). It needs a CUDA GPU and the "
-                "`gpu` extra (`pip install -e \".[gpu]\"`); use `attn_backend=torch` on a CPU-only machine."
-            ) from None
+        if name not in backends.MODULES["attention"]:
+            backends.resolve("attention", name, "cpu")  # raises the unknown-backend error
+        backends.load("attention", name)
         if name not in _REGISTRY:
-            raise ADError(f"Module `{module}` did not register the `{name}` attention backend.")
+            raise ADError(f"Module `{backends.MODULES['attention'][name]}` did not register the `{name}` attention "
+                          "backend.")
     return _REGISTRY[name]

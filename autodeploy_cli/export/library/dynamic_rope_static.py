@@ -13,7 +13,7 @@ from typing import Iterator
 
 from torch import nn
 
-from autodeploy_cli.export_patches import register_export_patch
+from autodeploy_cli.export.patches import register_export_patch
 
 
 @register_export_patch("dynamic_rope_static",

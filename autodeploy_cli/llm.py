@@ -1,0 +1,94 @@
+"""The Python API: build a model through the same config resolution as the CLI and generate with it.
+
+    from autodeploy_cli import LLM, SamplingParams
+
+    llm = LLM("ad-tiny-llama", max_seq_len=256, attn_backend="torch")   # any config key as a keyword
+    for c in llm.generate(["Hello, my name is"], SamplingParams(max_tokens=8)):
+        print(c.text)
+
+`build_engine(cfg)` is the one place that joins the compiler (pipeline) and the runtime: the runtime is handed a
+built model and never imports the pipeline.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence, Union
+
+from autodeploy_cli.config.schema import ADConfig
+from autodeploy_cli.errors import ADError
+
+# the anchor's LLM(...) keyword names -> ours (dotted config keys)
+ANCHOR_KWARGS = {
+    "tensor_parallel_size": "world_size",
+    "tokens_per_block": "attn_page_size",
+    "free_mem_ratio": "kv_cache_config.free_gpu_memory_fraction",
+    "kv_cache_dtype": "kv_cache_config.dtype",
+}
+
+
+def _generation_eos(source: str) -> Any:
+    """eos_token_id of the model's generation_config.json (what HF generate stops on), if it has one.
+
+    Local folder or HF cache only: building an engine must not wait on the network (offline, huggingface_hub retries
+    for minutes). Loading a hub model's weights caches its generation config; random-weight builds of a hub id use
+    config.json's eos."""
+    try:
+        from transformers import GenerationConfig
+
+        return GenerationConfig.from_pretrained(source, local_files_only=True).eos_token_id
+    except Exception:  # noqa: BLE001 - no generation config (or offline): config.json's eos is used alone
+        return None
+
+
+def build_engine(cfg: ADConfig) -> Any:
+    """Run the pipeline for `cfg` and hand the built model to the runtime's Engine."""
+    from autodeploy_cli.pipeline.build import build
+    from autodeploy_cli.runtime.engine import Engine
+
+    result = build(cfg)
+    iface = result.ctx.cache
+    if iface is None:
+        raise ADError("The pipeline inserted no KV cache (no attention was found, or "
+                      "`transforms.insert_cached_attention` is disabled); the runtime needs one.")
+    factory = result.ctx.factory
+    hf_config = factory.hf_config()
+    text_cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
+    eos_ids: list[int] = []
+    for eos in (getattr(text_cfg, "eos_token_id", None), _generation_eos(factory.source)):
+        eos_ids += eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
+    return Engine(result.model, iface, cfg, build_result=result, eos_token_ids=eos_ids,
+                  vocab_size=getattr(text_cfg, "vocab_size", None), tokenizer_loader=factory.tokenizer)
+
+
+def config_from_kwargs(model: Optional[str], config_files: Sequence[str] = (), **kwargs: Any) -> ADConfig:
+    """Resolve a config the way the CLI does: default.yaml < registry layers < `config_files` < keyword overrides
+    (nested dicts or dotted keys; the anchor's LLM keyword names are accepted where they map)."""
+    from autodeploy_cli.config.layers import deep_merge, set_path
+    from autodeploy_cli.config.loader import resolve
+
+    overrides: dict = {}
+    for key, value in kwargs.items():
+        dotted = ANCHOR_KWARGS.get(key, key)
+        layer: dict = {}
+        set_path(layer, dotted, value)
+        overrides = deep_merge(overrides, layer)
+    return resolve(list(config_files), overrides, model=model)
+
+
+class LLM:
+    """A built model with a generate() method, configured like `ad run` (same keys, same precedence)."""
+
+    def __init__(self, model: Optional[str] = None, *, config_files: Sequence[str] = (), **kwargs: Any):
+        self.config = config_from_kwargs(model, config_files, **kwargs)
+        self.engine = build_engine(self.config)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def generate(self, prompts: Union[str, Sequence[int], Sequence[Union[str, Sequence[int]]]],
+                 sampling_params: Any = None, chat_template: Optional[bool] = None) -> list[Any]:
+        """Completions for `prompts`: a text, a list of texts, a list of token ids, or a list of token-id lists."""
+        if isinstance(prompts, str) or (prompts and all(isinstance(t, int) for t in prompts)):
+            prompts = [prompts]  # type: ignore[list-item]
+        return self.engine.generate(list(prompts), sampling_params, chat_template=chat_template)

@@ -1,0 +1,1 @@
+"""The model side: HF config/model/tokenizer factory, registry architectures, weight assignment."""

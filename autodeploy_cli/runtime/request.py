@@ -1,0 +1,104 @@
+"""What the runtime passes around: sampling parameters, a request's state, and what a step reports back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+PLACEHOLDER = -1  # all_token_ids slot of a token sampled on the GPU that the host has not read yet
+
+
+@dataclass
+class SamplingParams:
+    max_tokens: int = 32
+    temperature: float = 0.0  # 0 = greedy
+    top_k: Optional[int] = None  # None or 0 = off
+    top_p: float = 1.0
+    seed: Optional[int] = None  # per-request generator seed (None: drawn from the engine's seeded RNG)
+    stop: list[str] = field(default_factory=list)  # stop strings (cut from the text)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    detokenize: bool = True  # False: token ids only, Completion.text stays "" and no tokenizer is loaded
+
+    @classmethod
+    def from_config(cls, sc: Any) -> "SamplingParams":
+        """From config.schema.SamplingConfig (or any object with the same fields)."""
+        return cls(max_tokens=sc.max_tokens, temperature=sc.temperature, top_k=sc.top_k, top_p=sc.top_p,
+                   seed=sc.seed, stop=list(sc.stop), stop_token_ids=list(sc.stop_token_ids),
+                   ignore_eos=sc.ignore_eos)
+
+
+@dataclass(eq=False)  # identity comparison: `req in running` must not compare token lists (O(B^2 L) per step)
+class Request:
+    request_id: int
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    prompt: Optional[str] = None
+    all_token_ids: list[int] = field(default_factory=list)  # prompt + generated (PLACEHOLDER: a token in flight)
+    output_token_ids: list[int] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose K/V are in the cache
+    pages: list[int] = field(default_factory=list)
+    resumed: bool = False  # preempted at least once
+    num_preemptions: int = 0
+    finished: bool = False
+    finish_reason: Optional[str] = None
+    error: Optional[str] = None
+    text: Optional[str] = None
+    generator: Any = None  # torch.Generator for sampling
+
+    def __post_init__(self) -> None:
+        if not self.all_token_ids:
+            self.all_token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_pending(self) -> int:
+        """Tokens not yet in the cache (the whole context after a preemption, else a prompt chunk or 1)."""
+        return len(self.all_token_ids) - self.num_computed
+
+
+@dataclass
+class StepOutput:
+    request_id: int
+    new_token_ids: list[int]
+    finished: bool
+    finish_reason: Optional[str]  # stop | length | error (when finished)
+    error: Optional[str]
+
+
+@dataclass
+class Completion:
+    request_id: int
+    prompt: Optional[str]
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    finish_reason: Optional[str]
+    error: Optional[str]
+
+
+@dataclass
+class StopPolicy:
+    """When a request ends after a new token: stop token, EOS, stop string, max_tokens, or max_seq_len."""
+
+    eos_token_ids: set[int]
+    max_seq_len: int
+    decode: Callable[[list[int]], str]  # token ids -> text (for stop strings)
+
+    def reason(self, r: Request, tok: int, pos: int) -> Optional[str]:
+        """"stop" / "length" / None for token `tok` at all_token_ids[pos]; a stop string also sets r.text (cut)."""
+        sp = r.sampling
+        if tok in sp.stop_token_ids or (not sp.ignore_eos and tok in self.eos_token_ids):
+            return "stop"
+        if sp.stop and self._hit_stop_string(r):
+            return "stop"
+        if len(r.output_token_ids) >= sp.max_tokens or pos + 1 >= self.max_seq_len:
+            return "length"  # max_tokens reached, or prompt + output fill max_seq_len
+        return None
+
+    def _hit_stop_string(self, r: Request) -> bool:
+        text = self.decode(r.output_token_ids)
+        cut = min((p for p in (text.find(s) for s in r.sampling.stop if s) if p >= 0), default=-1)
+        if cut < 0:
+            return False
+        r.text = text[:cut]
+        return True
