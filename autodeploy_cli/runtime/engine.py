@@ -130,6 +130,16 @@ class Engine:
             self.scheduler.add(req)
         return rid
 
+    def abort(self, request_id: int) -> bool:
+        """Cancel a waiting or running request: its pages return to the pool at once and it finishes with reason
+        "abort" (a token of it still in flight is dropped). False if no such unfinished request."""
+        for r in [*self.scheduler.running, *self.scheduler.waiting]:
+            if r.request_id == request_id:
+                self.scheduler.finish(r, "abort")
+                self._finished[r.request_id] = self._completion(r)
+                return True
+        return False
+
     def has_unfinished(self) -> bool:
         return bool(self._errors) or self.scheduler.has_work() or self._tokens.busy()
 

@@ -61,7 +61,7 @@ class StepOutput:
     request_id: int
     new_token_ids: list[int]
     finished: bool
-    finish_reason: Optional[str]  # stop | length | error (when finished)
+    finish_reason: Optional[str]  # stop | length | error | abort (when finished)
     error: Optional[str]
 
 

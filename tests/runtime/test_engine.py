@@ -194,3 +194,19 @@ def test_generation_eos_never_waits_on_the_network(tmp_path, monkeypatch):
     monkeypatch.undo()
     transformers.GenerationConfig(eos_token_id=[7, 9]).save_pretrained(tmp_path)
     assert _generation_eos(str(tmp_path)) == [7, 9]  # a local folder is read as before
+
+
+def test_abort_frees_pages_and_leaves_others_running(tiny_dir):
+    cfg = resolve([], [f"model={tiny_dir('llama')}", "skip_loading_weights=true", "max_seq_len=64", "max_batch_size=4",
+                       "attn_page_size=4"])
+    engine = build_engine(cfg)
+    free = engine.pages.num_free
+    keep = engine.add_request([5, 6, 7], SamplingParams(max_tokens=6, ignore_eos=True))
+    gone = engine.add_request([8, 9, 10, 11, 12], SamplingParams(max_tokens=40, ignore_eos=True))
+    for _ in range(3):
+        engine.step()
+    assert engine.abort(gone) and not engine.abort(gone) and not engine.abort(999)
+    assert engine.completion(gone).finish_reason == "abort"
+    while engine.has_unfinished():
+        engine.step()
+    assert len(engine.completion(keep).token_ids) == 6 and engine.pages.num_free == free
