@@ -52,6 +52,9 @@ def user_errors(fn: Callable) -> Callable:
         except KeyboardInterrupt:
             typer.secho("ad: interrupted", err=True)
             raise typer.Exit(130) from None
+        except BrokenPipeError:  # `ad models | head`: the reader left; stop writing, quietly, like other CLI tools
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0) from None
         except (typer.Exit, typer.Abort):
             raise
         except Exception as e:  # an internal bug: one paragraph unless the user asked for the traceback
@@ -96,7 +99,11 @@ def build(
     yaml_extra: Optional[List[Path]] = YamlExtraOpt,
     model: Optional[str] = ModelOpt,
     print_config: bool = PrintConfigOpt,
-    verify: bool = typer.Option(False, "--verify", help="Compare logits with the HF eager model after every transform."),
+    verify: bool = typer.Option(False, "--verify", help="Check the graph against the HF model after every transform "
+                                "that changed it: logits of a prefill probe, and once the KV cache is in, a generation "
+                                "check (prompts across pages, prefills mixed with decodes, chunked prefill when "
+                                "enabled, single-sequence decode, through CUDA graphs after compile): every step's "
+                                "logits and greedy tokens vs HF with its own cache."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the build report as JSON to this file."),
     plan: bool = typer.Option(False, "--plan", help="Print a memory plan (weights, KV bytes per token, max concurrent "
                               "sequences, recommended world size) from the config alone, then exit; loads no weights."),
@@ -120,8 +127,8 @@ def build(
         typer.echo(f"report written to {report}")
     if result.verify_failure:
         raise ADError(
-            f"Verification failed: `{result.verify_failure}` is the first transform whose logits differ from the HF "
-            "eager model beyond tolerance (see the table). Disable it with "
+            f"Verification failed: `{result.verify_failure}` is the first transform whose logits or generated tokens "
+            "differ from the HF model beyond tolerance (see the table and its verify column). Disable it with "
             f"`transforms.{result.verify_failure}.enabled=false` and report the model."
         )
 

@@ -51,3 +51,13 @@ def registry_hf_config(name: str, overrides: dict[str, Any] | None = None) -> An
 
     values = hf_architecture(name)
     return None if values is None else config_from_values(values, overrides)
+
+
+def cached_step(model: nn.Module, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    """One forward of a HF causal LM with its own KV cache -> (logits, cache). Version shim: transformers >= 5.2x
+    names the argument and output `cache`; 5.17 (the GPU machine) names both `past_key_values`."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=input_ids, use_cache=True, **{name: cache})
+    return out.logits, getattr(out, name)

@@ -31,7 +31,7 @@ SOURCES = {
     "rmsnorm": ("aten.rsqrt",),
     "moe": (),  # the router (softmax, top-k) stays outside torch_moe; unmatched routers are reported as misses
 }
-QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe", "qwen3_next"}
+QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe", "qwen3_next", "exaone4"}
 SANDWICH_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}  # pre/post feed-forward norms besides the usual two
 
 
@@ -106,7 +106,9 @@ def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
     out["attention"] = {i: 1 for i in attn_layers}
     has_rope = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling"))
     if has_rope:
-        out["rope"] = {i: 1 for i in attn_layers}
+        # SmolLM3-style `no_rope_layers`: 1 = the layer applies RoPE, 0 = it does not (NoPE)
+        uses_rope = list(getattr(cfg, "no_rope_layers", None) or [1] * n_layers)
+        out["rope"] = {i: 1 for i in attn_layers if i >= len(uses_rope) or uses_rope[i]}
     if getattr(cfg, "rms_norm_eps", None) is not None:
         per = 2 + 2 * (model_type in QK_NORM_TYPES or bool(getattr(cfg, "use_qk_norm", False)))
         per += 2 * (model_type in SANDWICH_NORM_TYPES)

@@ -17,10 +17,27 @@ SEQ = {"2k": 2048, "4k": 4096, "8k": 8192, "32k": 32768}
 
 
 def test_at_least_100_real_hf_ids_build_offline():
+    """Each entry's stored architecture builds its HF model on the meta device, offline, with the shapes the stored
+    values say (one build per distinct architecture; entries sharing one share its model)."""
+    from autodeploy_cli.models.hf_arch import config_from_values, meta_model
+
     assert len(SUPPORTED) >= 100
+    built: dict = {}
     for name in SUPPORTED:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+", name), name  # a hub id of the form org/name
-        assert hf_architecture(name) is not None, name
+        values = hf_architecture(name)
+        assert values is not None, name
+        key = REG[name].get("arch", name)
+        if key not in built:
+            model = meta_model(config_from_values(values))
+            text = values.get("text_config", values)
+            emb = model.get_input_embeddings().weight
+            assert tuple(emb.shape) == (text["vocab_size"], text["hidden_size"]), name
+            assert emb.device.type == "meta"
+            head = model.get_output_embeddings().weight
+            assert tuple(head.shape) == (text["vocab_size"], text["hidden_size"]), name
+            built[key] = sum(1 for n, _ in model.named_modules() if re.search(r"layers\.\d+$", n))
+            assert built[key] == text["num_hidden_layers"], name
 
 
 def test_every_entry_resolves_with_its_layers():

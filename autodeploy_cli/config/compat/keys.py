@@ -36,7 +36,9 @@ _SPEC = "ad has no speculative decoding; it decodes one token per step"
 _RUNTIME = "it is a TensorRT-LLM runtime option with no equivalent in ad's built-in runtime"
 
 IGNORED_TOP: dict[str, tuple[tuple, str]] = {
-    "disable_overlap_scheduler": ((True,), "ad's runtime never overlaps scheduling with the forward pass"),
+    "disable_overlap_scheduler": ((False,), "ad's runtime always overlaps greedy steps with the host (the next step "
+                                            "is launched before the previous one's tokens are read); there is no "
+                                            "switch to turn it off"),
     "allreduce_strategy": (("NCCL", "AUTO"), "ad's multi-GPU all-reduce is torch.distributed with NCCL"),
     "pipeline_parallel_size": ((1, None), _PARALLEL),
     "context_parallel_size": ((1, None), _PARALLEL),
