@@ -13,12 +13,12 @@ from typing import Callable, List, Optional
 
 import typer
 
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.errors import ADError, did_you_mean
 
 app = typer.Typer(
     name="ad",
     help="Deploy a Hugging Face causal LM for fast inference, automatically: build, run, bench, dump-graphs.",
-    no_args_is_help=True,
+    no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
@@ -71,18 +71,58 @@ def user_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def check_flags(ctx: typer.Context) -> None:
+    """A `--name` that is neither an option of this command nor a config key is a mistyped option: say so."""
+    from autodeploy_cli.config.loader import top_level_keys
+
+    options = sorted(o for p in ctx.command.params for o in getattr(p, "opts", []) if o.startswith("--"))
+    for item in ctx.args:
+        if not item.startswith("--") or "=" in item:
+            continue
+        key = item[2:].replace("-", "_")
+        if "." not in key and key not in top_level_keys():
+            raise ADError(
+                f"`ad {ctx.command.name}` has no option `{item}` and `{key}` is not a config key either."
+                f"{did_you_mean(item, options)} Options of `ad {ctx.command.name}`: {', '.join(options)} (see "
+                f"`ad {ctx.command.name} --help`); config keys go after the options as `key=value`."
+            )
+
+
 def resolve_config(ctx: typer.Context, config: Optional[List[Path]], yaml_extra: Optional[List[Path]],
                    model: Optional[str], print_config: bool, explicit: Optional[dict] = None):
     """`explicit`: a command's own options as nested config keys; they win over the overrides after the options."""
     from autodeploy_cli.config.layers import deep_merge, parse_overrides
     from autodeploy_cli.config.loader import resolve, to_yaml
 
+    check_flags(ctx)
     overrides = deep_merge(parse_overrides(ctx.args), explicit) if explicit else list(ctx.args)
     cfg = resolve(list(config or []) + list(yaml_extra or []), overrides, model=model)
     if print_config:
+        from autodeploy_cli.config.checks import check_config
+
         typer.echo(to_yaml(cfg), nl=False)
+        check_config(cfg)  # after printing: the user sees the config the error is about
+        check_transform_options(cfg)
         raise typer.Exit(0)
     return cfg
+
+
+def check_transform_options(cfg) -> None:
+    """Validate `transforms` against the transform registry when it can be imported (it needs torch; without torch
+    `--print-config` checks the rest)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return
+    from autodeploy_cli.pipeline.registry import validate_transform_entries
+
+    validate_transform_entries(cfg.transforms)
+
+
+def build_progress():
+    from autodeploy_cli.log import build_progress as progress
+
+    return progress()
 
 
 def console():
@@ -112,6 +152,10 @@ def build(
 ) -> None:
     """Build the optimised model and print the build report (transforms, matches, timings, coverage)."""
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    if report:
+        from autodeploy_cli.config.checks import output_path
+
+        report = output_path(report, "--report")  # checked before the build, not after it
     if plan:
         from autodeploy_cli.commands.plan import print_plan
 
@@ -120,7 +164,8 @@ def build(
     from autodeploy_cli.pipeline.build import build as run_build
     from autodeploy_cli.pipeline.report import print_report, write_json
 
-    result = run_build(cfg, verify=verify)
+    with build_progress():
+        result = run_build(cfg, verify=verify)
     print_report(result.report, console())
     if report:
         write_json(result.report, report)
@@ -148,7 +193,8 @@ def dump_graphs(
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
     from autodeploy_cli.pipeline.build import build as run_build
 
-    result = run_build(cfg, dump_dir=out, force_dump=force)
+    with build_progress():
+        result = run_build(cfg, dump_dir=out, force_dump=force)
     files = sorted(p for p in out.iterdir() if p.suffix == ".txt")
     typer.echo(f"wrote {len(files)} graph files to {out} ({len(result.records)} pipeline entries)")
 
@@ -189,7 +235,9 @@ def bench(
     dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines.'),
     baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Also run a baseline: hf | hf-compile (repeatable)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="throughput (up to --concurrency in flight) | latency (one at a time)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON "
+                                          "(an existing file is kept: the next free name FILE.1.json is used)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output file."),
 ) -> None:
     """Benchmark the built model on synthetic or dataset workloads (TTFT, ITL, throughput), optionally against HF."""
     options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency,
@@ -200,7 +248,7 @@ def bench(
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config, {"benchmark": explicit} if explicit else None)
     from autodeploy_cli.bench.command import run_bench
 
-    run_bench(cfg)
+    run_bench(cfg, overwrite=force)
 
 
 from autodeploy_cli.commands.models import register as _register_models  # noqa: E402  (no torch import)
@@ -208,7 +256,51 @@ from autodeploy_cli.commands.models import register as _register_models  # noqa:
 _register_models(app, user_errors)
 
 
+@app.callback(invoke_without_command=True)
+def _global_options(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every transform's log lines (INFO); also after "
+                                 "the command."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only: no progress display, no warnings."),
+    version: bool = typer.Option(False, "--version", help="Print ad's version and exit."),
+) -> None:
+    """-v/-q are applied by main() (they work before or after the command); here they are documented."""
+    if version:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+
+        try:
+            typer.echo(f"ad {dist_version('autodeploy-cli')}")
+        except PackageNotFoundError:  # running from a checkout that was not installed
+            typer.echo("ad (not installed: run from a checkout)")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+def apply_global_flags(argv: list[str]) -> list[str]:
+    """-v/--verbose and -q/--quiet anywhere on the line set the log level for this run; the rest is returned."""
+    rest = []
+    for arg in argv:
+        if arg in ("-v", "--verbose"):
+            os.environ["AUTO_DEPLOY_LOG_LEVEL"] = "INFO"
+        elif arg in ("-q", "--quiet"):
+            os.environ["AUTO_DEPLOY_LOG_LEVEL"] = "ERROR"
+            os.environ["AD_QUIET"] = "1"
+        else:
+            rest.append(arg)
+    return rest
+
+
 def main() -> None:
+    sys.argv[1:] = apply_global_flags(sys.argv[1:])
+    try:
+        from autodeploy_cli.log import log_level_from_env
+
+        log_level_from_env()
+    except ADError as e:
+        typer.secho(f"ad: error: {e}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
     if os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "").upper() == "DEBUG":
         app.pretty_exceptions_enable = True
     app()

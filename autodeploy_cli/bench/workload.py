@@ -97,7 +97,12 @@ def read_dataset(path: str) -> list[tuple[int, str, Optional[int]]]:
     if not p.is_file():
         raise ADError(f"Dataset file `{path}` does not exist (resolved to {p.resolve()}). Check the --dataset path.")
     rows: list[tuple[int, str, Optional[int]]] = []
-    for lineno, line in enumerate(p.read_text(encoding="utf-8").splitlines(), start=1):
+    for lineno, raw in enumerate(p.read_bytes().splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise _line_error(path, lineno, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})") \
+                from None
         if not line.strip():
             continue
         try:

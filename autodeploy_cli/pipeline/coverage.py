@@ -32,6 +32,7 @@ SOURCES = {
     "moe": (),  # the router (softmax, top-k) stays outside torch_moe; unmatched routers are reported as misses
 }
 QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe", "qwen3_next", "exaone4"}
+NOPE_GLOBAL_TYPES = {"exaone4", "cohere2"}  # with a sliding window, only the sliding layers apply RoPE
 SANDWICH_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}  # pre/post feed-forward norms besides the usual two
 
 
@@ -108,6 +109,8 @@ def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
     if has_rope:
         # SmolLM3-style `no_rope_layers`: 1 = the layer applies RoPE, 0 = it does not (NoPE)
         uses_rope = list(getattr(cfg, "no_rope_layers", None) or [1] * n_layers)
+        if model_type in NOPE_GLOBAL_TYPES and getattr(cfg, "sliding_window", None) and layer_types:
+            uses_rope = [int(t == "sliding_attention") for t in layer_types]  # global layers carry no RoPE
         out["rope"] = {i: 1 for i in attn_layers if i >= len(uses_rope) or uses_rope[i]}
     if getattr(cfg, "rms_norm_eps", None) is not None:
         per = 2 + 2 * (model_type in QK_NORM_TYPES or bool(getattr(cfg, "use_qk_norm", False)))

@@ -88,6 +88,7 @@ class BuildFacts:
     moe_experts_implementation: Optional[str] = None  # match_moe_pattern: HF experts implementation matched
     attention_backend: Optional[str] = None  # insert_cached_attention: the resolved backend name
     compile_backend: Optional[str] = None  # compile_model: the resolved backend name
+    cpu_threads: Optional[int] = None  # llm.build_engine on CPU: intra-op threads the runtime uses
 
 
 @dataclass

@@ -47,6 +47,20 @@ class EngineStats:
     max_batch: int = 0
 
 
+def text_prompt_error(prompt: str) -> Optional[str]:
+    """Why a text prompt cannot be run (None: it can): empty (checked before any chat template adds tokens), or not
+    valid UTF-8 (a command line or file holding other bytes arrives with surrogate escapes)."""
+    if prompt == "":
+        return "empty prompt: give at least one token (an empty text is refused before any chat template adds some)"
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = prompt[e.start].encode("utf-8", "surrogateescape")
+        return (f"the prompt is not valid UTF-8 (byte 0x{bad.hex()} at character {e.start}); give UTF-8 text or "
+                "token ids")
+    return None
+
+
 class Engine:
     def __init__(self, model: Any, iface: CachedSequenceInterface, config: Any, tokenizer: Any = None,
                  build_result: Any = None, eos_token_ids: Sequence[int] = (), vocab_size: Optional[int] = None,
@@ -75,6 +89,7 @@ class Engine:
         self._next_id = 0
         self._errors: list[StepOutput] = []
         self._finished: dict[int, Completion] = {}
+        self._warned_cap = False
         self._tokens = TokenPipeline(iface.device, iface.info.max_batch_size, self.max_seq_len)
 
     @property
@@ -126,8 +141,25 @@ class Engine:
         error = self._request_error(ids, sp)
         if error:
             self._errors.append(self._fail(req, error))
-        else:
-            self.scheduler.add(req)
+            return rid
+        if len(ids) + sp.max_tokens > self.max_seq_len and not self._warned_cap:
+            self._warned_cap = True  # once per engine: the same settings usually cap every request alike
+            from autodeploy_cli.log import get_logger
+
+            get_logger().warning(
+                f"max_tokens={sp.max_tokens} with a {len(ids)}-token prompt goes past max_seq_len={self.max_seq_len}: "
+                f"the request stops at {self.max_seq_len - len(ids)} new tokens (finish reason `length`). Raise "
+                "`max_seq_len` for longer outputs.")
+        self.scheduler.add(req)
+        return rid
+
+    def add_failed_request(self, error: str, sampling: Optional[SamplingParams] = None,
+                           prompt: Optional[str] = None) -> int:
+        """A request that is wrong before it has token ids (e.g. its text cannot be encoded): it finishes with
+        `error` at the next step, like any invalid request."""
+        rid = self._next_id
+        self._next_id += 1
+        self._errors.append(self._fail(Request(rid, [], sampling or SamplingParams(), prompt=prompt), error))
         return rid
 
     def abort(self, request_id: int) -> bool:
@@ -185,7 +217,11 @@ class Engine:
         picked = logits if len(rows) == len(batch) else logits[torch.tensor(rows, device=logits.device)]
         if all(r.sampling.temperature == 0 for r in ready):
             return self._tokens.launch(picked, ready, self.scheduler.reserve_token)
-        tokens = sampler.sample(picked, [r.sampling for r in ready], [r.generator for r in ready])
+        try:
+            tokens = sampler.sample(picked, [r.sampling for r in ready], [r.generator for r in ready])
+        except (RuntimeError, ValueError) as e:  # a request's sampling cannot run: those requests fail, not the engine
+            self._errors += [self._fail(r, f"sampling failed: {type(e).__name__}: {e}") for r in ready]
+            return None
         return self._tokens.host_step(tokens, ready)
 
     def _postprocess(self, flight: Optional[InFlight]) -> list[StepOutput]:
@@ -279,12 +315,16 @@ class Engine:
             chat_template = bool(getattr(getattr(self.config, "prompt", None), "chat_template", False))
         ids = []
         for p, sp in zip(prompts, sampling):
-            if isinstance(p, str):
-                ids.append(self.add_request(self.encode(p, chat_template), sp, prompt=p))
-            else:
+            if not isinstance(p, str):
                 ids.append(self.add_request(list(p), sp))
+            elif text_prompt_error(p):
+                ids.append(self.add_failed_request(text_prompt_error(p), sp, prompt=p))
+            else:
+                ids.append(self.add_request(self.encode(p, chat_template), sp, prompt=p))
         while any(i not in self._finished for i in ids):
             self.step()
+        mine = set(ids)
+        self._errors = [o for o in self._errors if o.request_id not in mine]  # generate reports them as completions
         if not self.has_unfinished():
             self._tokens.take()  # the step launched past the last stop: drop it
         return [self._finished.pop(i) for i in ids]

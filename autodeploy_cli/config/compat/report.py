@@ -13,7 +13,7 @@ from typing import Any, Optional
 from autodeploy_cli.config.compat import keys as K
 from autodeploy_cli.config.layers import default_pipeline, get_path, set_path
 from autodeploy_cli.config.schema import BACKEND_CHOICES, TRANSFORM_BACKENDS
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.errors import ADError, shown
 
 _MISSING = object()
 
@@ -53,8 +53,8 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
+        return shown(json.dumps(value, default=str), 120)
+    return shown(value, 120)
 
 
 def _same(value: Any, harmless: tuple) -> bool:
