@@ -19,16 +19,20 @@ MODULES: dict[str, dict[str, str]] = {
     "attention": {"torch": "kernels.torch.attention", "triton": "kernels.triton.backend",
                   "flashinfer": "kernels.flashinfer.backend"},
     "fused": {"torch": "autodeploy_cli.ops.fused", "triton": "kernels.triton.fused_ops"},
+    "mla": {"torch": "kernels.torch.mla", "triton": "kernels.triton.mla_backend",
+            "flashinfer": "kernels.flashinfer.mla_backend"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
 }
 # family -> (backend on CUDA, backend elsewhere) for `auto`
 AUTO: dict[str, tuple[str, str]] = {
     "attention": ("triton", "torch"),
     "fused": ("triton", "torch"),
+    "mla": ("triton", "torch"),
     "compile": ("torch-cudagraph", "torch-simple"),
 }
 # the config key a user sets for each family (named in errors)
-CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend"}
+CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend",
+              "mla": "mla_backend"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:
