@@ -10,8 +10,9 @@ RoPE function: complex frequencies for DeepSeek-V2, cos/sin with `rope_interleav
 
 with kv_b_proj's weight as an argument. The yarn mscale stays where HF puts it: on cos/sin (the RoPE part of q
 and k) and in `module.scaling` (mscale_all_dim squared). Kimi-K2 and Moonlight load as DeepseekV3; GLM-4.7-Flash
-(glm4_moe_lite), Mistral 4 and Youtu copy DeepSeek-V3's module, MiniCPM3 DeepSeek-V2's with cos/sin RoPE.
-GLM-4.5 (glm4_moe) is grouped-query attention, not MLA.
+(glm4_moe_lite) and Youtu copy DeepSeek-V3's module, MiniCPM3 DeepSeek-V2's with cos/sin RoPE (each verified on
+a tiny config). GLM-4.5 (glm4_moe) is grouped-query attention, not MLA; LongCat-Flash's MLA scales its latents
+(not covered: it keeps the expanded path).
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ MLA_CLASSES = {
     "DeepseekV2Attention": "complex",
     "DeepseekV3Attention": "config",
     "Glm4MoeLiteAttention": "config",
-    "Mistral4Attention": "config",
     "YoutuAttention": "config",
     "MiniCPM3Attention": "rotate_half",
 }
