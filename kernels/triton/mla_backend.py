@@ -43,7 +43,7 @@ def decode_absorbed(q_nope: torch.Tensor, q_pe: torch.Tensor, weight: torch.Tens
     q_lat = tm.absorb_q(q_nope, w_uk)
     max_kv = min(ckv_cache.shape[0] * ckv_cache.shape[1], 8192)  # static: the split count must not change per step
     out_lat = tm.mla_decode(q_lat, q_pe, ckv_cache, kpe_cache, seq_len, input_pos, cache_loc, cu_num_pages, scale,
-                            max_kv_len=max_kv)
+                            max_kv_len=max_kv, **tm.decode_launch(n))
     return tm.unabsorb_out(out_lat, w_uv)
 
 
