@@ -68,6 +68,7 @@ FUSED_OPS: dict[str, dict[str, str]] = {
     "fused_add_rmsnorm": {"torch": "torch_fused_add_rmsnorm", "triton": "triton_fused_add_rmsnorm"},
     "silu_and_mul": {"torch": "torch_silu_and_mul", "triton": "triton_silu_and_mul"},
     "rope_with_explicit_cos_sin": {"triton": "triton_rope_with_explicit_cos_sin"},
+    "rope_with_qk_interleaving": {"triton": "triton_rope_with_qk_interleaving"},
     "linear": {"triton": "triton_linear"},
     "silu_mul_linear": {"torch": "torch_silu_mul_linear", "triton": "triton_silu_mul_linear"},
     "rmsnorm_linear": {"torch": "torch_rmsnorm_linear", "triton": "triton_rmsnorm_linear"},

@@ -317,3 +317,56 @@ def expand_kv(ckv: torch.Tensor, weight: torch.Tensor, n_heads: int, nope: int) 
     (strided views of one GEMM output)."""
     kv = torch.nn.functional.linear(ckv.to(weight.dtype), weight).view(ckv.shape[0], n_heads, -1)
     return kv[..., :nope], kv[..., nope:]
+
+
+# --------------------------------------------------------------------------------------------- RoPE (pairs in)
+@triton.jit
+def _rope_pairs_heads(x_ptr, y_ptr, t, cos, sin, i, im, s_xt, s_xh, s_yt, s_yh, n_heads, HALF: tl.constexpr,
+                      BLOCK_H: tl.constexpr):
+    for h0 in range(0, n_heads, BLOCK_H):
+        heads = h0 + tl.arange(0, BLOCK_H)
+        m = (heads < n_heads)[:, None] & im[None, :]
+        xb = x_ptr + t * s_xt + heads[:, None] * s_xh
+        yb = y_ptr + t * s_yt + heads[:, None] * s_yh
+        x1 = tl.load(xb + 2 * i[None, :], mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(xb + 2 * i[None, :] + 1, mask=m, other=0.0).to(tl.float32)
+        tl.store(yb + i[None, :], (x1 * cos[None, :] - x2 * sin[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+        tl.store(yb + HALF + i[None, :], (x2 * cos[None, :] + x1 * sin[None, :]).to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _rope_pairs_kernel(q_ptr, k_ptr, yq_ptr, yk_ptr, cos_ptr, sin_ptr, sq_t, sq_h, sk_t, sk_h, syq_t, syq_h, syk_t,
+                       syk_h, s_cos, s_sin, n_q, n_k, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+                       BLOCK_H: tl.constexpr):
+    t = tl.program_id(0).to(tl.int64)  # one program per token: cos/sin read once for every q and k head
+    i = tl.arange(0, BLOCK_HALF)
+    im = i < HALF
+    # the eager model multiplies in the activation dtype: round cos/sin to it first
+    cos = tl.load(cos_ptr + t * s_cos + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty).to(tl.float32)
+    sin = tl.load(sin_ptr + t * s_sin + i, mask=im, other=0.0).to(q_ptr.dtype.element_ty).to(tl.float32)
+    _rope_pairs_heads(q_ptr, yq_ptr, t, cos, sin, i, im, sq_t, sq_h, syq_t, syq_h, n_q, HALF, BLOCK_H)
+    _rope_pairs_heads(k_ptr, yk_ptr, t, cos, sin, i, im, sk_t, sk_h, syk_t, syk_h, n_k, HALF, BLOCK_H)
+
+
+def rope_qk_interleaved(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+                        sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek's interleaved RoPE in one launch: pairs (2i, 2i+1) of q [b, s, n, d], k [b, s, n_k, d] rotated by
+    cos/sin [b or 1, s, d] (halves repeated, as HF builds them), written as halves (i, i + d/2), the layout of
+    torch_rope_with_qk_interleaving. -> (q_embed, k_embed), contiguous."""
+    b, s, n, d = q.shape
+    T, half = b * s, d // 2
+    q3, k3 = q.reshape(T, n, d), k.reshape(T, k.shape[2], d)
+    q3 = q3 if q3.stride(-1) == 1 else q3.contiguous()
+    k3 = k3 if k3.stride(-1) == 1 else k3.contiguous()
+    c = cos.expand(b, *cos.shape[1:]).reshape(T, -1)
+    sn = sin.expand(b, *sin.shape[1:]).reshape(T, -1)
+    c = c if c.stride(-1) == 1 else c.contiguous()
+    sn = sn if sn.stride(-1) == 1 else sn.contiguous()
+    yq, yk = torch.empty(q.shape, dtype=q.dtype, device=q.device), torch.empty(k.shape, dtype=k.dtype, device=k.device)
+    yq3, yk3 = yq.view(T, n, d), yk.view(T, k.shape[2], d)
+    if T:
+        _rope_pairs_kernel[(T,)](q3, k3, yq3, yk3, c, sn, q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1),
+                                 yq3.stride(0), yq3.stride(1), yk3.stride(0), yk3.stride(1), c.stride(0), sn.stride(0),
+                                 n, k.shape[2], HALF=half, BLOCK_HALF=triton.next_power_of_2(half),
+                                 BLOCK_H=min(16, triton.next_power_of_2(max(n, k.shape[2]))), num_warps=4)
+    return yq, yk

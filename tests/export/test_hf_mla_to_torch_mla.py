@@ -13,15 +13,16 @@ from autodeploy_cli.pipeline.build import build
 from tests.tiny_models import YARN
 from tests.transforms.pattern_helpers import PINNED, max_rel_err
 
+# case -> (tiny family, config overrides, the canonical RoPE op the layer's RoPE becomes)
 CASES = {
-    "v2": ("deepseek_v2", {}),
-    "v2-yarn-q_lora": ("deepseek_v2", {**YARN, "q_lora_rank": 24}),
-    "v3": ("deepseek_v3", {}),
-    "v3-yarn-q_lora_unset": ("deepseek_v3", {**YARN, "q_lora_rank": None}),
-    "v3-rotate_half": ("deepseek_v3", {"rope_interleave": False}),
-    "glm4_moe_lite": ("deepseek_v3", {"model_type": "glm4_moe_lite"}),  # GLM-4.7-Flash
-    "minicpm3": ("deepseek_v3", {"model_type": "minicpm3"}),
-    "youtu": ("deepseek_v3", {"model_type": "youtu"}),
+    "v2": ("deepseek_v2", {}, "complex_freqs"),
+    "v2-yarn-q_lora": ("deepseek_v2", {**YARN, "q_lora_rank": 24}, "complex_freqs"),
+    "v3": ("deepseek_v3", {}, "qk_interleaving"),
+    "v3-yarn-q_lora_unset": ("deepseek_v3", {**YARN, "q_lora_rank": None}, "qk_interleaving"),
+    "v3-rotate_half": ("deepseek_v3", {"rope_interleave": False}, "explicit_cos_sin"),
+    "glm4_moe_lite": ("deepseek_v3", {"model_type": "glm4_moe_lite"}, "qk_interleaving"),  # GLM-4.7-Flash
+    "minicpm3": ("deepseek_v3", {"model_type": "minicpm3"}, "explicit_cos_sin"),
+    "youtu": ("deepseek_v3", {"model_type": "youtu"}, "qk_interleaving"),
 }
 
 
@@ -36,10 +37,11 @@ def _export(tiny_dir, family, overrides, patch=True):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_mla_layers_export_as_torch_mla(tiny_dir, case):
-    family, overrides = CASES[case]
+    family, overrides, rope = CASES[case]
     result, ref = _export(tiny_dir, family, overrides)
     gm = result.model
     assert count_ops(gm, torch.ops.auto_deploy.torch_mla) == 2  # one per layer
+    assert count_ops(gm, getattr(torch.ops.auto_deploy, f"torch_rope_with_{rope}")) == 2  # q_pe and k_pe, bsnd
     assert count_ops(gm, torch.ops.auto_deploy.torch_attention) == 0
     # kv_b_proj's weight is an argument of torch_mla only: no up-projection of the latent is left in the graph
     weights = [n.args[4] for n in gm.graph.nodes if n.target == torch.ops.auto_deploy.torch_mla.default]

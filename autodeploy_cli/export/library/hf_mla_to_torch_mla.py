@@ -3,8 +3,9 @@ to auto_deploy::torch_mla, so the graph keeps the compressed KV instead of per-h
 
 HF's MLA forward up-projects the latent (`kv_b_proj`) into per-head keys and values before attention; exported as
 is, the cache insertion would cache those (DeepSeek-V3: 128 x (192 + 128) values per token and layer instead of
-512 + 64). Under this patch each MLA attention module runs the same projections, norms and RoPE (the module's own
-RoPE function: complex frequencies for DeepSeek-V2, cos/sin with `rope_interleave` for V3), then calls
+512 + 64). Under this patch each MLA attention module runs the same projections and norms, its RoPE as the canonical
+torch_rope_* op (complex frequencies for DeepSeek-V2, cos/sin pairs with `rope_interleave` for V3, rotate-half
+otherwise), then calls
 
     torch_mla(q_nope, q_pe, compressed_kv, kpe, kv_b_proj.weight, is_causal=True, scale=module.scaling)
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import sys
 from typing import Any, Iterator
 
 import torch
@@ -43,15 +43,17 @@ def is_mla_module(module: nn.Module) -> bool:
 
 
 def _apply_rope(module: nn.Module, q_pe: torch.Tensor, k_pe: torch.Tensor, position_embeddings: Any):
-    """The module's own RoPE on q_pe [b, n, s, rope], k_pe [b, 1, s, rope] (HF's layout)."""
-    lib = sys.modules[type(module).__module__]
+    """The module's RoPE as the canonical op, on q_pe [b, s, n, rope] and k_pe [b, s, 1, rope] (bsnd: no
+    transposes): the same formulas as HF's apply_rotary_emb (complex frequencies), apply_rotary_pos_emb_interleave
+    (pairs rotated, output in halves) and apply_rotary_pos_emb (rotate-half)."""
+    ops = torch.ops.auto_deploy
     kind = MLA_CLASSES[type(module).__name__]
     if kind == "complex":
-        return lib.apply_rotary_emb(q_pe, k_pe, position_embeddings)
+        return ops.torch_rope_with_complex_freqs(q_pe, k_pe, position_embeddings.to(q_pe.device), 2)
     cos, sin = position_embeddings
     if kind == "config" and getattr(module.config, "rope_interleave", False):
-        return lib.apply_rotary_pos_emb_interleave(q_pe, k_pe, cos, sin)
-    return lib.apply_rotary_pos_emb(q_pe, k_pe, cos, sin)
+        return ops.torch_rope_with_qk_interleaving(q_pe, k_pe, cos, sin, 2)
+    return ops.torch_rope_with_explicit_cos_sin(q_pe, k_pe, cos, sin, 2)
 
 
 def mla_forward(module: nn.Module, hidden_states: torch.Tensor, position_embeddings: Any) -> torch.Tensor:
@@ -69,9 +71,9 @@ def mla_forward(module: nn.Module, hidden_states: torch.Tensor, position_embeddi
     latent = module.kv_a_proj_with_mqa(hidden_states)
     ckv, k_pe = torch.split(latent, [module.kv_lora_rank, rope], dim=-1)
     ckv = module.kv_a_layernorm(ckv)  # [b, s, r]
-    q_pe, k_pe = _apply_rope(module, q_pe.transpose(1, 2), k_pe.view(b, 1, s, rope), position_embeddings)
-    out = torch.ops.auto_deploy.torch_mla(q_nope, q_pe.transpose(1, 2), ckv, k_pe.transpose(1, 2),
-                                          module.kv_b_proj.weight, True, module.scaling, "bsnd")  # [b, s, n, v]
+    q_pe, k_pe = _apply_rope(module, q_pe, k_pe.view(b, s, 1, rope), position_embeddings)
+    out = torch.ops.auto_deploy.torch_mla(q_nope, q_pe, ckv, k_pe, module.kv_b_proj.weight, True, module.scaling,
+                                          "bsnd")  # [b, s, n, v]
     return module.o_proj(out.reshape(b, s, n * module.v_head_dim))
 
 

@@ -64,6 +64,22 @@ def test_cached_op_decode_matches_reference(device):
     assert rel_err(_cached(b, 0.27), reference(b, 0.27)) < 1e-5
 
 
+def test_interleaved_rope_on_strided_q_pe_matches_the_canonical_op(device):
+    from autodeploy_cli.ops import load_ops
+
+    load_ops()
+    g = torch.Generator().manual_seed(6)
+    q = torch.randn(2, 5, 3, 16 + 8, generator=g).to(device)[..., 16:]  # the q_pe slice of q: strided
+    latent = torch.randn(2, 5, 32 + 8, generator=g).to(device)
+    k = latent[..., 32:].view(2, 5, 1, 8)  # k_pe: a view of the latent projection
+    freqs = torch.randn(1, 5, 4, generator=g)
+    cos, sin = (torch.cat([f, f], -1).to(device) for f in (freqs.cos(), freqs.sin()))
+    want = torch.ops.auto_deploy.torch_rope_with_qk_interleaving(q, k, cos, sin, 2)
+    got = tm.rope_qk_interleaved(q, k, cos, sin)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b.cpu(), rtol=1e-5, atol=1e-6)
+
+
 # --------------------------------------------------------------------------------------------- GPU, real sizes
 def _dsv3(seqs, n, seed):
     """DeepSeek-V3 MLA widths (latent 512, RoPE 64, nope/v 128) in bf16, pages of 64."""
