@@ -89,10 +89,13 @@ def available() -> bool:
 
 def step_meta(cu_seqlen_host: torch.Tensor, cu_num_pages_host: torch.Tensor, seq_len_with_cache_host: torch.Tensor,
               cache_loc: torch.Tensor) -> MLAStepMeta:
-    qo = cu_seqlen_host.to(torch.int32)
-    kv_len = seq_len_with_cache_host.to(torch.int32)
+    # copies: FlashInfer's plan moves these to the device with non_blocking copies, and the runtime may refill the
+    # pinned host buffer for the next step before the GPU has run them (overlapped steps); pageable copies are
+    # copied synchronously
+    qo = cu_seqlen_host.to(torch.int32, copy=True)
+    kv_len = seq_len_with_cache_host.to(torch.int32, copy=True)
     fresh = int(kv_len.sum()) == int(qo[-1])
-    return MLAStepMeta(qo_indptr=qo, kv_indptr=cu_num_pages_host.to(torch.int32), kv_len=kv_len,
+    return MLAStepMeta(qo_indptr=qo, kv_indptr=cu_num_pages_host.to(torch.int32, copy=True), kv_len=kv_len,
                        kv_indices=cache_loc, fresh=fresh, batch=qo.shape[0] - 1)
 
 
