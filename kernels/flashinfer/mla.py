@@ -43,7 +43,7 @@ class _Planner:
     workspace: Optional[torch.Tensor] = None
     paged: object = None
     ragged: object = None
-    graph_paged: dict = field(default_factory=dict)  # batch size -> paged wrapper with fixed buffers
+    graph_paged: dict = field(default_factory=dict)  # (batch, key, max pages) -> paged wrapper with fixed buffers
     meta: Optional[MLAStepMeta] = None
     planned: dict = field(default_factory=dict)  # key -> wrapper planned for the current step
     capturing_batch: Optional[int] = None
@@ -53,10 +53,13 @@ class _Planner:
             self.workspace = torch.zeros(_WORKSPACE_BYTES, dtype=torch.uint8, device=device)
         return self.workspace
 
-    def wrapper(self, kind: str, device):
+    def wrapper(self, key: tuple, device):
+        """The wrapper `key` plans into: one ragged and one paged wrapper for eager steps; for CUDA graphs one
+        fixed-buffer paged wrapper per (batch, key, page-list capacity), so graphs of different engines or
+        constant sets never share (or outgrow) a plan's buffers."""
         import flashinfer
 
-        if kind == "ragged":
+        if key[0] == "ragged":
             if self.ragged is None:
                 self.ragged = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(self._ws(device), "NHD")
             return self.ragged
@@ -65,14 +68,15 @@ class _Planner:
             if self.paged is None:
                 self.paged = flashinfer.mla.BatchMLAPagedAttentionWrapper(self._ws(device))
             return self.paged
-        if bs not in self.graph_paged:
-            max_pages = self.meta.kv_indices.shape[0] if self.meta is not None else 1
+        max_pages = max(self.meta.kv_indices.shape[0], 1)
+        slot = (bs, key, max_pages)
+        if slot not in self.graph_paged:
             i32 = dict(dtype=torch.int32, device=device)
-            self.graph_paged[bs] = flashinfer.mla.BatchMLAPagedAttentionWrapper(
+            self.graph_paged[slot] = flashinfer.mla.BatchMLAPagedAttentionWrapper(
                 self._ws(device), use_cuda_graph=True, qo_indptr=torch.zeros(bs + 1, **i32),
-                kv_indptr=torch.zeros(bs + 1, **i32), kv_indices=torch.zeros(max(max_pages, 1), **i32),
+                kv_indptr=torch.zeros(bs + 1, **i32), kv_indices=torch.zeros(max_pages, **i32),
                 kv_len_arr=torch.zeros(bs, **i32))
-        return self.graph_paged[bs]
+        return self.graph_paged[slot]
 
 
 PLANNER = _Planner()
@@ -106,6 +110,8 @@ def plan_step(meta: MLAStepMeta, graph_batch: Optional[int] = None) -> None:
     PLANNER.meta = meta
     PLANNER.capturing_batch = graph_batch
     PLANNER.planned = {}
+    if graph_batch is not None:  # a capture's warm-up or a replay: the keys its layers plan are recorded afresh
+        CAPTURED_KEYS[graph_batch] = set()
 
 
 def replan_for_graph(meta: MLAStepMeta, graph_batch: int, keys: list) -> None:
@@ -119,7 +125,7 @@ def _plan(key: tuple):
     dims (nope + rope, v)."""
     kind, n, dim_a, dim_b, ps, dtype, kv_dtype, scale = key
     meta = PLANNER.meta
-    w = PLANNER.wrapper(kind, meta.kv_indices.device)
+    w = PLANNER.wrapper(key, meta.kv_indices.device)
     if kind == "ragged":
         w.plan(meta.qo_indptr, meta.qo_indptr, n, n, dim_a, head_dim_vo=dim_b, causal=True, sm_scale=scale,
                q_data_type=dtype, kv_data_type=kv_dtype)
