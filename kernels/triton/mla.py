@@ -116,7 +116,8 @@ def _mla_decode_split_kernel(qn_ptr, qp_ptr, ckv_ptr, kpe_ptr, op_ptr, ml_ptr, i
         acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c, input_precision=PREC)
         m_i = m_new
     base = (b * N_HEADS + heads).to(tl.int64) * SPLITS + split
-    tl.store(op_ptr + base[:, None] * BLOCK_R + offs_r[None, :], acc, mask=h_ok[:, None])
+    if start < kv_len:  # an empty split (short sequence) writes only its (m, l): the merge skips its row
+        tl.store(op_ptr + base[:, None] * BLOCK_R + offs_r[None, :], acc, mask=h_ok[:, None])
     tl.store(ml_ptr + base * 2, m_i, mask=h_ok)
     tl.store(ml_ptr + base * 2 + 1, l_i, mask=h_ok)
 
@@ -128,14 +129,19 @@ def _mla_decode_reduce_kernel(op_ptr, ml_ptr, o_ptr, stride_ot, stride_oh, N_HEA
     h = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS)
     offs_r = tl.arange(0, BLOCK_R)
-    base = (b * N_HEADS + h).to(tl.int64) * SPLITS + offs_s
-    m = tl.load(ml_ptr + base * 2)
-    l = tl.load(ml_ptr + base * 2 + 1)
-    acc = tl.load(op_ptr + base[:, None] * BLOCK_R + offs_r[None, :])
-    w = tl.exp2(m - tl.max(m, 0))
-    denom = tl.sum(l * w, 0)
+    base0 = (b * N_HEADS + h).to(tl.int64) * SPLITS
+    m = tl.load(ml_ptr + (base0 + offs_s) * 2)
+    l = tl.load(ml_ptr + (base0 + offs_s) * 2 + 1)
+    m_all = tl.max(m, 0)
+    denom = tl.sum(l * tl.exp2(m - m_all), 0)
     denom = tl.where(denom == 0.0, 1.0, denom)  # a padded (empty) sequence: zeros, never NaN
-    out = tl.sum(acc * w[:, None], 0) / denom
+    acc = tl.zeros([BLOCK_R], tl.float32)
+    for sp in range(SPLITS):  # one latent row at a time (a [SPLITS, 512] tile would spill), empty splits skipped
+        l_s = tl.load(ml_ptr + (base0 + sp) * 2 + 1)
+        if l_s > 0.0:
+            w = tl.exp2(tl.load(ml_ptr + (base0 + sp) * 2) - m_all)
+            acc += tl.load(op_ptr + (base0 + sp) * BLOCK_R + offs_r) * w
+    out = acc / denom
     tl.store(o_ptr + b.to(tl.int64) * stride_ot + h * stride_oh + offs_r, out.to(o_ptr.dtype.element_ty),
              mask=offs_r < R)
 
