@@ -18,12 +18,12 @@ def _batch(seqs, n=16, seed=7):
                           device="cuda", seed=seed)
 
 
-def _layer(b, slots):
+def _layer(b, slots, kv_len_host):
     from kernels.flashinfer import mla_backend as fb
 
     return fb.flashinfer_mla_with_paged_cache(
         b.q_nope[None], b.q_pe[None], b.ckv[None], b.kpe[None, :, None], b.weight, b.seq_len, b.input_pos,
-        b.cu_seqlen, b.cache_loc, b.cu_num_pages, b.kv_len_host, slots, b.ckv_cache, b.kpe_cache, SCALE)[0]
+        b.cu_seqlen, b.cache_loc, b.cu_num_pages, kv_len_host, slots, b.ckv_cache, b.kpe_cache, SCALE)[0]
 
 
 def _run(seqs, n=16):
@@ -34,7 +34,7 @@ def _run(seqs, n=16):
     slots = fb.flashinfer_mla_prepare_metadata(
         torch.zeros(1, b.q_nope.shape[0], dtype=torch.long, device="cuda"), b.seq_len, b.input_pos, b.cu_seqlen,
         b.cache_loc, b.cu_num_pages, b.cu_seqlen.cpu(), b.cu_num_pages.cpu(), b.kv_len_host, 64)
-    out, out2 = _layer(b, slots), _layer(b, slots)  # two layers of one step share the plan
+    out, out2 = _layer(b, slots, b.kv_len_host), _layer(b, slots, b.kv_len_host)  # two layers share the plan
     assert len(fm.used_keys()) == 1 and torch.equal(out, out2)
     return rel_err(out, reference(b, SCALE)), fm.used_keys()[0][0]
 
@@ -71,7 +71,7 @@ def test_cuda_graph_decode_replans_before_replay():
         slots = fb.flashinfer_mla_prepare_metadata(pos_ids, b.seq_len, b.input_pos, b.cu_seqlen, b.cache_loc,
                                                    b.cu_num_pages, host["cu_seqlen_host"], host["cu_num_pages_host"],
                                                    host["seq_len_with_cache_host"], 64)
-        return _layer(b, slots)
+        return _layer(b, slots, host["seq_len_with_cache_host"])  # host tensors: nothing copied in the capture
 
     graph_hooks.set_capture_batch(4)
     try:

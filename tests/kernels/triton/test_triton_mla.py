@@ -108,12 +108,12 @@ def test_gpu_decode_replays_in_a_cuda_graph():
 
     b = _dsv3([(40, 1), (900, 1), (3, 1), (2000, 1)], 16, seed=8)
     pristine = (b.ckv_cache.clone(), b.kpe_cache.clone())
-    slots = _slots(b)
+    slots, kv_len_host = _slots(b), b.kv_len_host  # no device-to-host copy inside the capture
 
     def step():
         return tb.triton_mla_with_paged_cache(b.q_nope[None], b.q_pe[None], b.ckv[None], b.kpe[None, :, None],
                                               b.weight, b.seq_len, b.input_pos, b.cu_seqlen, b.cache_loc,
-                                              b.cu_num_pages, b.kv_len_host, slots, b.ckv_cache, b.kpe_cache, SCALE)
+                                              b.cu_num_pages, kv_len_host, slots, b.ckv_cache, b.kpe_cache, SCALE)
 
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
