@@ -108,6 +108,7 @@ class InsertCachedMlaAttention(BaseTransform):
             _replace(gm, node, backend.cached_op(), [*meta.values(), *prep_outs, *caches, *buffers,
                                                      *backend.constants(info)])
         ctx.use_cached_probe()
+        ctx.facts.mla_backend = backend.name
         first = infos[0]
         per_token = sum(i.kv_lora_rank + i.qk_rope_head_dim for i in infos) * cc.dtype.itemsize
         return TransformInfo(num_matches=len(nodes), is_clean=False, has_valid_shapes=False,
