@@ -19,6 +19,7 @@ e2e:    Moonlight-16B-A3B shapes (27 layers, 64 routed experts top-6 + 2 shared;
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -229,6 +230,9 @@ def bench_e2e(res: dict, bw: float, args) -> None:
             except Exception as e:  # noqa: BLE001 - e.g. an op that cannot be captured: report, try eager
                 entry.setdefault("failed", []).append(dict(compile_backend=compile_backend,
                                                            error=traceback.format_exception_only(e)[-1][:400]))
+                del e
+                gc.collect()  # the failed build's weights
+                torch.cuda.empty_cache()
                 continue
             entry.update(compile_backend=compile_backend, build_s=build_s, overrides=over)
             break
