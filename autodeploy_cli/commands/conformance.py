@@ -74,7 +74,7 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
         "intermediate_size": min(int(full.intermediate_size), SHRUNK_MLP),
         "vocab_size": SHRUNK_VOCAB,
     }
-    for key in ("num_local_experts", "num_experts"):
+    for key in ("num_local_experts", "num_experts", "n_routed_experts"):
         experts = values.get(key)
         if experts:
             kw[key] = min(int(experts), max(2 * int(values.get("num_experts_per_tok", 1)), 4))
@@ -102,7 +102,7 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
 def describe_shrink(kw: dict[str, Any]) -> str:
     parts = [f"{kw['num_attention_heads']}/{kw['num_key_value_heads']} heads x {kw['head_dim']}",
              f"hidden {kw['hidden_size']}"]
-    for key in ("num_local_experts", "num_experts"):
+    for key in ("num_local_experts", "num_experts", "n_routed_experts"):
         if key in kw:
             parts.append(f"{kw[key]} experts")
     if "layer_types" in kw and len(set(kw["layer_types"])) > 1:

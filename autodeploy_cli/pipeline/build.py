@@ -93,6 +93,9 @@ def build(
         runner.after_hooks.append(verifier)
     records = runner.run(ctx)
     final = _final_graph(ctx.model)
+    from autodeploy_cli.models.hf_arch import model_notes
+
+    notes = model_notes(factory.hf_config())
     report = build_report(
         model=cfg.model,
         records=records,
@@ -102,6 +105,7 @@ def build(
                                ctx.facts.moe_experts_implementation) if final is not None else [],
         verify_rows=verifier.rows if verifier else None,
         verify_failure=verifier.first_failure if verifier else None,
+        extra={"notes": notes} if notes else None,
     )
     return BuildResult(cfg, ctx, records, report, Path(dump_path) if dump_path else None,
                        verifier.first_failure if verifier else None)

@@ -17,7 +17,7 @@ from autodeploy_cli.graph.core import op_name
 
 KINDS = ("attention", "rope", "rmsnorm", "moe")
 CANONICAL = {
-    "attention": ("auto_deploy.torch_attention",),
+    "attention": ("auto_deploy.torch_attention", "auto_deploy.torch_mla"),
     "rope": ("auto_deploy.torch_rope_with_explicit_cos_sin", "auto_deploy.torch_rope_with_qk_interleaving",
              "auto_deploy.torch_rope_with_complex_freqs"),
     "rmsnorm": ("auto_deploy.torch_rmsnorm",),
@@ -62,7 +62,7 @@ def census(gm: fx.GraphModule) -> dict[str, dict]:
     from autodeploy_cli.graph.match import chain, layer_index, module_path
 
     live = _live(gm)
-    result = {k: {"found": 0, "per_layer": Counter(), "leftovers": []} for k in KINDS}
+    result = {k: {"found": 0, "per_layer": Counter(), "leftovers": [], "ops": Counter()} for k in KINDS}
     for node in gm.graph.nodes:
         if node.op != "call_function" or node not in live:
             continue
@@ -71,6 +71,7 @@ def census(gm: fx.GraphModule) -> dict[str, dict]:
             if name in CANONICAL[kind]:
                 result[kind]["found"] += 1
                 result[kind]["per_layer"][layer_index(node)] += 1
+                result[kind]["ops"][name] += 1
             elif _is_source(kind, node):
                 result[kind]["leftovers"].append(
                     {"where": module_path(node), "node": node.name, "layer": layer_index(node), "chain": chain(node)})
@@ -115,6 +116,8 @@ def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
     if getattr(cfg, "rms_norm_eps", None) is not None:
         per = 2 + 2 * (model_type in QK_NORM_TYPES or bool(getattr(cfg, "use_qk_norm", False)))
         per += 2 * (model_type in SANDWICH_NORM_TYPES)
+        if getattr(cfg, "kv_lora_rank", None):  # MLA: the latent's norm, and the query latent's when q is low-rank
+            per += 1 + (getattr(cfg, "q_lora_rank", None) is not None)
         out["rmsnorm"] = {**{i: per for i in range(n_layers)}, None: 1}
     n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or 0
     if n_experts:
@@ -163,6 +166,9 @@ def coverage_rows(gm: fx.GraphModule | None, hf_config: Any, canonical: Optional
         row = {"kind": kind, "found": got["found"], "expected": exp_total,
                "hint": _hint(kind, expected[kind], got["per_layer"], got["leftovers"], misses.get(kind, [])),
                "detail": ""}
+        if kind == "attention" and got.get("ops", {}).get("auto_deploy.torch_mla"):
+            row["detail"] = (f"multi-head latent attention: torch_mla x{got['ops']['auto_deploy.torch_mla']} "
+                             "(compressed KV cache)")
         if kind == "moe":
             used = moe_impl
             asked = getattr(_text_config(hf_config), "_experts_implementation", None)

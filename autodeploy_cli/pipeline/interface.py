@@ -87,6 +87,7 @@ class BuildFacts:
     export_patches: list[str] = field(default_factory=list)  # export_to_gm: the patches that were on
     moe_experts_implementation: Optional[str] = None  # match_moe_pattern: HF experts implementation matched
     attention_backend: Optional[str] = None  # insert_cached_attention: the resolved backend name
+    mla_backend: Optional[str] = None  # insert_cached_mla_attention: the resolved backend name
     compile_backend: Optional[str] = None  # compile_model: the resolved backend name
     cpu_threads: Optional[int] = None  # llm.build_engine on CPU: intra-op threads the runtime uses
 

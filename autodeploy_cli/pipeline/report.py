@@ -92,6 +92,8 @@ def print_report(report: dict, console: Any) -> None:
         console.print(f"[{style}]{row['kind']} {row['found']}/{row['expected']}[/{style}]"
                       + (f"  {escape(row['detail'])}" if row.get("detail") else "")
                       + (f"  {escape(row['hint'])}" if row.get("hint") else ""))
+    for note in report.get("notes", []):
+        console.print(f"note: {escape(note)}")
     if report["canonical_ops"]:
         console.print("canonical ops: " + ", ".join(f"{k.split('.', 1)[1]} x{v}" for k, v in report["canonical_ops"].items()))
     if verify:

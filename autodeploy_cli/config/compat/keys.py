@@ -29,6 +29,12 @@ BACKEND_ALIASES: dict[str, str] = {
     "FlashInfer": "flashinfer",
     "MultiHeadLatentAttention": "flashinfer_mla",
 }
+# AutoDeploy's MLA backend names (insert_cached_mla_attention.backend, mla_backend) -> ad's MLA backends
+MLA_BACKEND_ALIASES: dict[str, str] = {
+    "flashinfer_mla": "flashinfer",
+    "torch_mla": "torch",
+    "MultiHeadLatentAttention": "flashinfer",
+}
 
 # --- ignored keys: key -> (harmless values, what ad does instead) -----------------------------------------------
 _PARALLEL = "ad parallelizes only through `world_size` (tensor parallel on one host)"

@@ -89,7 +89,11 @@ def check_backend(report: CompatReport, container: dict, key: str, label: str, t
     value = container.get(key)
     if not isinstance(value, str):
         return
-    if value in K.BACKEND_ALIASES:
+    if TRANSFORM_BACKENDS.get((tname, option)) == "mla" and value in K.MLA_BACKEND_ALIASES:
+        old, value = value, K.MLA_BACKEND_ALIASES[value]
+        container[key] = value
+        report.note(f"`{label}: {old}` (AutoDeploy's MLA backend name) -> `{value}`.")
+    elif value in K.BACKEND_ALIASES:
         old, value = value, K.BACKEND_ALIASES[value]
         container[key] = value
         report.note(f"`{label}: {old}` (AutoDeploy v1 name) -> `{value}`.")
