@@ -115,6 +115,11 @@ class Engine:
                     "lower max_tokens or give the cache more room (transforms.resize_kv_cache)")
         return None
 
+    def check_request(self, prompt_token_ids: Sequence[int], sampling: SamplingParams) -> Optional[str]:
+        """Why add_request would fail this request (None: it would run). Reads only fixed limits, so a front end may
+        call it from another thread than the one stepping the engine."""
+        return self._request_error([int(t) for t in prompt_token_ids], sampling)
+
     def add_request(self, prompt_token_ids: Sequence[int], sampling: Optional[SamplingParams] = None,
                     prompt: Optional[str] = None) -> int:
         """Queue a request; returns its id. Invalid requests finish with an error at the next step."""
