@@ -4,7 +4,8 @@ The HTTP side (one asyncio event loop) never touches the engine: it hands a `Gro
 request: n choices x prompts) to `submit`, and `abort`s it when the client goes away. The engine thread adds and
 aborts requests between steps and, after every step, sends that step's outputs to each group's asyncio queue in
 one `call_soon_threadsafe` (so tokens stream as each step produces them). Events on a group's queue:
-`("token", index, StepOutput)`, `("done", index, Completion)`, `("fail", None, message)`.
+`("token", index, StepOutput)`, `("done", index, Completion)`, `("fail", index, message)`, and `("aborted", index,
+None)` once the engine has really cancelled a request of an aborted group.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Sub:
     sampling: Any
     request_id: Optional[int] = None
     done: bool = False
+    last_token_at: Optional[float] = None  # when its last token reached the event loop (metrics)
 
 
 @dataclass(eq=False)
@@ -138,12 +140,15 @@ class EngineLoop:
                     sub.request_id = self.engine.add_request(sub.token_ids, sub.sampling)
                     self._live[sub.request_id] = (group, sub)
             else:
+                events = []
                 for sub in group.subs:
                     if sub.request_id is not None and not sub.done:
                         self.engine.abort(sub.request_id)
                         self.engine.completion(sub.request_id, pop=True)
                         self._live.pop(sub.request_id, None)
                         sub.done = True
+                        events.append((group, ("aborted", sub.index, None)))
+                self._send(events)  # for the metrics: nobody reads an aborted group's queue
 
     def _step(self) -> None:
         try:

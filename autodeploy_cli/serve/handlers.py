@@ -80,7 +80,6 @@ class Run:
 
     def abort(self) -> None:
         if not all(s.done for s in self.group.subs):
-            self.state.metrics.aborted(self.group)
             self.state.loop.abort(self.group)
 
     def prompt_tokens(self) -> int:

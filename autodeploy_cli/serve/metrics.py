@@ -44,35 +44,26 @@ class ServerMetrics:
         }
         for name, (doc, fn) in gauges.items():
             Gauge(name, doc, registry=r).set_function(fn)
-        self._last: dict[int, float] = {}  # id(sub) -> time of its last token
 
     def on_events(self, events: list[tuple[Any, tuple]]) -> None:
         """Called on the event loop with each step's events, before they reach the request handlers."""
         t = time.perf_counter()
-        for group, (kind, _, payload) in events:
+        for group, (kind, index, payload) in events:
             if kind == "token":
-                sub = next(s for s in group.subs if s.request_id == payload.request_id)
-                key = id(sub)
+                sub = group.subs[index]
                 self.generation_tokens.inc(len(payload.new_token_ids))
-                if key in self._last:
-                    self.itl.observe(t - self._last[key])
-                else:
+                if sub.last_token_at is None:
                     self.ttft.observe(t - group.arrival)
-                self._last[key] = t
+                else:
+                    self.itl.observe(t - sub.last_token_at)
+                sub.last_token_at = t
             elif kind == "done":
                 self.finished.labels(payload.finish_reason or "error").inc()
                 self.e2e.observe(t - group.arrival)
-                for s in group.subs:
-                    if s.request_id == payload.request_id:
-                        self._last.pop(id(s), None)
+            elif kind == "aborted":
+                self.finished.labels("abort").inc()
             elif kind == "fail":
                 self.finished.labels("error").inc()
-
-    def aborted(self, group: Any) -> None:
-        for s in group.subs:
-            if not s.done:
-                self.finished.labels("abort").inc()
-            self._last.pop(id(s), None)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
