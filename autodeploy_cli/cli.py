@@ -179,13 +179,15 @@ def bench(
     isl_stdev: Optional[float] = typer.Option(None, "--isl-stdev", help="Draw prompt lengths from normal(isl, stdev)."),
     osl_stdev: Optional[float] = typer.Option(None, "--osl-stdev", help="Draw output lengths from normal(osl, stdev)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the synthetic prompts and lengths (benchmark.seed)."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines.'),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines, or trtllm-bench prepare-dataset lines.'),
     baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Also run a baseline: hf | hf-compile (repeatable)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="throughput (up to --concurrency in flight) | latency (one at a time)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON."),
+    url: Optional[str] = typer.Option(None, "--url", help="Benchmark a running OpenAI-compatible server at this base "
+                                      "URL (streamed /v1/completions) instead of building the model here."),
 ) -> None:
     """Benchmark the built model on synthetic or dataset workloads (TTFT, ITL, throughput), optionally against HF."""
-    options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency,
+    options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency, "url": url,
                "isl_stdev": isl_stdev, "osl_stdev": osl_stdev, "seed": seed, "mode": mode,
                "dataset": str(dataset) if dataset else None, "baseline": list(baseline) if baseline else None,
                "output": str(output) if output else None}
