@@ -54,10 +54,11 @@ class EngineLoop:
     """Owns the engine thread. `build()` runs on that thread (the model is built and stepped on one thread: CUDA's
     current device and streams are per thread)."""
 
-    def __init__(self, build: Callable[[], Any], max_queue: int, warmup: Callable[[Any], None]):
+    def __init__(self, build: Callable[[], Any], max_queue: int, warmup: Callable[[Any], Any]):
         self._build, self._warmup = build, warmup
         self.max_queue = max_queue
         self.engine: Any = None
+        self.warm_result: Any = None  # what warmup(engine) returned (the server: the tokenizer)
         self.ready = threading.Event()
         self.failed: Optional[BaseException] = None
         self._inbox: deque[tuple[str, Group]] = deque()
@@ -86,7 +87,7 @@ class EngineLoop:
     def _main(self, on_fail: Callable[[BaseException], None]) -> None:
         try:
             self.engine = self._build()
-            self._warmup(self.engine)
+            self.warm_result = self._warmup(self.engine)
         except BaseException as e:  # noqa: BLE001 - the server reports it and exits
             self.failed = e
             on_fail(e)

@@ -29,6 +29,18 @@ def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
+class Chunks:
+    """SSE chunks of one response: the head (id, object, created, model) serialised once, so a token costs one
+    small json.dumps of its choice (the stream's hot path)."""
+
+    def __init__(self, head: dict[str, Any]):
+        self.head = head
+        self._prefix = b"data: " + json.dumps(head, separators=(",", ":")).encode()[:-1] + b',"choices":['
+
+    def choice(self, choice: dict[str, Any]) -> bytes:
+        return self._prefix + json.dumps(choice, separators=(",", ":")).encode() + b"]}\n\n"
+
+
 class ClientGone(Exception):
     pass
 
@@ -170,6 +182,7 @@ class Handlers:
         return JSONResponse({**head, "choices": choices, "usage": usage})
 
     async def _stream_completions(self, run: Run, req: CompletionRequest, head: dict) -> AsyncIterator[bytes]:
+        out = Chunks(head)
         detoks = {i: IncrementalText(self.state.tokenizer, sp.stop) for i, (_, sp) in enumerate(run.items)}
         offsets = dict.fromkeys(detoks, 0)
         started: set[int] = set()
@@ -187,8 +200,8 @@ class Handlers:
                         continue
                     generated += len(payload.token_ids)
                     rest = detoks[idx].finish(_final_text(self.state, payload, sp))
-                    yield sse({**head, "choices": [{"index": idx, "text": rest, "logprobs": None,
-                                                    "finish_reason": payload.finish_reason}]})
+                    yield out.choice({"index": idx, "text": rest, "logprobs": None,
+                                      "finish_reason": payload.finish_reason})
                     continue
                 # a stop string ends on this token: the done event sends the text cut before it
                 text = "" if payload.finished and sp.stop else detoks[idx].push(payload.new_token_ids)
@@ -203,8 +216,7 @@ class Handlers:
                     lp = legacy_logprobs(entries, self._text, offsets[idx])
                     offsets[idx] += sum(len(t) for t in lp["tokens"])
                 ids = {"token_ids": payload.new_token_ids} if req.return_token_ids else {}
-                yield sse({**head, "choices": [{"index": idx, "text": text, "logprobs": lp, "finish_reason": None,
-                                                **ids}]})
+                yield out.choice({"index": idx, "text": text, "logprobs": lp, "finish_reason": None, **ids})
             if req.stream_options is not None and req.stream_options.include_usage:
                 yield sse({**head, "choices": [], "usage": _usage(run.prompt_tokens(), generated)})
             yield DONE
@@ -243,9 +255,10 @@ class Handlers:
         detoks = {i: IncrementalText(self.state.tokenizer, sp.stop) for i, (_, sp) in enumerate(run.items)}
         generated = 0
 
+        out = Chunks(head)
+
         def chunk(idx: int, delta: dict, lp: Any = None, finish: Optional[str] = None, extra: Any = None) -> bytes:
-            return sse({**head, "choices": [{"index": idx, "delta": delta, "logprobs": lp, "finish_reason": finish,
-                                             **(extra or {})}]})
+            return out.choice({"index": idx, "delta": delta, "logprobs": lp, "finish_reason": finish, **(extra or {})})
 
         try:
             for idx in detoks:

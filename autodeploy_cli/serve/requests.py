@@ -23,6 +23,7 @@ class Limits:
     max_seq_len: int
     vocab_size: Optional[int]
     check: Any  # engine.check_request(token_ids, sampling) -> Optional[str]
+    has_tokenizer: bool = True
 
 
 def check_model(name: Optional[str], served: list[str]) -> None:
@@ -106,6 +107,9 @@ def plan(req: Any, prompts: list[Prompt], limits: Limits, default_max: Optional[
          prompt_logprobs: Optional[int]) -> list[tuple[Prompt, SamplingParams]]:
     """(prompt, sampling) per choice, prompt-major (choice index = prompt index * n + i), all checked."""
     _unsupported(req)
+    if req.stops() and not limits.has_tokenizer:
+        raise RequestError("Stop strings need the model's tokenizer, and this model has none; use "
+                           "`stop_token_ids`.", "stop")
     out = []
     for p in prompts:
         max_tokens = default_max if default_max is not None else limits.max_seq_len - len(p.token_ids)

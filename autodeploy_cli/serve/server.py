@@ -16,6 +16,7 @@ import copy
 import logging
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -36,18 +37,19 @@ class ServeOptions:
     access_log: bool = False
 
 
-def warm_up(engine: Any) -> None:
-    """One short request through prefill and decode (first-call costs out of the first user's latency), and the
-    tokenizer loaded."""
+def warm_up(engine: Any) -> Any:
+    """One short request through prefill and decode (first-call costs out of the first user's latency); returns
+    the tokenizer, loaded once here (None when the model has none: token-id prompts still work)."""
     from autodeploy_cli.runtime.request import SamplingParams
 
     vocab = engine.vocab_size or 8
     ids = [(7 * i + 3) % vocab for i in range(min(8, engine.max_seq_len - 2))] or [0]
     engine.generate([ids], SamplingParams(max_tokens=2, ignore_eos=True, detokenize=False))
     try:
-        engine.tokenizer  # noqa: B018 - load it now, on the engine thread, not on the first text request
+        return engine.tokenizer  # load it now, on the engine thread, not on the first text request
     except Exception as e:  # noqa: BLE001 - a model without a tokenizer still serves token ids
         log.warning("no tokenizer (%s): only token-id prompts will work", e)
+        return None
 
 
 def _rank() -> int:
@@ -77,12 +79,9 @@ def run_server(cfg: ADConfig, opts: ServeOptions) -> None:
 
     def on_ready() -> None:
         engine = loop.engine
-        try:
-            tok = engine.tokenizer
-        except Exception:  # noqa: BLE001 - warned in warm_up
-            tok = None
-        state.tokenizer = copy.deepcopy(tok)  # the front end's own: two threads never share one tokenizer
-        state.limits = rq.Limits(engine.max_seq_len, engine.vocab_size, engine.check_request)
+        state.tokenizer = copy.deepcopy(loop.warm_result)  # the front end's own: two threads never share one tokenizer
+        state.limits = rq.Limits(engine.max_seq_len, engine.vocab_size, engine.check_request,
+                                 loop.warm_result is not None)
         state.max_seq_len = engine.max_seq_len
         print(f"ad serve: {names[0]} ready on http://{opts.host}:{opts.port}", flush=True)
 
@@ -96,6 +95,9 @@ def run_server(cfg: ADConfig, opts: ServeOptions) -> None:
     server_box.append(server)
     print(f"ad serve: building {cfg.model}; listening on http://{opts.host}:{opts.port} (GET /health answers 200 "
           "once the model is ready)", flush=True)
+    # two busy threads (engine, event loop) share the GIL: hand it over within 1 ms, not 5, so a step never
+    # waits long behind the streaming of the previous step's tokens
+    sys.setswitchinterval(0.001)
     with _signals_end_gracefully():
         server.run()
     loop.stop()
