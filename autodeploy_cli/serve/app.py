@@ -98,6 +98,12 @@ def create_app(state: ServerState, lifespan: Any = None) -> FastAPI:
     app.post("/v1/completions")(model_route(handlers.completions))
     app.post("/v1/chat/completions")(model_route(handlers.chat))
 
+    _info_routes(app, state)
+    _tokenizer_routes(app, state)
+    return CountRequests(app, state.metrics)  # type: ignore[return-value]
+
+
+def _info_routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/health")
     async def health() -> Response:
         if state.ready:
@@ -125,6 +131,8 @@ def create_app(state: ServerState, lifespan: Any = None) -> FastAPI:
             v = "unknown"
         return JSONResponse({"version": v})
 
+
+def _tokenizer_routes(app: FastAPI, state: ServerState) -> None:
     @app.post("/tokenize")
     async def tokenize(request: Request) -> Response:
         if not state.ready:
@@ -165,5 +173,3 @@ def create_app(state: ServerState, lifespan: Any = None) -> FastAPI:
         info = {k: getattr(tok, k, None) for k in ("eos_token", "bos_token", "pad_token", "chat_template")}
         info.update(model_max_length=state.max_seq_len, tokenizer_class=type(tok).__name__)
         return JSONResponse({k: (v if isinstance(v, (str, int, type(None))) else str(v)) for k, v in info.items()})
-
-    return CountRequests(app, state.metrics)  # type: ignore[return-value]
