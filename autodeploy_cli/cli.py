@@ -232,15 +232,17 @@ def bench(
     isl_stdev: Optional[float] = typer.Option(None, "--isl-stdev", help="Draw prompt lengths from normal(isl, stdev)."),
     osl_stdev: Optional[float] = typer.Option(None, "--osl-stdev", help="Draw output lengths from normal(osl, stdev)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the synthetic prompts and lengths (benchmark.seed)."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines.'),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines, or trtllm-bench prepare-dataset lines.'),
     baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Also run a baseline: hf | hf-compile (repeatable)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="throughput (up to --concurrency in flight) | latency (one at a time)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON "
                                           "(an existing file is kept: the next free name FILE.1.json is used)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --output file."),
+    url: Optional[str] = typer.Option(None, "--url", help="Benchmark a running OpenAI-compatible server at this base "
+                                      "URL (streamed /v1/completions) instead of building the model here."),
 ) -> None:
     """Benchmark the built model on synthetic or dataset workloads (TTFT, ITL, throughput), optionally against HF."""
-    options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency,
+    options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency, "url": url,
                "isl_stdev": isl_stdev, "osl_stdev": osl_stdev, "seed": seed, "mode": mode,
                "dataset": str(dataset) if dataset else None, "baseline": list(baseline) if baseline else None,
                "output": str(output) if output else None}
@@ -249,6 +251,54 @@ def bench(
     from autodeploy_cli.bench.command import run_bench
 
     run_bench(cfg, overwrite=force)
+
+
+@app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
+@user_errors
+def serve(
+    ctx: typer.Context,
+    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Model to serve (same as --model)."),
+    config: Optional[List[Path]] = ConfigOpt,
+    yaml_extra: Optional[List[Path]] = YamlExtraOpt,
+    model: Optional[str] = ModelOpt,
+    print_config: bool = PrintConfigOpt,
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    max_queue: int = typer.Option(4096, "--max-queue", help="Requests waiting to be scheduled before new ones get "
+                                  "429 with Retry-After."),
+    grace_period: float = typer.Option(30.0, "--grace-period", help="Seconds in-flight requests get to finish "
+                                       "after SIGTERM / Ctrl-C."),
+    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Name(s) clients use, "
+                                                    "comma-separated (default: the model)."),
+    extra_llm_api_options: Optional[List[Path]] = typer.Option(None, "--extra_llm_api_options", help="Alias of "
+                                                               "--config (trtllm-serve's name)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="Accepted for trtllm-serve compatibility "
+                                          "(`_autodeploy`); ad always serves its own runtime."),
+    trust_remote_code: bool = typer.Option(False, "--trust_remote_code", "--trust-remote-code",
+                                           help="Sets trust_remote_code=true."),
+    tp_size: Optional[int] = typer.Option(None, "--tp_size", "--tp-size", help="Sets world_size (trtllm-serve's "
+                                          "name)."),
+    access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
+) -> None:
+    """Serve the built model over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""
+    if model_arg and "=" in model_arg and not Path(model_arg).exists():
+        ctx.args.insert(0, model_arg)  # `ad serve key=value`: an override, not a model
+        model_arg = None
+    if model_arg and model and model_arg != model:
+        raise ADError(f"Two models given: `{model_arg}` and --model `{model}`. Pass one of them.")
+    explicit: dict = {}
+    if trust_remote_code:
+        explicit["trust_remote_code"] = True
+    if tp_size is not None:
+        explicit["world_size"] = tp_size
+    files = list(config or []) + list(extra_llm_api_options or [])
+    cfg = resolve_config(ctx, files, yaml_extra, model_arg or model, print_config, explicit or None)
+    if backend not in (None, "_autodeploy", "autodeploy"):
+        typer.secho(f"ad serve: --backend {backend} ignored: ad serves its own runtime.", err=True)
+    from autodeploy_cli.serve.server import ServeOptions, parse_served_names, run_server
+
+    run_server(cfg, ServeOptions(host=host, port=port, max_queue=max_queue, grace_period_s=grace_period,
+                                 served_model_names=parse_served_names(served_model_name), access_log=access_log))
 
 
 from autodeploy_cli.commands.models import register as _register_models  # noqa: E402  (no torch import)

@@ -20,7 +20,7 @@ from autodeploy_cli.bench.metrics import RunTrace, now
 from autodeploy_cli.bench.plan import BenchPlan, make_plan
 from autodeploy_cli.bench.results import BenchResult, write_json
 from autodeploy_cli.bench.table import render
-from autodeploy_cli.bench.workload import Workload, dataset_workload, special_token_ids, synthetic_workload
+from autodeploy_cli.bench.workload import load_workload
 from autodeploy_cli.config.checks import output_path
 from autodeploy_cli.config.schema import ADConfig
 from autodeploy_cli.errors import ADError
@@ -36,14 +36,6 @@ def _check_output(plan: BenchPlan, overwrite: bool) -> None:
             get_logger().warning(f"`{plan.output}` exists and is kept; the results go to `{chosen}` (pass --force "
                                  "to overwrite).")
         plan.output = str(chosen)
-
-
-def load_workload(plan: BenchPlan, cfg: ADConfig, factory: Any) -> Workload:
-    if plan.dataset:
-        return dataset_workload(plan, cfg, factory.tokenizer())
-    hf_config = factory.hf_config()
-    vocab = getattr(getattr(hf_config, "text_config", None) or hf_config, "vocab_size")
-    return synthetic_workload(plan, vocab, special_token_ids(hf_config))
 
 
 def _conditions(cfg: ADConfig, factory: Any) -> dict[str, Any]:
@@ -173,7 +165,12 @@ def run_bench(cfg: ADConfig, console: Optional[Console] = None, overwrite: bool 
     """Run `ad bench` for the resolved config; returns the result document (also written to --output)."""
     plan = make_plan(cfg)
     _check_output(plan, overwrite)
-    session = _Session(cfg, plan, console or Console())
+    if plan.url:  # online: the same workload, metrics and JSON, against a server over HTTP
+        from autodeploy_cli.bench.online import OnlineSession
+
+        session: Any = OnlineSession(cfg, plan, console or Console())
+    else:
+        session = _Session(cfg, plan, console or Console())
     try:
         session.run()
     except KeyboardInterrupt:

@@ -60,6 +60,7 @@ class BenchmarkConfig:
     baseline: List[str] = field(default_factory=list)  # hf | hf-compile
     output: Optional[str] = None  # JSON result file
     warmup: bool = True  # run the workload's shapes once before timing (ours and every baseline)
+    url: Optional[str] = None  # an OpenAI-compatible server to benchmark over HTTP (streamed) instead of building
 
 
 @dataclass

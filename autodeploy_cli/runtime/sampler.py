@@ -51,3 +51,15 @@ def sample(logits: torch.Tensor, params: Sequence[Any], generators: Sequence[Opt
         probs = torch.softmax(filter_logits(row, sp.top_k, sp.top_p), dim=-1)
         tokens[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
     return tokens
+
+
+def validate_logprobs(sp: Any, vocab_size: Optional[int]) -> Optional[str]:
+    """Why min_tokens / logprobs / prompt_logprobs are invalid (None: fine)."""
+    if sp.min_tokens is None or sp.min_tokens < 0 or sp.min_tokens > sp.max_tokens:
+        return f"min_tokens must be in [0, max_tokens={sp.max_tokens}], got {sp.min_tokens}"
+    for name in ("logprobs", "prompt_logprobs"):
+        k = getattr(sp, name)
+        if k is not None and (k < 0 or (vocab_size is not None and k > vocab_size)):
+            return f"{name} must be null or in [0, {vocab_size or 'vocab size'}], got {k}"
+    return None
+
