@@ -5,15 +5,18 @@ Heavy imports (torch, transformers) happen inside commands so `ad --help` stays 
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
-from autodeploy_cli.errors import ADError, did_you_mean
+from autodeploy_cli.cli_common import (
+    EXTRA, OVERRIDES_HELP, ConfigOpt, ModelOpt, PrintConfigOpt, YamlExtraOpt, build_progress, console, resolve_config,
+    user_errors,
+)
+from autodeploy_cli.errors import ADError
 
 app = typer.Typer(
     name="ad",
@@ -22,114 +25,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-CONFIG_HELP = (
-    "YAML config file; repeatable, deep-merged in the order given (later files win). "
-    "Precedence: built-in default.yaml < model-registry layers < --config files < overrides."
-)
-OVERRIDES_HELP = (
-    "Overrides after the options, highest precedence: `key.sub=value` or `--key.sub-name=value` "
-    "(e.g. `max_seq_len=1024`, `--model-kwargs.num-hidden-layers=2`, `attn_backend=torch`)."
-)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
-YamlExtraOpt = typer.Option(None, "--yaml-extra", help="Alias of --config (AutoDeploy's name).")
-ModelOpt = typer.Option(None, "--model", "-m", help="HF hub id, local HF folder, or model-registry name.")
-PrintConfigOpt = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit.")
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Print ADError as one paragraph (exit 2); internal errors keep their traceback only at DEBUG."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ADError as e:
-            typer.secho(f"ad: error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("ad: interrupted", err=True)
-            raise typer.Exit(130) from None
-        except BrokenPipeError:  # `ad models | head`: the reader left; stop writing, quietly, like other CLI tools
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise typer.Exit(0) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as e:  # an internal bug: one paragraph unless the user asked for the traceback
-            if os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "").upper() == "DEBUG":
-                raise
-            first = (str(e).strip().splitlines() or [""])[0]
-            typer.secho(
-                f"ad: internal error: {type(e).__name__}: {first} This is a bug in ad, not in your input. Re-run "
-                "with AUTO_DEPLOY_LOG_LEVEL=DEBUG for the full traceback and include it in a bug report.",
-                fg=typer.colors.RED, err=True,
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def check_flags(ctx: typer.Context) -> None:
-    """A `--name` that is neither an option of this command nor a config key is a mistyped option: say so."""
-    from autodeploy_cli.config.loader import top_level_keys
-
-    options = sorted(o for p in ctx.command.params for o in getattr(p, "opts", []) if o.startswith("--"))
-    for item in ctx.args:
-        if not item.startswith("--") or "=" in item:
-            continue
-        key = item[2:].replace("-", "_")
-        if "." not in key and key not in top_level_keys():
-            raise ADError(
-                f"`ad {ctx.command.name}` has no option `{item}` and `{key}` is not a config key either."
-                f"{did_you_mean(item, options)} Options of `ad {ctx.command.name}`: {', '.join(options)} (see "
-                f"`ad {ctx.command.name} --help`); config keys go after the options as `key=value`."
-            )
-
-
-def resolve_config(ctx: typer.Context, config: Optional[List[Path]], yaml_extra: Optional[List[Path]],
-                   model: Optional[str], print_config: bool, explicit: Optional[dict] = None):
-    """`explicit`: a command's own options as nested config keys; they win over the overrides after the options."""
-    from autodeploy_cli.config.layers import deep_merge, parse_overrides
-    from autodeploy_cli.config.loader import resolve, to_yaml
-
-    check_flags(ctx)
-    overrides = deep_merge(parse_overrides(ctx.args), explicit) if explicit else list(ctx.args)
-    cfg = resolve(list(config or []) + list(yaml_extra or []), overrides, model=model)
-    if print_config:
-        from autodeploy_cli.config.checks import check_config
-
-        typer.echo(to_yaml(cfg), nl=False)
-        check_config(cfg)  # after printing: the user sees the config the error is about
-        check_transform_options(cfg)
-        raise typer.Exit(0)
-    return cfg
-
-
-def check_transform_options(cfg) -> None:
-    """Validate `transforms` against the transform registry when it can be imported (it needs torch; without torch
-    `--print-config` checks the rest)."""
-    try:
-        import torch  # noqa: F401
-    except ImportError:
-        return
-    from autodeploy_cli.pipeline.registry import validate_transform_entries
-
-    validate_transform_entries(cfg.transforms)
-
-
-def build_progress():
-    from autodeploy_cli.log import build_progress as progress
-
-    return progress()
-
-
-def console():
-    from rich.console import Console
-
-    return Console()
-
 
 @app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
 @user_errors
@@ -253,55 +148,10 @@ def bench(
     run_bench(cfg, overwrite=force)
 
 
-@app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
-@user_errors
-def serve(
-    ctx: typer.Context,
-    model_arg: Optional[str] = typer.Argument(None, metavar="[MODEL]", help="Model to serve (same as --model)."),
-    config: Optional[List[Path]] = ConfigOpt,
-    yaml_extra: Optional[List[Path]] = YamlExtraOpt,
-    model: Optional[str] = ModelOpt,
-    print_config: bool = PrintConfigOpt,
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(8000, "--port", help="Port to listen on."),
-    max_queue: int = typer.Option(4096, "--max-queue", help="Requests waiting to be scheduled before new ones get "
-                                  "429 with Retry-After."),
-    grace_period: float = typer.Option(30.0, "--grace-period", help="Seconds in-flight requests get to finish "
-                                       "after SIGTERM / Ctrl-C."),
-    served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help="Name(s) clients use, "
-                                                    "comma-separated (default: the model)."),
-    extra_llm_api_options: Optional[List[Path]] = typer.Option(None, "--extra_llm_api_options", help="Alias of "
-                                                               "--config (trtllm-serve's name)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="Accepted for trtllm-serve compatibility "
-                                          "(`_autodeploy`); ad always serves its own runtime."),
-    trust_remote_code: bool = typer.Option(False, "--trust_remote_code", "--trust-remote-code",
-                                           help="Sets trust_remote_code=true."),
-    tp_size: Optional[int] = typer.Option(None, "--tp_size", "--tp-size", help="Sets world_size (trtllm-serve's "
-                                          "name)."),
-    access_log: bool = typer.Option(False, "--access-log", help="Log every HTTP request."),
-) -> None:
-    """Serve the built model over an OpenAI-compatible HTTP API (completions, chat, streaming, metrics)."""
-    if model_arg and "=" in model_arg and not Path(model_arg).exists():
-        ctx.args.insert(0, model_arg)  # `ad serve key=value`: an override, not a model
-        model_arg = None
-    if model_arg and model and model_arg != model:
-        raise ADError(f"Two models given: `{model_arg}` and --model `{model}`. Pass one of them.")
-    explicit: dict = {}
-    if trust_remote_code:
-        explicit["trust_remote_code"] = True
-    if tp_size is not None:
-        explicit["world_size"] = tp_size
-    files = list(config or []) + list(extra_llm_api_options or [])
-    cfg = resolve_config(ctx, files, yaml_extra, model_arg or model, print_config, explicit or None)
-    if backend not in (None, "_autodeploy", "autodeploy"):
-        typer.secho(f"ad serve: --backend {backend} ignored: ad serves its own runtime.", err=True)
-    from autodeploy_cli.serve.server import ServeOptions, parse_served_names, run_server
-
-    run_server(cfg, ServeOptions(host=host, port=port, max_queue=max_queue, grace_period_s=grace_period,
-                                 served_model_names=parse_served_names(served_model_name), access_log=access_log))
-
-
 from autodeploy_cli.commands.models import register as _register_models  # noqa: E402  (no torch import)
+from autodeploy_cli.commands.serve_command import register as _register_serve  # noqa: E402  (no torch import)
+
+_register_serve(app)
 
 _register_models(app, user_errors)
 

@@ -105,7 +105,7 @@ def latency_16(url: str, model: str, reps: int) -> dict:
             "e2e_min_s": min(times), "e2e_max_s": max(times)}
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, type=Path, help="folder for every JSON and log of the run")
     p.add_argument("--model", default="meta-llama/Llama-3.1-8B")
@@ -117,7 +117,27 @@ def main() -> int:
     p.add_argument("--num-requests", type=int, default=256)
     p.add_argument("--latency-reps", type=int, default=20)
     p.add_argument("--health-timeout", type=float, default=1200)
-    a = p.parse_args()
+    return p.parse_args()
+
+
+def compare(out: Path, lat: dict) -> dict:
+    """The acceptance numbers: online / offline output tok/s, TTFT, ITL, the 16-token latency."""
+    offline = json.loads((out / "offline.json").read_text())["runs"]["ad"]
+    online = json.loads((out / "online.json").read_text())["runs"]["online"]
+    ratio = online["output_throughput_tok_s"] / offline["output_throughput_tok_s"]
+    return {
+        "offline_output_tok_s": offline["output_throughput_tok_s"], "online_output_tok_s":
+        online["output_throughput_tok_s"], "online_over_offline": ratio, "target_ratio": 0.9,
+        "ratio_ok": ratio >= 0.9, "offline_ttft_ms": offline["ttft_ms"], "online_ttft_ms": online["ttft_ms"],
+        "offline_itl_ms": offline["itl_ms"], "online_itl_ms": online["itl_ms"],
+        "latency_16_median_s": lat["e2e_median_s"], "target_latency_s": 0.1,
+        "latency_ok": lat["e2e_median_s"] <= 0.1,
+        "failed_requests": {"offline": offline["num_requests_failed"], "online": online["num_requests_failed"]},
+    }
+
+
+def main() -> int:
+    a = parse_args()
     out = a.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # random weights: nothing to fetch, and no hub retries
@@ -158,18 +178,8 @@ def main() -> int:
             server.kill()
             summary["server_exit"] = "killed after 120 s"
         serve_log.close()
-    offline = json.loads((out / "offline.json").read_text())["runs"]["ad"]
-    online = json.loads((out / "online.json").read_text())["runs"]["online"]
-    ratio = online["output_throughput_tok_s"] / offline["output_throughput_tok_s"]
-    summary.update({
-        "offline_output_tok_s": offline["output_throughput_tok_s"], "online_output_tok_s":
-        online["output_throughput_tok_s"], "online_over_offline": ratio, "target_ratio": 0.9,
-        "ratio_ok": ratio >= 0.9, "offline_ttft_ms": offline["ttft_ms"], "online_ttft_ms": online["ttft_ms"],
-        "offline_itl_ms": offline["itl_ms"], "online_itl_ms": online["itl_ms"],
-        "latency_16_median_s": lat["e2e_median_s"], "target_latency_s": 0.1,
-        "latency_ok": lat["e2e_median_s"] <= 0.1,
-        "failed_requests": {"offline": offline["num_requests_failed"], "online": online["num_requests_failed"]},
-    })
+    summary.update(compare(out, lat))
+    ratio = summary["online_over_offline"]
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     log(out, f"summary: online {summary['online_output_tok_s']:.0f} / offline {summary['offline_output_tok_s']:.0f} "
              f"output tok/s = {ratio:.3f} (target >= 0.9); 16-token e2e {lat['e2e_median_s'] * 1e3:.1f} ms "

@@ -23,7 +23,6 @@ from autodeploy_cli.bench.table import render
 from autodeploy_cli.bench.workload import load_workload
 from autodeploy_cli.config.checks import output_path
 from autodeploy_cli.config.schema import ADConfig
-from autodeploy_cli.errors import ADError
 from autodeploy_cli.log import build_progress, get_logger
 
 

@@ -122,3 +122,32 @@ class StopPolicy:
             return False
         r.text = text[:cut]
         return True
+
+
+@dataclass
+class EngineStats:
+    """Wall time of steps with prefill tokens (prefill) and of decode-only steps (decode)."""
+
+    steps: int = 0
+    prefill_steps: int = 0
+    prefill_tokens: int = 0
+    prefill_time_s: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    decode_time_s: float = 0.0
+    num_preemptions: int = 0
+    max_batch: int = 0
+
+
+def text_prompt_error(prompt: str) -> Optional[str]:
+    """Why a text prompt cannot be run (None: it can): empty (checked before any chat template adds tokens), or not
+    valid UTF-8 (a command line or file holding other bytes arrives with surrogate escapes)."""
+    if prompt == "":
+        return "empty prompt: give at least one token (an empty text is refused before any chat template adds some)"
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = prompt[e.start].encode("utf-8", "surrogateescape")
+        return (f"the prompt is not valid UTF-8 (byte 0x{bad.hex()} at character {e.start}); give UTF-8 text or "
+                "token ids")
+    return None
