@@ -41,7 +41,7 @@ def test_ad_build_verify_cli(family, tiny_dir):
             "--verify"]
     result = CliRunner().invoke(app, args, terminal_width=200)
     assert result.exit_code == 0, result.output
-    assert "verify: every transform matches the HF eager logits" in result.output
+    assert "verify: every transform matches HF (logits, and generation once cached)" in result.output
     for kind, n in expected(family).items():
         assert f"{kind} {n}/{n}" in result.output
     if family == "qwen2_moe":

@@ -99,7 +99,7 @@ def test_bad_requests_finish_with_an_error_and_others_run(setup):
     assert errors == {
         bad["empty"]: "empty prompt: give at least one token",
         bad["long"]: "prompt has 65 tokens, more than max_seq_len=64; shorten it or raise `max_seq_len`",
-        bad["temp"]: "invalid sampling parameters: temperature must be >= 0 (0 = greedy), got -1.0",
+        bad["temp"]: "invalid sampling parameters: temperature must be a finite number >= 0 (0 = greedy), got -1.0",
         bad["top_p0"]: "invalid sampling parameters: top_p must be in (0, 1], got 0.0",
         bad["top_p"]: "invalid sampling parameters: top_p must be in (0, 1], got 1.5",
         bad["vocab"]: "prompt token ids must be in [0, 320) (the model's vocabulary)",

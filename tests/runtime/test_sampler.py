@@ -10,7 +10,9 @@ from autodeploy_cli.runtime.sampler import filter_logits, sample, validate
 
 def test_validate():
     assert validate(SamplingParams()) is None
-    assert validate(SamplingParams(temperature=-0.5)) == "temperature must be >= 0 (0 = greedy), got -0.5"
+    assert validate(SamplingParams(temperature=-0.5)) == "temperature must be a finite number >= 0 (0 = greedy), got -0.5"
+    assert validate(SamplingParams(temperature=float("nan"))).startswith("temperature must be a finite number")
+    assert validate(SamplingParams(top_p=float("nan"))) == "top_p must be in (0, 1], got nan"
     assert validate(SamplingParams(top_p=0.0)) == "top_p must be in (0, 1], got 0.0"
     assert validate(SamplingParams(top_p=1.5)) == "top_p must be in (0, 1], got 1.5"
     assert validate(SamplingParams(top_k=-1)) == "top_k must be >= 0 (0 or null = off), got -1"
