@@ -46,6 +46,9 @@ class AttentionNodeInfo:
     sinks: Any  # an fx.Node holding [n_heads] sink logits, or None
     sliding_window: Optional[int]
     logit_cap: Optional[float]
+    # FP8 KV cache: a cached value is the FP8 value times its layer's scale (checkpoint k/v scales, 1.0 otherwise)
+    k_scale: float = 1.0
+    v_scale: float = 1.0
 
 
 @dataclass(frozen=True)

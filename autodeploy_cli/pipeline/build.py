@@ -38,6 +38,18 @@ def _final_graph(model: Any) -> fx.GraphModule | None:
     return inner if isinstance(inner, fx.GraphModule) else None
 
 
+def _quality_extra(ctx: PassContext, verifier: Any) -> dict | None:
+    """The build report's `quantization` (scheme, layers) and `quality` (the gate vs the unquantized model)."""
+    out: dict[str, Any] = {}
+    if ctx.facts.quantization:
+        out["quantization"] = {"scheme": ctx.facts.quantization, "linears": ctx.facts.quantized_linears,
+                               "lossy_transforms": list(ctx.facts.lossy)}
+    gate = getattr(verifier, "gate", None)
+    if gate is not None and gate.final is not None:
+        out["quality"] = gate.final
+    return out or None
+
+
 def build(
     cfg: ADConfig,
     dump_dir: str | Path | None = None,
@@ -83,6 +95,7 @@ def build(
                                ctx.facts.moe_experts_implementation) if final is not None else [],
         verify_rows=verifier.rows if verifier else None,
         verify_failure=verifier.first_failure if verifier else None,
+        extra=_quality_extra(ctx, verifier),
     )
     return BuildResult(cfg, ctx, records, report, Path(dump_path) if dump_path else None,
                        verifier.first_failure if verifier else None)

@@ -14,9 +14,10 @@ from torch import fx, nn
 from autodeploy_cli.log import get_logger
 from autodeploy_cli.graph.core import is_graph_module
 from autodeploy_cli.pipeline.interface import PassContext
+from autodeploy_cli.pipeline.quality_gate import QualityGate
 from autodeploy_cli.pipeline.runner import TransformRecord
 from autodeploy_cli.graph.core import retarget_device_kwargs
-from autodeploy_cli.models.weights import assign_weights, source_tensors
+from autodeploy_cli.models.weights import assign_weights
 
 # Relative error bound (max |out - ref| / max |ref|) by dtype
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 3e-2}
@@ -36,6 +37,7 @@ class Verifier:
     tolerance: float
     rows: list[dict] = field(default_factory=list)
     first_failure: Optional[str] = None
+    gate: Optional[QualityGate] = None  # quantized builds: logits vs the unquantized model (quality_gate.py)
 
     @classmethod
     def create(cls, ctx: PassContext, batch: int = 2, seq: int = 7) -> "Verifier":
@@ -48,7 +50,7 @@ class Verifier:
             ref = reference(input_ids=input_ids, position_ids=position_ids, use_cache=False).logits.float()
         dtype = next(reference.parameters()).dtype
         ctx.reference_model = reference  # load_weights reuses it: same weights, no second init
-        return cls(reference, input_ids, position_ids, ref, TOLERANCE.get(dtype, 3e-2))
+        return cls(reference, input_ids, position_ids, ref, TOLERANCE.get(dtype, 3e-2), gate=QualityGate(ref))
 
     def _run(self, ctx: PassContext) -> torch.Tensor:
         if ctx.probe is not None:
@@ -60,7 +62,7 @@ class Verifier:
                 warnings.simplefilter("ignore", FutureWarning)
                 gm = copy.deepcopy(gm)  # before load_weights: run a copy holding the reference weights
             retarget_device_kwargs(gm, ctx.device)
-            assign_weights(gm, source_tensors(self.reference), ctx.weight_hooks)
+            assign_weights(gm, ctx.factory.weight_tensors(ctx.device, self.reference), ctx.weight_hooks)
         with torch.no_grad():
             return gm(self.input_ids, self.position_ids)
 
@@ -78,6 +80,10 @@ class Verifier:
             rel = err / max(self.ref_logits.abs().max().item(), 1e-12)
         ok = rel <= self.tolerance
         record.verify = {"max_abs_err": err, "max_rel_err": rel, "ok": ok}
+        quality = self.gate.observe(record.name, ctx, out) if self.gate is not None else None
+        if quality is not None:  # lossy on purpose: judged by the gate; later transforms are compared with it
+            ok, self.ref_logits = quality["ok"], out
+            record.verify.update(ok=ok, quality=quality)
         self.rows.append({"transform": record.name, "stage": record.stage, **record.verify})
         get_logger().info(f"[VERIFY] {record.name}: max abs err {err:.3e}, rel {rel:.3e} {'ok' if ok else 'FAILED'}")
         if not ok and self.first_failure is None:
