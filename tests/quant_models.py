@@ -76,3 +76,34 @@ def edit_json(path: Path, fn: Callable[[dict], None]) -> None:
     data = json.loads(path.read_text())
     fn(data)
     path.write_text(json.dumps(data, indent=2))
+
+
+def fp8_reference(model, scheme, tensors=None):
+    """A copy of HF `model` whose linear layers the scheme covers run the canonical FP8 op on the same FP8 tensors
+    the graph gets (`tensors`: a checkpoint's, else the model's own weights quantized) — the oracle for graphs."""
+    import copy
+
+    from torch import nn
+
+    from autodeploy_cli.models.quant_weights import fp8_linear_tensors
+
+    ref = copy.deepcopy(model)
+    head = ref.get_output_embeddings()
+
+    class Fp8Linear(nn.Module):
+        def __init__(self, lin, prefix):
+            super().__init__()
+            src = tensors if tensors is not None else {f"{prefix}.weight": lin.weight.detach()}
+            self.q, self.s, self.i = fp8_linear_tensors(src, prefix, scheme)
+            self.bias = lin.bias
+
+        def forward(self, x):
+            if scheme.weights == "block":
+                return torch.ops.auto_deploy.torch_quant_fp8_block_linear(x, self.q, self.bias, self.s, *scheme.block)
+            return torch.ops.auto_deploy.torch_quant_fp8_linear(x, self.q, self.bias, self.i, self.s)
+
+    for name, mod in list(ref.named_modules()):
+        if isinstance(mod, nn.Linear) and mod is not head and not scheme.excludes(name):
+            owner, _, leaf = name.rpartition(".")
+            setattr(ref.get_submodule(owner), leaf, Fp8Linear(mod, name))
+    return ref.eval()

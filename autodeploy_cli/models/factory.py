@@ -177,7 +177,10 @@ class ModelFactory:
 
         if self._ckpt is None:  # the safetensors headers are read once
             folder = Path(self.source) if self.is_local else self._download()
-            self._ckpt = CheckpointTensors(folder, aliases=tied_aliases(self.build_meta_model()))
+            with torch.device("meta"):  # tied names only: any dtype (the model dtype may come from these headers)
+                meta = self._auto_class().from_config(self.hf_config(), dtype=torch.float32,
+                                                      trust_remote_code=self.config.trust_remote_code)
+            self._ckpt = CheckpointTensors(folder, aliases=tied_aliases(meta))
         return self._ckpt
 
     def _download(self) -> Path:
