@@ -85,14 +85,14 @@ def _error(file: str, what: str, fix: str) -> ADError:
 
 
 # --- ModelOpt ------------------------------------------------------------------------------------------------------
-def _modelopt(q: dict, file: str) -> QuantScheme:
+def _modelopt(q: dict, file: str, key: str = "quantization") -> QuantScheme:
     algo = str(q.get("quant_algo") or "").upper()
     kv = q.get("kv_cache_quant_algo")
     if kv is None and isinstance(q.get("kv_cache_scheme"), dict):  # config.json form of newer ModelOpt
         kv = "FP8" if q["kv_cache_scheme"].get("type") == "float" and q["kv_cache_scheme"].get("num_bits") == 8 else (
             str(q["kv_cache_scheme"]))
     if kv is not None and str(kv).upper() != "FP8":
-        raise _error(file, f"kv_cache_quant_algo `{kv}` is not supported (only FP8)",
+        raise _error(file, f"{key}.kv_cache_quant_algo `{kv}` is not supported (only FP8)",
                      "Use an FP8 KV-cache checkpoint, or remove the key to keep the KV cache in the model dtype.")
     excl = q.get("exclude_modules", q.get("ignore"))
     common = dict(source="modelopt", file=file, exclude=tuple(excl) if excl is not None else DEFAULT_EXCLUDE,
@@ -101,7 +101,7 @@ def _modelopt(q: dict, file: str) -> QuantScheme:
         return QuantScheme(weights="tensor", activations="static", **common)
     if algo == "FP8_PER_CHANNEL_PER_TOKEN":
         return QuantScheme(weights="channel", activations="dynamic", **common)
-    raise _error(file, f"quant_algo `{q.get('quant_algo')}` is not supported", f"ad runs {SUPPORTED}; use such a "
+    raise _error(file, f"{key}.quant_algo `{q.get('quant_algo')}` is not supported", f"ad runs {SUPPORTED}; use such a "
                  "checkpoint, or the unquantized one with `quant_config.quant_algo=FP8` (FP8 at load).")
 
 
@@ -172,7 +172,7 @@ def scheme_from_hf(qc: Any, file: str) -> QuantScheme:
     q = qc.to_dict() if hasattr(qc, "to_dict") else dict(qc)
     method = str(q.get("quant_method", "")).lower()
     if method == "modelopt":
-        return _modelopt(q.get("quantization", q), file)
+        return _modelopt(q.get("quantization", q), file, "quantization_config")
     if method not in _HF_METHODS:
         raise _error(file, f"quantization_config.quant_method `{q.get('quant_method')}` is not supported",
                      f"ad runs {SUPPORTED}. Use such a checkpoint, or an unquantized one (optionally with "
