@@ -1,8 +1,8 @@
 """fuse_fp8_linear: after load, the canonical FP8 linears become the backend's kernels (the torch backend keeps the
 reference ops).
 
-Triton backend: one-token steps run the FP8 weight-streaming GEMV, more tokens the Triton activation quantizer +
-torch._scaled_mm (block-scaled weights: a Triton FP8 GEMM). The RMSNorm (with its residual add) or the SiLU-and-mul
+Triton backend: one-token steps run the FP8 weight-streaming GEMV (its activation in bf16 unless `gemv_act_quant`),
+more tokens the Triton activation quantizer + torch._scaled_mm (block-scaled weights: a Triton FP8 GEMM). The RMSNorm (with its residual add) or the SiLU-and-mul
 in front of a linear is taken into the op, so its input is normalised and quantized in one pass (the LM head keeps
 its norm apart, like optimize_linear). Weights whose K or N is not a multiple of 16 are zero-padded here
 (scaled_mm's rule; per-channel scales padded with ones); the op cuts the output back to N.
@@ -14,9 +14,9 @@ Before (after fuse_gemms, fuse_add_rmsnorm, fuse_silu_mul):
     %a = auto_deploy.triton_silu_and_mul(%gu)   %d = auto_deploy.torch_quant_fp8_linear(%a, %w2, None, ...)
 After:
     %g = auto_deploy.triton_quant_fp8_add_rmsnorm_linear(%x, %res, %ln_w, 1e-05, 0.0, %w, None, %in_scale,
-                                                         %w_scale, 6144, False)
+                                                         %w_scale, 6144, False, False)
     %qkv = getitem(%g, 0)   %h = getitem(%g, 1)
-    %d = auto_deploy.triton_quant_fp8_silu_mul_linear(%gu, %w2, None, %in_scale2, %w_scale2, 4096, False)
+    %d = auto_deploy.triton_quant_fp8_silu_mul_linear(%gu, %w2, None, %in_scale2, %w_scale2, 4096, False, False)
 """
 
 from __future__ import annotations
@@ -46,6 +46,9 @@ class FuseFp8LinearOptions(TransformOptions):
     fuse_norm: bool = True  # RMSNorm (and residual add) into the FP8 linear that reads it
     fuse_silu_mul: bool = True  # SiLU-and-mul into the FP8 down projection
     fast_accum: bool = False  # scaled_mm's fast (reduced-precision) FP8 accumulation; benchmarks/fp8_bench.py
+    # the one-token GEMV quantizes its activation exactly like the reference op (and scaled_mm) do; off: it reads the
+    # activation in its own dtype, one pass (faster, and closer to the unquantized layer)
+    gemv_act_quant: bool = False
     choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["quant"]}
 
 
@@ -97,7 +100,7 @@ class FuseFp8Linear(BaseTransform):
         x, w, bias, in_scale, w_scale = lin.args
         n_out = int(get_attr_value(gm, w.target).shape[0])
         _pad_weight(gm, w, w_scale)
-        rest, extra = (w, bias, in_scale, w_scale), (n_out, opts.fast_accum)
+        rest, extra = (w, bias, in_scale, w_scale), (n_out, opts.fast_accum, opts.gemv_act_quant)
         if opts.fuse_silu_mul and isinstance(x, fx.Node) and _name(x) in _SILU_MULS and _only_user(x) is lin:
             _replace(graph, lin, quant_op(backend, "fp8_silu_mul_linear"), (x.args[0], *rest, *extra))
             graph.erase_node(x)

@@ -44,8 +44,8 @@ def _copy(gm):
 
 def test_fuses_prologues_and_picks_the_triton_ops(tiny_dir):
     gm, ctx = _fp8_graph(tiny_dir("llama"))
-    ref = _copy(gm)
-    info = _apply(gm, ctx, backend="triton")
+    ref, fast = _copy(gm), _copy(gm)
+    info = _apply(gm, ctx, backend="triton", gemv_act_quant=True)
     op = lambda name: count_ops(gm, getattr(AD, f"triton_quant_fp8_{name}").default)  # noqa: E731
     # per layer: qkv takes the norm (layer 0 plain, layer 1 with the residual add), gate|up the add+norm,
     # down the SiLU-and-mul, o_proj alone
@@ -55,12 +55,17 @@ def test_fuses_prologues_and_picks_the_triton_ops(tiny_dir):
     assert_same_function(ref, gm)  # many tokens: the activation quantizer + scaled_mm
     torch.testing.assert_close(logits(gm, 1, 1), logits(ref, 1, 1), rtol=1e-5, atol=1e-5)  # one token: the GEMV
     assert _apply(gm, ctx, backend="triton").num_matches == 0  # applied twice: nothing new
+    # the default GEMV keeps one-token activations unquantized: prefill exact, one token close
+    _apply(fast, ctx, backend="triton")
+    assert_same_function(ref, fast)
+    one, want = logits(fast, 1, 1), logits(ref, 1, 1)
+    assert ((one - want).norm() / want.norm()).item() < 0.05
 
 
 def test_pads_k_and_n_to_16(tiny_dir):
     gm, ctx = _fp8_graph(tiny_dir("llama", intermediate_size=40), gemms=False)  # down_proj K = 40, gate/up N = 40
     ref = _copy(gm)
-    _apply(gm, ctx, backend="triton", fuse_norm=False, fuse_silu_mul=False)
+    _apply(gm, ctx, backend="triton", fuse_norm=False, fuse_silu_mul=False, gemv_act_quant=True)
     assert gm.get_parameter("model.layers.0.mlp.down_proj.weight").shape == (64, 48)
     assert gm.get_parameter("model.layers.0.mlp.up_proj.weight").shape == (48, 64)
     assert gm.get_buffer("model.layers.0.mlp.up_proj.weight_scale").shape == (48,)

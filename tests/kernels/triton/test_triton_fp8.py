@@ -39,14 +39,30 @@ def _reference(mode, x, r, nw, gu, q, s, isc):
     return AD.torch_quant_fp8_linear(x, q, None, isc, s), None
 
 
-def _ours(mode, x, r, nw, gu, q, s, isc, n):
+def _w8a16(mode, x, r, nw, gu, q, s, isc):
+    """What the default one-token GEMV computes: the unfused activation (not quantized) @ the dequantized weight."""
+    from autodeploy_cli.ops.quant import dequantize_weight
+
+    w = dequantize_weight(q, s).to(x.dtype)
     if mode == "silu_mul":
-        return AD.triton_quant_fp8_silu_mul_linear(gu, q, None, isc, s, n), None
+        return torch.nn.functional.linear(activation.silu_and_mul(gu), w), None
     if mode == "norm":
-        return AD.triton_quant_fp8_rmsnorm_linear(x, nw, 1e-5, 0.0, q, None, isc, s, n), None
+        return torch.nn.functional.linear(norm.rmsnorm(x, nw, 1e-5), w), None
     if mode == "add_norm":
-        return AD.triton_quant_fp8_add_rmsnorm_linear(x, r, nw, 1e-5, 0.0, q, None, isc, s, n)
-    return AD.triton_quant_fp8_linear(x, q, None, isc, s, n), None
+        normed, total = norm.add_rmsnorm(x, r, nw, 1e-5)
+        return torch.nn.functional.linear(normed, w), total
+    return torch.nn.functional.linear(x, w), None
+
+
+def _ours(mode, x, r, nw, gu, q, s, isc, n, exact=True):
+    tail = (n, False, exact)  # out_features, fast_accum, gemv_act_quant
+    if mode == "silu_mul":
+        return AD.triton_quant_fp8_silu_mul_linear(gu, q, None, isc, s, *tail), None
+    if mode == "norm":
+        return AD.triton_quant_fp8_rmsnorm_linear(x, nw, 1e-5, 0.0, q, None, isc, s, *tail), None
+    if mode == "add_norm":
+        return AD.triton_quant_fp8_add_rmsnorm_linear(x, r, nw, 1e-5, 0.0, q, None, isc, s, *tail)
+    return AD.triton_quant_fp8_linear(x, q, None, isc, s, *tail), None
 
 
 @pytest.mark.parametrize("mode", ["plain", "silu_mul", "norm", "add_norm"])
@@ -57,6 +73,16 @@ def test_fp8_linear_ops_match_the_reference(device, mode, gran, static, rows):
     (out, total), (ref, ref_total) = _ours(mode, x, r, nw, gu, q, s, isc, 48), _reference(mode, x, r, nw, gu, q, s,
                                                                                           isc)
     assert out.shape == ref.shape == (1, rows, 48)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+    if mode == "add_norm":
+        assert torch.equal(total, ref_total)
+
+
+@pytest.mark.parametrize("mode", ["plain", "silu_mul", "norm", "add_norm"])
+def test_default_gemv_reads_the_activation_unquantized(device, mode):
+    q, s, x, r, nw, gu, isc = _case(device, 48, 64, "channel", False, 1)
+    (out, total), (ref, ref_total) = _ours(mode, x, r, nw, gu, q, s, isc, 48, exact=False), _w8a16(mode, x, r, nw,
+                                                                                                    gu, q, s, isc)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
     if mode == "add_norm":
         assert torch.equal(total, ref_total)
@@ -77,7 +103,7 @@ def test_gemv_skips_padded_rows_and_columns(device):
     qp[:40, :40] = q.view(torch.uint8)
     sp = torch.ones(48, device=device)
     sp[:40] = s
-    out = AD.triton_quant_fp8_linear(x, qp.view(FP8), None, None, sp, 40)
+    out = AD.triton_quant_fp8_linear(x, qp.view(FP8), None, None, sp, 40, False, True)
     torch.testing.assert_close(out, AD.torch_quant_fp8_linear(x, q, None, None, s), rtol=1e-5, atol=1e-4)
 
 
@@ -100,12 +126,13 @@ def _rel(a, b):
 @GPU
 @pytest.mark.parametrize("mode,n,k", [("add_norm", 6144, 4096), ("plain", 4096, 4096), ("add_norm", 28672, 4096),
                                       ("silu_mul", 4096, 14336)])
-@pytest.mark.parametrize("rows", [1, 256, 2048])
+@pytest.mark.parametrize("rows,exact", [(1, True), (1, False), (256, True), (2048, True)])
 @pytest.mark.parametrize("gran,static", [("tensor", True), ("channel", False)])
-def test_gpu_8b_shapes(mode, n, k, rows, gran, static):
+def test_gpu_8b_shapes(mode, n, k, rows, exact, gran, static):
     q, s, x, r, nw, gu, isc = _case("cuda", n, k, gran, static, rows, dtype=torch.bfloat16)
-    (out, total), (ref, ref_total) = _ours(mode, x, r, nw, gu, q, s, isc, n), _reference(mode, x, r, nw, gu, q, s,
-                                                                                          isc)
+    oracle = _reference if exact else _w8a16  # the default one-token GEMV keeps the activation in bf16
+    (out, total), (ref, ref_total) = _ours(mode, x, r, nw, gu, q, s, isc, n, exact), oracle(mode, x, r, nw, gu, q,
+                                                                                             s, isc)
     # FP8 rounding of the same inputs: only fp32 summation order and bf16 output rounding differ
     assert _rel(out, ref) < 1e-2
     if mode == "add_norm":
@@ -117,7 +144,7 @@ def test_gpu_8b_shapes(mode, n, k, rows, gran, static):
 @pytest.mark.parametrize("fast", [False, True])
 def test_gpu_scaled_mm_fast_accumulation(fast):
     q, s, x, *_ = _case("cuda", 4096, 4096, "channel", False, 512, dtype=torch.bfloat16)
-    out = AD.triton_quant_fp8_linear(x, q, None, None, s, 4096, fast)
+    out = AD.triton_quant_fp8_linear(x, q, None, None, s, 4096, fast, True)
     assert _rel(out, AD.torch_quant_fp8_linear(x, q, None, None, s)) < (2e-2 if fast else 1e-2)
 
 
@@ -138,7 +165,8 @@ def test_gpu_block_fp8_qwen3_shapes(rows):
 def test_gpu_ops_replay_in_a_cuda_graph():
     q, s, x, r, nw, gu, isc = _case("cuda", 6144, 4096, "tensor", True, 1, dtype=torch.bfloat16)
     qb, sb = (t.cuda() for t in quantize_weight(torch.randn(1024, 4096) / 64, "block", (128, 128)))
-    step = lambda: (AD.triton_quant_fp8_add_rmsnorm_linear(x, r, nw, 1e-5, 0.0, q, None, isc, s, 6144)[0],  # noqa
+    step = lambda: (AD.triton_quant_fp8_add_rmsnorm_linear(x, r, nw, 1e-5, 0.0, q, None, isc, s, 6144, False,  # noqa
+                                                           True)[0],
                     AD.triton_quant_fp8_linear(x, q, None, None, s, 6144),
                     AD.triton_quant_fp8_block_linear(x, qb, None, sb, 128, 128))
     for _ in range(2):
