@@ -108,6 +108,57 @@ def _pop(gm: fx.GraphModule, target: str) -> torch.Tensor:
     return t
 
 
+def _fuse_group(gm: fx.GraphModule, x: fx.Node, nodes: list[fx.Node], kind: tuple, no_bias: bool, mode: str) -> None:
+    """One group of linears reading `x` -> one linear (or FP8 linear) over the concatenated weights + narrows."""
+    w_nodes = [n.args[1] for n in nodes]
+    sizes = [get_attr_value(gm, w.target).shape[0] for w in w_nodes]
+    # build the fused weight, then drop the originals (free as we go: one group at a time)
+    if kind[0] == "linear":
+        weight, scales = torch.cat([get_attr_value(gm, w.target) for w in w_nodes], 0), {}
+    else:
+        weight, scales = _fused_scales(gm, kind, nodes, mode)
+    bias = None if no_bias else torch.cat([get_attr_value(gm, n.args[2].target) for n in nodes], 0)
+    for n in nodes:
+        for a in n.args[1:]:
+            if isinstance(a, fx.Node) and a.op == "get_attr":
+                _pop(gm, a.target)
+    first = w_nodes[0].target
+    owner_name, _, leaf = first.rpartition(".")
+    owner = gm.get_submodule(owner_name) if owner_name else gm
+    owner.register_parameter(f"{leaf}_fused", nn.Parameter(weight, requires_grad=False))
+    if bias is not None:
+        owner.register_parameter(f"{leaf}_fused_bias", nn.Parameter(bias, requires_grad=False))
+    scale_names = {i: "input_scale" if i == 3 and kind[0] == "fp8" else "scale" for i in scales}
+    for i, t in scales.items():  # FP8: weight_fused_scale, weight_fused_input_scale
+        owner.register_buffer(f"{leaf}_fused_{scale_names[i]}", t)
+    graph = gm.graph
+    first_linear = min(nodes, key=lambda n: list(graph.nodes).index(n))
+    with graph.inserting_before(first_linear):
+        wf = graph.get_attr(f"{first}_fused")
+        bf = None if bias is None else graph.get_attr(f"{first}_fused_bias")
+        if kind[0] == "linear":
+            out = graph.call_function(LINEAR, (x, wf) if bf is None else (x, wf, bf))
+        else:
+            args = list(first_linear.args)
+            args[1], args[2] = wf, bf
+            for i, name in scale_names.items():
+                args[i] = graph.get_attr(f"{first}_fused_{name}")
+            out = graph.call_function(first_linear.target, tuple(args))
+        start = 0
+        for n, size in zip(nodes, sizes):
+            part = graph.call_function(torch.ops.aten.narrow.default, (out, -1, start, size))
+            if "val" in n.meta:  # same shape as before: keep the metadata valid (no re-propagation)
+                part.meta["val"] = n.meta["val"]
+            start += size
+            n.replace_all_uses_with(part)
+    for n in nodes:
+        old = n.args[1:]
+        graph.erase_node(n)
+        for a in old:
+            if isinstance(a, fx.Node) and not a.users:
+                graph.erase_node(a)
+
+
 @register("fuse_gemms")
 class FuseGemms(BaseTransform):
     options_cls = FuseGemmsOptions
@@ -128,55 +179,8 @@ class FuseGemms(BaseTransform):
         for (x, _, _, no_bias, kind), nodes in groups.items():
             if len(nodes) < 2 or not _fp8_group_ok(gm, kind, nodes):
                 continue
-            w_nodes = [n.args[1] for n in nodes]
-            sizes = [get_attr_value(gm, w.target).shape[0] for w in w_nodes]
-            # build the fused weight, then drop the originals (free as we go: one group at a time)
-            if kind[0] == "linear":
-                weight, scales = torch.cat([get_attr_value(gm, w.target) for w in w_nodes], 0), {}
-            else:
-                weight, scales = _fused_scales(gm, kind, nodes, self.options.fp8_scales)
-                if kind[0] == "fp8" and kind[2] == "tensor" and self.options.fp8_scales == "max":
-                    lossy = True
-            bias = None if no_bias else torch.cat([get_attr_value(gm, n.args[2].target) for n in nodes], 0)
-            for n in nodes:
-                for a in n.args[1:]:
-                    if isinstance(a, fx.Node) and a.op == "get_attr":
-                        _pop(gm, a.target)
-            first = w_nodes[0].target
-            owner_name, _, leaf = first.rpartition(".")
-            owner = gm.get_submodule(owner_name) if owner_name else gm
-            owner.register_parameter(f"{leaf}_fused", nn.Parameter(weight, requires_grad=False))
-            if bias is not None:
-                owner.register_parameter(f"{leaf}_fused_bias", nn.Parameter(bias, requires_grad=False))
-            for i, t in scales.items():  # FP8: weight_fused_scale, weight_fused_input_scale
-                owner.register_buffer(f"{leaf}_fused_{'input_scale' if i == 3 and kind[0] == 'fp8' else 'scale'}", t)
-            graph = gm.graph
-            first_linear = min(nodes, key=lambda n: list(graph.nodes).index(n))
-            with graph.inserting_before(first_linear):
-                wf = graph.get_attr(f"{first}_fused")
-                bf = None if bias is None else graph.get_attr(f"{first}_fused_bias")
-                if kind[0] == "linear":
-                    out = graph.call_function(LINEAR, (x, wf) if bf is None else (x, wf, bf))
-                else:
-                    args = list(first_linear.args)
-                    args[1], args[2] = wf, bf
-                    for i in scales:
-                        name = "input_scale" if i == 3 and kind[0] == "fp8" else "scale"
-                        args[i] = graph.get_attr(f"{first}_fused_{name}")
-                    out = graph.call_function(first_linear.target, tuple(args))
-                start = 0
-                for n, size in zip(nodes, sizes):
-                    part = graph.call_function(torch.ops.aten.narrow.default, (out, -1, start, size))
-                    if "val" in n.meta:  # same shape as before: keep the metadata valid (no re-propagation)
-                        part.meta["val"] = n.meta["val"]
-                    start += size
-                    n.replace_all_uses_with(part)
-            for n in nodes:
-                old = n.args[1:]
-                graph.erase_node(n)
-                for a in old:
-                    if isinstance(a, fx.Node) and not a.users:
-                        graph.erase_node(a)
+            _fuse_group(gm, x, nodes, kind, no_bias, self.options.fp8_scales)
+            lossy |= kind[0] == "fp8" and kind[2] == "tensor" and self.options.fp8_scales == "max"
             fused += 1
         if not fused:
             return TransformInfo.untouched("no linears share an input")

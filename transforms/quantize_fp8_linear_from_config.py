@@ -61,6 +61,10 @@ class _Parts:
 
 def _linears(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
     """(linear node, module name) of every plain linear whose weight is a parameter used by it alone."""
+    reads: dict[str, int] = {}  # weight name -> its readers over every get_attr of it (tied weights: several)
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            reads[str(node.target)] = reads.get(str(node.target), 0) + len(node.users)
     out = []
     for node in gm.graph.nodes:
         if node.op != "call_function" or node.target != LINEAR:
@@ -68,7 +72,7 @@ def _linears(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
         w = node.args[1]
         if not (isinstance(w, fx.Node) and w.op == "get_attr" and str(w.target).endswith(".weight")):
             continue
-        if len(w.users) != 1:  # tied / shared (embedding + LM head): left as it is
+        if reads[str(w.target)] != 1:  # tied / shared (embedding + LM head): left as it is
             continue
         out.append((node, str(w.target)[: -len(".weight")]))
     return out
