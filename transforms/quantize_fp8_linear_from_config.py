@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import torch
 from torch import fx, nn
 
+from autodeploy_cli.errors import ADError
 from autodeploy_cli.graph.core import get_attr_value
 from autodeploy_cli.log import get_logger
 from autodeploy_cli.models.quant_config import QuantScheme
@@ -78,6 +79,15 @@ def _linears(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
     return out
 
 
+def _refuse_fp8_experts(ckpt: Any, scheme: QuantScheme) -> None:
+    """FP8 MoE experts need the fused MoE op's FP8 path: refuse them by name rather than fail at load."""
+    experts = [n for n in ckpt if ".experts." in n and ckpt.is_fp8(n)]
+    if experts:
+        raise ADError(f"The checkpoint stores MoE experts in FP8 (e.g. `{experts[0]}` in `{ckpt.where(experts[0])}`; "
+                      f"quantization config `{scheme.file}`). ad quantizes dense linear layers only so far; run the "
+                      "unquantized checkpoint (optionally with `quant_config.quant_algo=FP8` for its dense layers).")
+
+
 def _register(owner: nn.Module, leaf: str, tensor: torch.Tensor, param: bool) -> None:
     if param:
         setattr(owner, leaf, nn.Parameter(tensor, requires_grad=False))
@@ -93,6 +103,8 @@ class QuantizeFp8LinearFromConfig(BaseTransform):
         if scheme is None:
             return TransformInfo.untouched("not quantized (no quant config; quant_config.quant_algo unset)")
         ckpt = ctx.factory.checkpoint(torch.device("cpu")) if ctx.factory.checkpoint_quantized else None
+        if ckpt is not None:
+            _refuse_fp8_experts(ckpt, scheme)
         head = find_lm_head(gm)
         parts = _Parts(scheme)
         touched: list[fx.Node] = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import copy
 import json
 import re
@@ -205,15 +206,9 @@ def real_weight(tensors: Mapping, name: str, scheme: Optional[QuantScheme], dtyp
     if w.dtype != FP8 or scheme is None:
         return w
     prefix = name.rsplit(".", 1)[0]
-    q, scale, _ = fp8_linear_tensors(tensors, prefix, replace_static(scheme))
+    # the weight alone: its input scale does not matter here
+    q, scale, _ = fp8_linear_tensors(tensors, prefix, dataclasses.replace(scheme, activations="dynamic"))
     return dequantize_weight(q, scale, scheme.block if scheme.weights == "block" else None, dtype)
-
-
-def replace_static(scheme: QuantScheme) -> QuantScheme:
-    """The scheme with dynamic activations (what reading a weight alone needs)."""
-    from dataclasses import replace
-
-    return replace(scheme, activations="dynamic")
 
 
 def dequantized_model(skeleton: nn.Module, tensors: Mapping, scheme: QuantScheme, dtype: torch.dtype) -> nn.Module:

@@ -116,3 +116,15 @@ def test_block_fp8_checkpoint(tmp_path):
     assert count_ops(gm, AD.torch_quant_fp8_block_linear.default) == 14
     assert gm.get_buffer("model.layers.0.mlp.gate_proj.weight_scale").shape == (3, 2)  # 96 x 64 in 32 x 32 blocks
     _same(gm, fp8_reference(ctx.factory.materialize(), ctx.factory.quant_scheme(), ctx.factory.checkpoint()))
+
+
+def test_fp8_moe_experts_are_refused_by_name(tmp_path):
+    import pytest
+
+    from autodeploy_cli.errors import ADError
+
+    d = modelopt_dir(tmp_path / "mo")
+    expert = "model.layers.0.mlp.experts.0.up_proj.weight"
+    edit_checkpoint(d, lambda t: t.update({expert: torch.zeros(4, 4, dtype=torch.float8_e4m3fn)}))
+    with pytest.raises(ADError, match=f"MoE experts in FP8 \\(e.g. `{expert}`"):
+        _through(str(d), stop="quantize_fp8_linear_from_config")
