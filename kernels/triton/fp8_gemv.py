@@ -137,11 +137,13 @@ def _fp8_gemv_kernel(x_ptr, w_ptr, ws_ptr, is_ptr, b_ptr, y_ptr, r_ptr, s_ptr, n
 
 
 def config(n: int, k: int) -> tuple[int, int, int]:
-    """(BLOCK_N, BLOCK_K, num_warps) by shape: ~4+ programs per SM on an H200 (132 SMs) with 16-byte loads; the
-    per-kernel timings of benchmarks/fp8_bench.py compare the alternatives."""
+    """(BLOCK_N, BLOCK_K, num_warps) by shape, after the bf16 GEMV's measured choice (results/gemv_h200.json) at the
+    same bytes per program: wide outputs 4 FP8 rows per program (the bf16 kernel's 2), narrow ones 16;
+    benchmarks/fp8_bench.py times the alternatives."""
     block_k = min(1024, max(16, triton.next_power_of_2(k)))
-    block_n = 4 if n <= 8192 else 8
-    return block_n, block_k, 8 if block_k >= 1024 else 4
+    if n >= 6144:
+        return 4, block_k, 4
+    return min(16, triton.next_power_of_2(max(1, n // 256))), block_k, 8 if block_k >= 1024 else 4
 
 
 def fp8_gemv(x: torch.Tensor, weight: torch.Tensor, weight_scale: torch.Tensor, input_scale: Optional[torch.Tensor],
