@@ -230,6 +230,7 @@ def main() -> None:
                  "transformers": transformers.__version__, "model": "Llama-3.1-8B shapes, random weights",
                  "layers": a.layers, "attn_backend": a.attn, "page_size": a.page_size,
                  "copy_GBps": eb.copy_bandwidth_gbps(), "variants": {}}
+    torch.cuda.empty_cache()  # the variants' processes size their KV pools from the free memory
     what = a.what.split(",")
     t0 = time.perf_counter()
     for name in [w for w in what if w in VARIANTS]:
