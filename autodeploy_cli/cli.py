@@ -5,88 +5,26 @@ Heavy imports (torch, transformers) happen inside commands so `ad --help` stays 
 
 from __future__ import annotations
 
-import functools
 import os
 import sys
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import typer
 
+from autodeploy_cli.cli_common import (
+    EXTRA, OVERRIDES_HELP, ConfigOpt, ModelOpt, PrintConfigOpt, YamlExtraOpt, build_progress, console, resolve_config,
+    user_errors,
+)
 from autodeploy_cli.errors import ADError
 
 app = typer.Typer(
     name="ad",
     help="Deploy a Hugging Face causal LM for fast inference, automatically: build, run, bench, dump-graphs.",
-    no_args_is_help=True,
+    no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
-CONFIG_HELP = (
-    "YAML config file; repeatable, deep-merged in the order given (later files win). "
-    "Precedence: built-in default.yaml < model-registry layers < --config files < overrides."
-)
-OVERRIDES_HELP = (
-    "Overrides after the options, highest precedence: `key.sub=value` or `--key.sub-name=value` "
-    "(e.g. `max_seq_len=1024`, `--model-kwargs.num-hidden-layers=2`, `attn_backend=torch`)."
-)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help=CONFIG_HELP)
-YamlExtraOpt = typer.Option(None, "--yaml-extra", help="Alias of --config (AutoDeploy's name).")
-ModelOpt = typer.Option(None, "--model", "-m", help="HF hub id, local HF folder, or model-registry name.")
-PrintConfigOpt = typer.Option(False, "--print-config", help="Print the resolved config as YAML and exit.")
-
-
-def user_errors(fn: Callable) -> Callable:
-    """Print ADError as one paragraph (exit 2); internal errors keep their traceback only at DEBUG."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except ADError as e:
-            typer.secho(f"ad: error: {e}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            typer.secho("ad: interrupted", err=True)
-            raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort):
-            raise
-        except Exception as e:  # an internal bug: one paragraph unless the user asked for the traceback
-            if os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "").upper() == "DEBUG":
-                raise
-            first = (str(e).strip().splitlines() or [""])[0]
-            typer.secho(
-                f"ad: internal error: {type(e).__name__}: {first} This is a bug in ad, not in your input. Re-run "
-                "with AUTO_DEPLOY_LOG_LEVEL=DEBUG for the full traceback and include it in a bug report.",
-                fg=typer.colors.RED, err=True,
-            )
-            raise typer.Exit(1) from None
-
-    return wrapper
-
-
-def resolve_config(ctx: typer.Context, config: Optional[List[Path]], yaml_extra: Optional[List[Path]],
-                   model: Optional[str], print_config: bool, explicit: Optional[dict] = None):
-    """`explicit`: a command's own options as nested config keys; they win over the overrides after the options."""
-    from autodeploy_cli.config.layers import deep_merge, parse_overrides
-    from autodeploy_cli.config.loader import resolve, to_yaml
-
-    overrides = deep_merge(parse_overrides(ctx.args), explicit) if explicit else list(ctx.args)
-    cfg = resolve(list(config or []) + list(yaml_extra or []), overrides, model=model)
-    if print_config:
-        typer.echo(to_yaml(cfg), nl=False)
-        raise typer.Exit(0)
-    return cfg
-
-
-def console():
-    from rich.console import Console
-
-    return Console()
-
 
 @app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
 @user_errors
@@ -96,7 +34,11 @@ def build(
     yaml_extra: Optional[List[Path]] = YamlExtraOpt,
     model: Optional[str] = ModelOpt,
     print_config: bool = PrintConfigOpt,
-    verify: bool = typer.Option(False, "--verify", help="Compare logits with the HF eager model after every transform."),
+    verify: bool = typer.Option(False, "--verify", help="Check the graph against the HF model after every transform "
+                                "that changed it: logits of a prefill probe, and once the KV cache is in, a generation "
+                                "check (prompts across pages, prefills mixed with decodes, chunked prefill when "
+                                "enabled, single-sequence decode, through CUDA graphs after compile): every step's "
+                                "logits and greedy tokens vs HF with its own cache."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the build report as JSON to this file."),
     plan: bool = typer.Option(False, "--plan", help="Print a memory plan (weights, KV bytes per token, max concurrent "
                               "sequences, recommended world size) from the config alone, then exit; loads no weights."),
@@ -105,6 +47,10 @@ def build(
 ) -> None:
     """Build the optimised model and print the build report (transforms, matches, timings, coverage)."""
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    if report:
+        from autodeploy_cli.config.checks import output_path
+
+        report = output_path(report, "--report")  # checked before the build, not after it
     if plan:
         from autodeploy_cli.commands.plan import print_plan
 
@@ -113,15 +59,16 @@ def build(
     from autodeploy_cli.pipeline.build import build as run_build
     from autodeploy_cli.pipeline.report import print_report, write_json
 
-    result = run_build(cfg, verify=verify)
+    with build_progress():
+        result = run_build(cfg, verify=verify)
     print_report(result.report, console())
     if report:
         write_json(result.report, report)
         typer.echo(f"report written to {report}")
     if result.verify_failure:
         raise ADError(
-            f"Verification failed: `{result.verify_failure}` is the first transform whose logits differ from the HF "
-            "eager model beyond tolerance (see the table). Disable it with "
+            f"Verification failed: `{result.verify_failure}` is the first transform whose logits or generated tokens "
+            "differ from the HF model beyond tolerance (see the table and its verify column). Disable it with "
             f"`transforms.{result.verify_failure}.enabled=false` and report the model."
         )
 
@@ -141,7 +88,8 @@ def dump_graphs(
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
     from autodeploy_cli.pipeline.build import build as run_build
 
-    result = run_build(cfg, dump_dir=out, force_dump=force)
+    with build_progress():
+        result = run_build(cfg, dump_dir=out, force_dump=force)
     files = sorted(p for p in out.iterdir() if p.suffix == ".txt")
     typer.echo(f"wrote {len(files)} graph files to {out} ({len(result.records)} pipeline entries)")
 
@@ -179,13 +127,17 @@ def bench(
     isl_stdev: Optional[float] = typer.Option(None, "--isl-stdev", help="Draw prompt lengths from normal(isl, stdev)."),
     osl_stdev: Optional[float] = typer.Option(None, "--osl-stdev", help="Draw output lengths from normal(osl, stdev)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the synthetic prompts and lengths (benchmark.seed)."),
-    dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines.'),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines, or trtllm-bench prepare-dataset lines.'),
     baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Also run a baseline: hf | hf-compile (repeatable)."),
     mode: Optional[str] = typer.Option(None, "--mode", help="throughput (up to --concurrency in flight) | latency (one at a time)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON "
+                                          "(an existing file is kept: the next free name FILE.1.json is used)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --output file."),
+    url: Optional[str] = typer.Option(None, "--url", help="Benchmark a running OpenAI-compatible server at this base "
+                                      "URL (streamed /v1/completions) instead of building the model here."),
 ) -> None:
     """Benchmark the built model on synthetic or dataset workloads (TTFT, ITL, throughput), optionally against HF."""
-    options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency,
+    options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency, "url": url,
                "isl_stdev": isl_stdev, "osl_stdev": osl_stdev, "seed": seed, "mode": mode,
                "dataset": str(dataset) if dataset else None, "baseline": list(baseline) if baseline else None,
                "output": str(output) if output else None}
@@ -193,15 +145,62 @@ def bench(
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config, {"benchmark": explicit} if explicit else None)
     from autodeploy_cli.bench.command import run_bench
 
-    run_bench(cfg)
+    run_bench(cfg, overwrite=force)
 
 
 from autodeploy_cli.commands.models import register as _register_models  # noqa: E402  (no torch import)
+from autodeploy_cli.commands.serve_command import register as _register_serve  # noqa: E402  (no torch import)
+
+_register_serve(app)
 
 _register_models(app, user_errors)
 
 
+@app.callback(invoke_without_command=True)
+def _global_options(
+    ctx: typer.Context,
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show every transform's log lines (INFO); also after "
+                                 "the command."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Errors only: no progress display, no warnings."),
+    version: bool = typer.Option(False, "--version", help="Print ad's version and exit."),
+) -> None:
+    """-v/-q are applied by main() (they work before or after the command); here they are documented."""
+    if version:
+        from importlib.metadata import PackageNotFoundError, version as dist_version
+
+        try:
+            typer.echo(f"ad {dist_version('autodeploy-cli')}")
+        except PackageNotFoundError:  # running from a checkout that was not installed
+            typer.echo("ad (not installed: run from a checkout)")
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+
+
+def apply_global_flags(argv: list[str]) -> list[str]:
+    """-v/--verbose and -q/--quiet anywhere on the line set the log level for this run; the rest is returned."""
+    rest = []
+    for arg in argv:
+        if arg in ("-v", "--verbose"):
+            os.environ["AUTO_DEPLOY_LOG_LEVEL"] = "INFO"
+        elif arg in ("-q", "--quiet"):
+            os.environ["AUTO_DEPLOY_LOG_LEVEL"] = "ERROR"
+            os.environ["AD_QUIET"] = "1"
+        else:
+            rest.append(arg)
+    return rest
+
+
 def main() -> None:
+    sys.argv[1:] = apply_global_flags(sys.argv[1:])
+    try:
+        from autodeploy_cli.log import log_level_from_env
+
+        log_level_from_env()
+    except ADError as e:
+        typer.secho(f"ad: error: {e}", fg=typer.colors.RED, err=True)
+        raise SystemExit(2) from None
     if os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "").upper() == "DEBUG":
         app.pretty_exceptions_enable = True
     app()

@@ -14,12 +14,13 @@ class ADError(Exception):
 
 
 def closest(word: str, candidates: Iterable[str], n: int = 1) -> list[str]:
-    """Return up to `n` candidates closest to `word` (empty if nothing is reasonably close)."""
+    """Up to `n` candidates that look like a typo of `word` (similarity >= 0.7, case ignored), or that start with it
+    (an abbreviation of 4+ characters); empty when nothing is that close: a far-off suggestion misleads."""
     cands = list(candidates)
-    found = difflib.get_close_matches(word, cands, n=n, cutoff=0.5)
-    if not found:
-        lowered = {c.lower(): c for c in cands}
-        found = [lowered[m] for m in difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.4)]
+    lowered = {c.lower(): c for c in cands}
+    found = [lowered[m] for m in difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.7)]
+    if not found and len(word) >= 4:
+        found = [c for c in cands if c.lower().startswith(word.lower())][:n]
     return found
 
 
@@ -27,3 +28,11 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """A ' Did you mean `x`?' suffix, or '' when nothing is close."""
     found = closest(word, candidates)
     return f" Did you mean `{found[0]}`?" if found else ""
+
+
+def shown(value: object, limit: int = 60) -> str:
+    """A user's value as it may appear inside a one-paragraph message: control characters escaped, long values cut."""
+    text = value if isinstance(value, str) else repr(value) if not isinstance(value, (int, float, bool)) else str(value)
+    if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in text):
+        text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= limit else text[: limit - 3] + "..."

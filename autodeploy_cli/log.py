@@ -1,4 +1,10 @@
-"""The `ad` logger: level from AUTO_DEPLOY_LOG_LEVEL, and a per-transform prefix set by the pipeline runner."""
+"""The `ad` logger: level from AUTO_DEPLOY_LOG_LEVEL (default WARNING), and a per-transform prefix set by the runner.
+
+The per-transform lines (`[stage=S, transform=T] [SUMMARY] ...`, the anchor's format) are INFO: shown with
+`-v` or AUTO_DEPLOY_LOG_LEVEL=INFO. A listener may also watch INFO records without showing them (the stderr handler
+alone applies the user's level): on a terminal, `build_progress()` turns them into one live line (transform n/N,
+stage, elapsed) instead.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,14 @@ import contextvars
 import logging
 import os
 import sys
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
-_LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+from autodeploy_cli.errors import ADError
+
+LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+DEFAULT_LEVEL = "WARNING"
 _prefix: contextvars.ContextVar[str] = contextvars.ContextVar("ad_log_prefix", default="")
+_listener: Optional[logging.Handler] = None
 
 
 class _PrefixFormatter(logging.Formatter):
@@ -34,8 +44,12 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def log_level_from_env() -> int:
-    name = os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "INFO").upper()
-    return _LEVELS.get(name, logging.INFO)
+    """The level AUTO_DEPLOY_LOG_LEVEL names (default WARNING); an unknown name is a user error."""
+    name = os.environ.get("AUTO_DEPLOY_LOG_LEVEL", DEFAULT_LEVEL).strip().upper() or DEFAULT_LEVEL
+    if name not in LEVELS:
+        raise ADError(f"AUTO_DEPLOY_LOG_LEVEL={os.environ.get('AUTO_DEPLOY_LOG_LEVEL')} is not a log level: use "
+                      f"{', '.join(LEVELS)} (default {DEFAULT_LEVEL}; INFO shows every transform's log lines).")
+    return LEVELS[name]
 
 
 def get_logger() -> logging.Logger:
@@ -47,8 +61,32 @@ def get_logger() -> logging.Logger:
         logger.addHandler(handler)
         logger.propagate = False
         logger._ad_configured = True  # type: ignore[attr-defined]
-    logger.setLevel(log_level_from_env())
+        logger._ad_stderr = handler  # type: ignore[attr-defined]
+    level = log_level_from_env()
+    logger._ad_stderr.setLevel(level)  # type: ignore[attr-defined]
+    logger.setLevel(min(level, logging.INFO) if _listener is not None else level)
     return logger
+
+
+@contextlib.contextmanager
+def listening(on_record: Callable[[logging.LogRecord], None]) -> Iterator[None]:
+    """Call `on_record` for every INFO-or-higher record while inside the block (whatever the shown level)."""
+    global _listener
+
+    class _Listener(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            on_record(record)
+
+    logger = get_logger()
+    _listener = _Listener(logging.INFO)
+    logger.addHandler(_listener)
+    get_logger()
+    try:
+        yield
+    finally:
+        logger.removeHandler(_listener)
+        _listener = None
+        get_logger()
 
 
 @contextlib.contextmanager
@@ -60,3 +98,33 @@ def log_prefix(prefix: str) -> Iterator[None]:
         yield
     finally:
         _prefix.reset(token)
+
+
+# --- the build progress display -------------------------------------------------------------------------------------
+def wanted() -> bool:
+    """Only on a terminal, when the log lines are not shown anyway and the user did not ask for quiet."""
+    level = os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "WARNING").upper()
+    return sys.stderr.isatty() and level in ("WARNING", "") and not os.environ.get("AD_QUIET")
+
+
+@contextlib.contextmanager
+def build_progress() -> Iterator[None]:
+    """A rich progress line driven by the runner's per-transform records (nothing when not wanted)."""
+    if not wanted():
+        yield
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("building"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
+                        TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+    task = progress.add_task("", total=None)
+
+    def on_record(record: logging.LogRecord) -> None:
+        step = getattr(record, "ad_step", None)
+        if step is not None:
+            position, total, stage, name = step
+            progress.update(task, completed=position - 1, total=total, description=f"{stage}: {name}")
+
+    with progress, listening(on_record):
+        yield

@@ -200,6 +200,11 @@ def main():
         res["error"] = traceback.format_exc()[-2000:]
         print(res["error"], file=sys.stderr)
     out.write_text(json.dumps(res, indent=1))
+    print(json.dumps(summary(res)))
+
+
+def summary(res: dict) -> dict:
+    """The headline numbers of a run (printed; the JSON file holds everything)."""
     short = {k: res.get(k) for k in ("attn_backend", "compile_backend", "build_s", "copy_GBps", "bs1_floor_tok_s")}
     short.update({k: {kk: vv for kk, vv in res[k].items() if not isinstance(vv, (list, dict))}
                   for k in ("bs1", "ttft_1024", "tput") if k in res})
@@ -212,11 +217,7 @@ def main():
         short[key] = {"kernel_us_per_step": res[key]["kernel_us_per_step"],
                       "top": [(r["name"][:40], round(r["us_per_step"], 1), r["calls_per_step"])
                               for r in res[key]["top"][:8]]}
-    if False:
-        short["profile_b1"] = {"kernel_us_per_step": res["profile_b1"]["kernel_us_per_step"],
-                               "top5": [(r["name"][:50], round(r["us_per_step"], 1), r["calls_per_step"])
-                                        for r in res["profile_b1"]["top"][:6]]}
-    print(json.dumps(short))
+    return short
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ def tiny_dir(tmp_path_factory):
     cache: dict[tuple, Path] = {}
 
     def make(family: str, **overrides) -> Path:
-        key = (family, tuple(sorted(overrides.items())))
+        key = (family, repr(sorted(overrides.items())))  # repr: overrides may hold dicts (rope_scaling)
         if key not in cache:
             path = tmp_path_factory.mktemp(f"tiny_{family}")
             cache[key] = write_tiny_model_dir(path, family, **overrides)

@@ -19,9 +19,14 @@ def invoke(*args: str):
 
 
 def test_help_lists_commands():
-    out = invoke("--help").output
-    for cmd in ("build", "run", "bench", "dump-graphs"):
-        assert cmd in out
+    """Every command is listed by `ad --help` and answers its own `--help` with its own description."""
+    top = invoke("--help").output
+    own = {"build": "Build the optimised model", "run": "generate completions", "bench": "Benchmark the built model",
+           "dump-graphs": "write the graph after every transform", "models": "model registry"}
+    for cmd, words in own.items():
+        assert f" {cmd} " in top, cmd
+        result = invoke(cmd, "--help")
+        assert result.exit_code == 0 and f"Usage: ad {cmd}" in result.output and words in result.output, cmd
 
 
 def test_build_help_documents_config_overrides_print_config():

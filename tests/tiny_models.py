@@ -32,6 +32,21 @@ TINY: dict[str, dict[str, Any]] = {
 }
 TINY["phi3"].pop("head_dim")
 
+# Multi-head latent attention (DeepSeek-V2/V3): dense MLPs in both layers (first_k_dense_replace = layers) so
+# the MoE routing stays out of the way; `MOE_LAYER` turns layer 1 into an MoE layer
+MLA = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+           num_key_value_heads=4, max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+           tie_word_embeddings=False, kv_lora_rank=32, qk_rope_head_dim=8, qk_nope_head_dim=16, v_head_dim=16,
+           first_k_dense_replace=2, moe_intermediate_size=32, n_routed_experts=4, num_experts_per_tok=2,
+           n_shared_experts=1, n_group=1, topk_group=1)
+TINY["deepseek_v2"] = dict(model_type="deepseek_v2", q_lora_rank=None, **MLA)
+TINY["deepseek_v3"] = dict(model_type="deepseek_v3", q_lora_rank=24, **MLA)
+# yarn with mscale != mscale_all_dim: cos/sin (the RoPE part) carry mscale / mscale_all_dim, the softmax scale
+# mscale_all_dim ** 2
+YARN = dict(rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=256, mscale=1.0,
+                              mscale_all_dim=0.8, beta_fast=32, beta_slow=1))
+MOE_LAYER = dict(first_k_dense_replace=1)
+
 
 def tiny_hf_config(family: str, **overrides: Any):
     """A transformers config object for `family`."""

@@ -69,7 +69,9 @@ def _node_info(node: fx.Node, layer_idx: int, kv_scales: Optional[dict] = None) 
         raise RuntimeError(f"{where}: q/k/v have no shape metadata (run shape propagation first)")
     hd = 2 if a["layout"] == "bnsd" else 3
     head = 1 if a["layout"] == "bnsd" else 2
-    k_scale, v_scale = (kv_scales or {}).get(_layer_number(node, layer_idx), (1.0, 1.0))
+    # k/v scales only for an FP8 cache (kv_scales is None otherwise): the checkpoint's, else 1.0
+    k_scale, v_scale = (None, None) if kv_scales is None else kv_scales.get(_layer_number(node, layer_idx),
+                                                                             (1.0, 1.0))
     return AttentionNodeInfo(
         layer_idx=layer_idx, n_heads=int(q.shape[head]), n_kv_heads=int(k.shape[head]), head_dim=int(k.shape[hd]),
         v_head_dim=int(v.shape[hd]), dtype=q.dtype, scale=a["scale"], sinks=a["sinks"],
@@ -91,7 +93,7 @@ class InsertCachedAttention(BaseTransform):
         ensure_shapes(gm, [a for n in nodes for a in n.args[:3] if isinstance(a, fx.Node)])
         iface = ctx.cache_interface()
         fp8_kv = iface.cache_config.dtype == getattr(torch, "float8_e4m3fn", None)
-        kv_scales = ctx.factory.kv_scales() if fp8_kv else {}  # k/v scales matter only to an FP8 cache
+        kv_scales = ctx.factory.kv_scales() if fp8_kv else None  # k/v scales matter only to an FP8 cache
         infos = [_node_info(n, i, kv_scales) for i, n in enumerate(nodes)]
         for info in infos:
             reason = backend.unsupported_reason(info)
@@ -123,8 +125,6 @@ class InsertCachedAttention(BaseTransform):
 
         ctx.use_cached_probe()
         ctx.facts.attention_backend = backend.name
-        if fp8_kv and self.name not in ctx.facts.lossy:  # an FP8 KV cache changes the numerics on purpose
-            ctx.facts.lossy.append(self.name)
         scales = f", k/v scales from the checkpoint for {len(kv_scales)} layers" if kv_scales else ""
         return TransformInfo(num_matches=len(nodes), is_clean=False, has_valid_shapes=False,
                              note=f"backend {backend.name}, page size {cc.page_size}, kv {str(cc.dtype)[6:]}{scales}")

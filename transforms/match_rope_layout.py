@@ -54,12 +54,18 @@ class MatchRopeLayout(BaseTransform):
         for node in list(graph.nodes):
             if not is_op(node, rope_ops()):
                 continue
-            udim_index = len(node.args) - 1  # unsqueeze_dim is the last argument of every RoPE op
-            if node.args[udim_index] == want:
+            # unsqueeze_dim is the last parameter of every RoPE op; torch.export drops it when it equals the default
+            schema = node.target._schema.arguments
+            if len(node.args) == len(schema):
+                udim, tables = node.args[-1], node.args[2:-1]
+            else:
+                udim, tables = node.kwargs.get("unsqueeze_dim", schema[-1].default_value), node.args[2:]
+            if udim == want:
                 continue
             with graph.inserting_before(node):
                 q, k = (copy_meta(graph.call_function(aten.transpose.int, (x, 1, 2)), node) for x in node.args[:2])
-            node.args = (q, k, *node.args[2:udim_index], want)
+            node.args = (q, k, *tables, want)
+            node.kwargs = {k_: v for k_, v in node.kwargs.items() if k_ != "unsqueeze_dim"}
             touched += [q, k, node]
             for user in list(node.users):
                 if user.target is not operator.getitem:

@@ -8,7 +8,6 @@ Ctrl-C at any point prints and writes what was gathered so far, marked partial, 
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -21,30 +20,21 @@ from autodeploy_cli.bench.metrics import RunTrace, now
 from autodeploy_cli.bench.plan import BenchPlan, make_plan
 from autodeploy_cli.bench.results import BenchResult, write_json
 from autodeploy_cli.bench.table import render
-from autodeploy_cli.bench.workload import Workload, dataset_workload, special_token_ids, synthetic_workload
+from autodeploy_cli.bench.workload import load_workload
+from autodeploy_cli.config.checks import output_path
 from autodeploy_cli.config.schema import ADConfig
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.log import build_progress, get_logger
 
 
-def _check_output(path: Optional[str]) -> None:
-    """Fail before a long run, not after it, when the result file cannot be written."""
-    if not path:
-        return
-    parent = Path(path).expanduser().resolve().parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ADError(f"Cannot create the folder `{parent}` for --output: {e.strerror}. Pick a writable path.") from None
-    if not os.access(parent, os.W_OK) or Path(path).is_dir():
-        raise ADError(f"Cannot write the benchmark results to `{path}`. Pick a writable file path for --output.")
-
-
-def load_workload(plan: BenchPlan, cfg: ADConfig, factory: Any) -> Workload:
-    if plan.dataset:
-        return dataset_workload(plan, cfg, factory.tokenizer())
-    hf_config = factory.hf_config()
-    vocab = getattr(getattr(hf_config, "text_config", None) or hf_config, "vocab_size")
-    return synthetic_workload(plan, vocab, special_token_ids(hf_config))
+def _check_output(plan: BenchPlan, overwrite: bool) -> None:
+    """Fail before a long run, not after it, when the result file cannot be written; an existing file is kept (a
+    numbered name is used) unless `--force`."""
+    if plan.output:
+        chosen = output_path(plan.output, "--output", overwrite=overwrite)
+        if str(chosen) != str(Path(plan.output).expanduser()):
+            get_logger().warning(f"`{plan.output}` exists and is kept; the results go to `{chosen}` (pass --force "
+                                 "to overwrite).")
+        plan.output = str(chosen)
 
 
 def _conditions(cfg: ADConfig, factory: Any) -> dict[str, Any]:
@@ -89,7 +79,8 @@ class _Session:
         self.result.hardware = {"copy_bandwidth_gb_s": bw / 1e9 if bw else None, "note": note}
         self.stage = "build"
         t0 = now()
-        engine = ours.make_engine(self.cfg)
+        with build_progress():
+            engine = ours.make_engine(self.cfg)
         self.result.build = ours.build_split(engine.build_result.records, now() - t0)
         self.result.kv_cache_capacity_tokens = getattr(engine, "kv_capacity_tokens", None)
         # the backends `auto` resolved to on this device
@@ -179,11 +170,16 @@ def _finish(session: _Session, partial: bool) -> dict[str, Any]:
     return data
 
 
-def run_bench(cfg: ADConfig, console: Optional[Console] = None) -> dict[str, Any]:
+def run_bench(cfg: ADConfig, console: Optional[Console] = None, overwrite: bool = False) -> dict[str, Any]:
     """Run `ad bench` for the resolved config; returns the result document (also written to --output)."""
     plan = make_plan(cfg)
-    _check_output(plan.output)
-    session = _Session(cfg, plan, console or Console())
+    _check_output(plan, overwrite)
+    if plan.url:  # online: the same workload, metrics and JSON, against a server over HTTP
+        from autodeploy_cli.bench.online import OnlineSession
+
+        session: Any = OnlineSession(cfg, plan, console or Console())
+    else:
+        session = _Session(cfg, plan, console or Console())
     try:
         session.run()
     except KeyboardInterrupt:

@@ -30,12 +30,10 @@ def model_bytes(factory: Any) -> dict[str, Any]:
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and emb is not None and head.weight is emb.weight
     emb_bytes = emb.weight.numel() * emb.weight.element_size() if emb is not None else 0
-    cfg = factory.hf_config()
-    text = getattr(cfg, "text_config", None) or cfg
-    heads = getattr(text, "num_attention_heads", 1)
-    kv_heads = getattr(text, "num_key_value_heads", None) or heads
-    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
-    kv_dtype = factory.kv_cache_dtype()
+    from autodeploy_cli.models.hf_arch import kv_values_per_token
+
+    kv_values, _ = kv_values_per_token(factory.hf_config())  # MLA: the compressed latent + RoPE key per layer
+    kv_dtype = factory.kv_cache_dtype()  # `auto` is fp8 for a checkpoint with an FP8 KV cache
     kv_elem = _KV_DTYPE_BYTES.get(kv_dtype) or torch.empty((), dtype=factory.model_dtype()).element_size()
     return {
         "parameters": sum(p.numel() for p in unique.values()),
@@ -43,7 +41,7 @@ def model_bytes(factory: Any) -> dict[str, Any]:
         "embedding_bytes": emb_bytes,
         "tied_embeddings": tied,
         "weight_bytes_per_decode_step": total if tied else total - emb_bytes,
-        "kv_bytes_per_token": 2 * text.num_hidden_layers * kv_heads * head_dim * kv_elem,
+        "kv_bytes_per_token": kv_values * kv_elem,
         "dtype": str(factory.model_dtype()).replace("torch.", ""),
         "quantization": factory.quant_scheme().describe() if factory.quant_scheme() is not None else None,
         "fp8_weight_bytes_saved": fp8_saved,

@@ -34,6 +34,7 @@ class BenchPlan:
     warmup: bool = True
     max_seq_len: int = 512
     max_num_tokens: int = 4096
+    url: Optional[str] = None  # online: an OpenAI-compatible server's base URL
 
     @property
     def synthetic(self) -> bool:
@@ -52,6 +53,7 @@ class BenchPlan:
             "dataset": self.dataset,
             "seed": self.seed,
             "warmup": self.warmup,
+            "url": self.url,
         }
 
 
@@ -111,12 +113,17 @@ def make_plan(cfg: ADConfig) -> BenchPlan:
         concurrency = 1
     else:
         concurrency = b.concurrency or cfg.max_batch_size
-        if concurrency > cfg.max_batch_size:
+        if concurrency > cfg.max_batch_size and not b.url:  # a server's own limits apply online
             raise ADError(
                 f"`--concurrency` {concurrency} is above `max_batch_size` ({cfg.max_batch_size}), the most requests "
                 f"the runtime keeps in flight. Raise it with `max_batch_size={concurrency}`, or lower --concurrency."
             )
-    if b.dataset is None:
+    if b.url and not b.url.startswith(("http://", "https://")):
+        raise ADError(f"`--url {b.url}` is not an HTTP URL; give the server's base URL, e.g. http://127.0.0.1:8000.")
+    if b.url and baselines:
+        raise ADError("`--baseline` runs HF in this process and cannot be combined with `--url`; benchmark the "
+                      "baseline offline, or run a second server and compare the two JSON files.")
+    if b.dataset is None and not b.url:
         check_sequence_fits(b.isl, b.osl, cfg, f"--isl {b.isl} --osl {b.osl}", "lower --isl/--osl")
     return BenchPlan(
         isl=b.isl,
@@ -131,6 +138,8 @@ def make_plan(cfg: ADConfig) -> BenchPlan:
         baselines=baselines,
         output=b.output,
         warmup=b.warmup,
-        max_seq_len=cfg.max_seq_len,
-        max_num_tokens=effective_max_num_tokens(cfg),
+        # online the server's limits apply: synthetic lengths are not clipped to this config's
+        max_seq_len=max(cfg.max_seq_len, b.isl + b.osl) if b.url else cfg.max_seq_len,
+        max_num_tokens=max(effective_max_num_tokens(cfg), b.isl) if b.url else effective_max_num_tokens(cfg),
+        url=b.url.rstrip("/") if b.url else None,
     )

@@ -1,9 +1,12 @@
 """`ad build --plan`: a memory plan from the model's config alone (meta model, no weights loaded, no GPU needed).
 
 weights   = parameters x bytes of the deployment dtype (tied weights once)
-KV/token  = sum over layers of 2 (K and V) x KV heads x head_dim x bytes of the KV dtype
+weights of an FP8 checkpoint (quantization_config quant_method fp8, e.g. DeepSeek-V3): 1 byte per element of
+            every matrix but the embedding, the LM head and the MoE router, plus its fp32 block scales
+KV/token  = sum over layers of 2 (K and V) x KV heads x head_dim x bytes of the KV dtype; multi-head latent
+            attention (DeepSeek-V2/V3, Kimi-K2): kv_lora_rank + rope dim per layer (the compressed cache)
 per GPU   = tensor parallelism over `world_size` GPUs splits the weights and the KV heads (KV heads are replicated
-            when there are fewer of them than GPUs)
+            when there are fewer of them than GPUs; the MLA latent has no head dimension: every GPU holds all of it)
 KV budget = (GPU memory - weights/GPU - activation reserve) x free_gpu_memory_fraction, the reserve being
             max(1 GiB, 5% of GPU memory) as the cache-resize transform keeps
 max seqs  = KV budget / (KV bytes per token per GPU x max_seq_len)
@@ -85,6 +88,8 @@ class Plan:
     reserve: int
     rows: list[WorldSizeRow] = field(default_factory=list)
     recommended: Optional[int] = None
+    mla: Optional[tuple[int, int]] = None  # (kv_lora_rank, rope dim) of a multi-head latent attention model
+    weight_format: str = ""  # e.g. "fp8, 128x128 block scales" for an FP8 checkpoint
 
 
 def _dtype_name(value: Any) -> Optional[str]:
@@ -110,6 +115,31 @@ def _sliding(hf: Any, layers: int) -> tuple[int, Optional[int]]:
     return layers, int(window)
 
 
+def _fp8_block(hf: Any) -> Optional[tuple[int, int]]:
+    """The weight block of an FP8 (block-scaled) checkpoint's quantization_config, else None."""
+    q = getattr(hf, "quantization_config", None)
+    q = q if isinstance(q, dict) else (q.to_dict() if hasattr(q, "to_dict") else {})
+    if str(q.get("quant_method", "")).lower() != "fp8":
+        return None
+    block = q.get("weight_block_size") or (128, 128)
+    return int(block[0]), int(block[1])
+
+
+def _fp8_weight_bytes(model: Any, block: tuple[int, int], elem: int) -> int:
+    """FP8 matrices (1 byte each, one fp32 scale per block) and everything else at `elem` bytes."""
+    keep = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None
+            for p in m.parameters()}
+    total = 0
+    for name, p in model.named_parameters():
+        if p.dim() >= 2 and id(p) not in keep and not re.search(r"\.gate\.weight$", name):
+            rows, cols = p.shape[-2], p.shape[-1]
+            blocks = p.numel() // (rows * cols) * math.ceil(rows / block[0]) * math.ceil(cols / block[1])
+            total += p.numel() + 4 * blocks
+        else:
+            total += p.numel() * elem
+    return total
+
+
 def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     """The memory plan of `cfg.model` (meta model; nothing is loaded or allocated)."""
     from autodeploy_cli.models.factory import ModelFactory
@@ -124,6 +154,11 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     kv_dtype = dtype if cfg.kv_cache_config.dtype == "auto" else cfg.kv_cache_config.dtype
     layers, heads, kv_heads, head_dim = _attention_shape(hf)
     sliding_layers, window = _sliding(hf, layers)
+    from autodeploy_cli.models.hf_arch import kv_values_per_token, mla_dims
+
+    kv_values, kv_split = kv_values_per_token(hf)
+    block = _fp8_block(hf)
+    weight_bytes = params * _BYTES[dtype] if block is None else _fp8_weight_bytes(model, block, _BYTES[dtype])
 
     if gpu_mem:
         mem, source = parse_mem(gpu_mem), f"--gpu-mem {gpu_mem}"
@@ -137,15 +172,15 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     reserve = max(2**30, mem // 20)
     plan = Plan(
         model=cfg.model, architecture=type(model).__name__, params=params, dtype=dtype,
-        weight_bytes=params * _BYTES[dtype], kv_dtype=kv_dtype,
-        kv_bytes_per_token=layers * 2 * kv_heads * head_dim * _BYTES[kv_dtype],
+        weight_bytes=weight_bytes, kv_dtype=kv_dtype, kv_bytes_per_token=kv_values * _BYTES[kv_dtype],
         num_layers=layers, kv_heads=kv_heads, head_dim=head_dim, num_heads=heads, sliding_layers=sliding_layers,
         sliding_window=window, max_seq_len=cfg.max_seq_len, max_batch_size=cfg.max_batch_size,
-        gpu_mem=mem, gpu_source=source, free_fraction=float(fraction), reserve=reserve,
+        gpu_mem=mem, gpu_source=source, free_fraction=float(fraction), reserve=reserve, mla=mla_dims(hf),
+        weight_format="" if block is None else f"fp8, {block[0]}x{block[1]} block scales",
     )
     for ws in WORLD_SIZES:
         weights = math.ceil(plan.weight_bytes / ws)
-        kv_tok = layers * 2 * math.ceil(kv_heads / ws) * head_dim * _BYTES[kv_dtype]
+        kv_tok = (layers * 2 * math.ceil(kv_heads / ws) * head_dim if kv_split else kv_values) * _BYTES[kv_dtype]
         budget = max(0, int((mem - weights - reserve) * plan.free_fraction))
         row = WorldSizeRow(ws, weights, kv_tok, budget, budget // (kv_tok * cfg.max_seq_len), heads % ws == 0)
         plan.rows.append(row)
@@ -162,15 +197,25 @@ def _count(n: int) -> str:
     return f"{n / 1e9:.2f}B" if n >= 10**9 else f"{n / 1e6:.2f}M"
 
 
+def _kv_line(plan: Plan, bytes_kv: int) -> str:
+    head = f"  KV cache: {plan.kv_bytes_per_token} bytes of {_SHORT[plan.kv_dtype]} KV per token = {plan.num_layers} layers x "
+    if plan.mla is not None:
+        return (head + f"({plan.mla[0]} latent + {plan.mla[1]} RoPE key) x {bytes_kv} bytes (compressed MLA cache: "
+                "every GPU holds all of it)")
+    return head + f"{plan.kv_heads} KV heads x {plan.head_dim} head_dim x 2 (K and V) x {bytes_kv} bytes"
+
+
 def render_plan(plan: Plan) -> list[str]:
     bytes_w = _BYTES[plan.dtype]
     bytes_kv = _BYTES[plan.kv_dtype]
     lines = [
         f"Memory plan for {plan.model} ({plan.architecture}; meta model, no weights loaded)",
         f"  {_count(plan.params)} parameters ({plan.params:,})",
-        f"  weights: {plan.weight_bytes:,} bytes ({_gb(plan.weight_bytes)}) in {plan.dtype} ({bytes_w} bytes/param)",
-        f"  KV cache: {plan.kv_bytes_per_token} bytes of {_SHORT[plan.kv_dtype]} KV per token = {plan.num_layers} "
-        f"layers x {plan.kv_heads} KV heads x {plan.head_dim} head_dim x 2 (K and V) x {bytes_kv} bytes",
+        f"  weights: {plan.weight_bytes:,} bytes ({_gb(plan.weight_bytes)}) in {plan.dtype} ({bytes_w} bytes/param)"
+        if not plan.weight_format else
+        f"  weights: {plan.weight_bytes:,} bytes ({_gb(plan.weight_bytes)}) in {plan.weight_format} (embedding, LM "
+        f"head, router and norms in {plan.dtype})",
+        _kv_line(plan, bytes_kv),
         f"  one sequence of max_seq_len={plan.max_seq_len} tokens: {_gb(plan.kv_bytes_per_token * plan.max_seq_len)}"
         f" of KV; max_batch_size={plan.max_batch_size}",
     ]

@@ -27,9 +27,10 @@ def select_prompts(cfg: ADConfig, prompts: list[str]) -> list[str]:
     return [queries[i % len(queries)] for i in range(n)]
 
 
-def timing(stats: Any) -> dict:
+def timing(stats: Any, cpu_threads: Any = None) -> dict:
     decode_tps = stats.decode_tokens / stats.decode_time_s if stats.decode_time_s > 0 else None
     return {
+        "cpu_threads": cpu_threads,
         "prefill_ms": round(stats.prefill_time_s * 1e3, 3),
         "prefill_tokens": stats.prefill_tokens,
         "decode_tokens": stats.decode_tokens,
@@ -45,7 +46,8 @@ def timing_line(t: dict) -> str:
     tps = "n/a" if t["decode_tokens_per_s"] is None else f"{t['decode_tokens_per_s']:.1f} tok/s"
     return (f"timing: prefill {t['prefill_ms']:.1f} ms ({t['prefill_tokens']} tokens) | decode {tps} "
             f"({t['decode_tokens']} tokens in {t['decode_s']:.3f} s) | {t['steps']} steps, max batch "
-            f"{t['max_batch']}, preemptions {t['preemptions']}")
+            f"{t['max_batch']}, preemptions {t['preemptions']}"
+            + (f" | cpu threads {t['cpu_threads']} (OMP_NUM_THREADS to change)" if t.get("cpu_threads") else ""))
 
 
 def run_prompts(cfg: ADConfig, prompts: list[str], as_json: bool = False) -> None:
@@ -53,11 +55,19 @@ def run_prompts(cfg: ADConfig, prompts: list[str], as_json: bool = False) -> Non
     from autodeploy_cli.llm import build_engine
     from autodeploy_cli.runtime.request import SamplingParams
 
+    from autodeploy_cli.log import build_progress
+
+    from autodeploy_cli.config.checks import check_config
+    from autodeploy_cli.models.factory import ModelFactory
+
     chosen = select_prompts(cfg, prompts)
-    engine = build_engine(cfg)
+    check_config(cfg)
+    tokenizer = ModelFactory(cfg).tokenizer()  # text prompts need it: fail now, not after the build
+    with build_progress():
+        engine = build_engine(cfg, tokenizer=tokenizer)
     sampling = SamplingParams.from_config(cfg.prompt.sp_kwargs)
     completions = engine.generate(chosen, sampling, chat_template=cfg.prompt.chat_template)
-    t = timing(engine.stats)
+    t = timing(engine.stats, engine.build_result.ctx.facts.cpu_threads)
     if as_json:
         doc = {
             "model": cfg.model,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,13 +16,20 @@ Layer = tuple[str, dict]  # (source description, data)
 
 
 def default_pipeline() -> dict:
-    """The built-in default.yaml (the transform pipeline and top-level defaults)."""
+    """The built-in default.yaml (the transform pipeline and top-level defaults); a fresh copy each call."""
+    return copy.deepcopy(_default_pipeline())
+
+
+@functools.lru_cache(maxsize=1)
+def _default_pipeline() -> dict:
     text = resources.files("autodeploy_cli.config").joinpath("default.yaml").read_text()
     return yaml.safe_load(text) or {}
 
 
 def load_yaml_file(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ADError(f"Config file `{path}` is a directory, not a YAML file. Give the path of a .yaml file to --config.")
     if not p.is_file():
         raise ADError(
             f"Config file `{path}` does not exist (resolved to {p.resolve()}). "
@@ -30,12 +38,23 @@ def load_yaml_file(path: str | Path) -> dict:
     try:
         data = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
-        raise ADError(f"Config file `{path}` is not valid YAML: {e}. Fix the syntax and run again.") from None
+        raise ADError(f"Config file `{path}` is not valid YAML: {yaml_error_text(e)}. Fix the syntax and run "
+                      "again.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ADError(f"Config file `{path}` must hold a mapping of keys to values at the top, not {type(data).__name__}.")
     return data
+
+
+def yaml_error_text(e: Exception) -> str:
+    """A YAML parser error on one line: where (line, column) and what was wrong."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    opened = f" ({context} at line {cmark.line + 1}, column {cmark.column + 1})" if context and cmark else ""
+    return f"{where}: {problem}{opened}"
 
 
 def deep_merge(base: dict, other: dict) -> dict:

@@ -74,6 +74,7 @@ class BenchmarkConfig:
     baseline: List[str] = field(default_factory=list)  # hf | hf-compile
     output: Optional[str] = None  # JSON result file
     warmup: bool = True  # run the workload's shapes once before timing (ours and every baseline)
+    url: Optional[str] = None  # an OpenAI-compatible server to benchmark over HTTP (streamed) instead of building
 
 
 @dataclass
@@ -93,6 +94,7 @@ class ADConfig:
     world_size: int = 1
     runtime: str = "demollm"
     attn_backend: Optional[str] = None  # shortcut: transforms.insert_cached_attention.backend
+    mla_backend: Optional[str] = None  # shortcut: transforms.insert_cached_mla_attention.backend
     compile_backend: Optional[str] = None  # shortcut: transforms.compile_model.backend
     cuda_graph_batch_sizes: Optional[List[int]] = None  # shortcut: transforms.compile_model.cuda_graph_batch_sizes
     attn_page_size: int = 64
@@ -111,6 +113,7 @@ class ADConfig:
 # shortcut key -> (transform, option)
 SHORTCUTS: dict[str, tuple[str, str]] = {
     "attn_backend": ("insert_cached_attention", "backend"),
+    "mla_backend": ("insert_cached_mla_attention", "backend"),
     "compile_backend": ("compile_model", "backend"),
     "cuda_graph_batch_sizes": ("compile_model", "cuda_graph_batch_sizes"),
     "kv_cache_config.free_gpu_memory_fraction": ("resize_kv_cache", "free_gpu_memory_fraction"),
@@ -120,12 +123,14 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
 BACKEND_CHOICES: dict[str, tuple[str, ...]] = {
     "attention": ("auto", "torch", "triton", "flashinfer"),
     "fused": ("auto", "torch", "triton"),
+    "mla": ("auto", "torch", "triton", "flashinfer"),
     "compile": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
     "quant": ("auto", "torch", "triton"),
 }
 # (transform, option) -> the op family whose backend the option chooses
 TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
     ("insert_cached_attention", "backend"): "attention",
+    ("insert_cached_mla_attention", "backend"): "mla",
     ("compile_model", "backend"): "compile",
     **{(name, "backend"): "fused" for name in ("fuse_silu_mul", "fuse_add_rmsnorm", "fuse_rmsnorm", "optimize_rope",
                                                  "optimize_linear")},

@@ -14,10 +14,35 @@ from typing import Any
 import torch
 from torch import nn
 
+from autodeploy_cli.config.checks import resolve_model_source
 from autodeploy_cli.config.schema import ADConfig
 from autodeploy_cli.errors import ADError
 
+# files AutoTokenizer reads a tokenizer from (fast json, sentencepiece, BPE vocab + merges, or its config)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def hub_unreachable(timeout_s: float = 3.0) -> str:
+    """'' when the Hugging Face hub answers a TCP connect, else why not (one quick try, remembered per process)."""
+    global _HUB_REASON
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return ""  # the hub is reached through a proxy: a direct connect says nothing
+    if _HUB_REASON is None:
+        import socket
+        from urllib.parse import urlparse
+
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+        try:
+            socket.create_connection((host, port), timeout=timeout_s).close()
+            _HUB_REASON = ""
+        except OSError as e:
+            _HUB_REASON = f"{host}:{port}: {e.strerror or type(e).__name__}"
+    return _HUB_REASON
+
+
+_HUB_REASON: str | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -49,37 +74,10 @@ class ModelFactory:
     def __init__(self, config: ADConfig, device: torch.device | None = None):
         self.config = config
         self.device = device or resolve_device(config.device)
-        self.source = self._resolve_source(config.model)
+        self.source = resolve_model_source(config.model)
         self._hf_config: Any = None
         self._quant: Any = False  # not read yet (None: the model is not quantized)
         self._ckpt: Any = None  # the quantized checkpoint's headers, read once
-
-    # --- source -------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _resolve_source(model: str) -> str:
-        from model_registry import get_entry, local_model_dir
-
-        local = local_model_dir(model)
-        if local is not None:
-            return str(local)
-        path = Path(model).expanduser()
-        if path.exists():
-            if not (path / "config.json").is_file():
-                raise ADError(
-                    f"`model: {model}` is a folder without a config.json. Point `model` at a Hugging Face model "
-                    "folder (config.json, *.safetensors, tokenizer files), a hub id, or a model-registry name."
-                )
-            return str(path.resolve())
-        if get_entry(model) is None and (model.startswith((".", "/", "~")) or model.count("/") != 1):
-            from autodeploy_cli.errors import did_you_mean
-            from model_registry import load_registry
-
-            raise ADError(
-                f"Unknown model `{model}`: it is not a local folder, not a model-registry name and not a hub id of "
-                f"the form `org/name`.{did_you_mean(model, load_registry())} Pass a local HF folder "
-                "(`model=/path/to/hf_dir`), a hub id, or a registry name (`ad models` lists them)."
-            )
-        return model
 
     @property
     def is_local(self) -> bool:
@@ -93,10 +91,8 @@ class ModelFactory:
 
             cfg = None if self.is_local else self._registry_config()
             if cfg is None:
-                try:
-                    cfg = AutoConfig.from_pretrained(self.source, trust_remote_code=self.config.trust_remote_code)
-                except (OSError, ValueError) as e:
-                    raise self._load_error("config", e) from None
+                cfg = self._load("config", AutoConfig.from_pretrained, self.source,
+                                 trust_remote_code=self.config.trust_remote_code)
             deep_update_config(cfg, dict(self.config.model_kwargs))
             self._hf_config = cfg
         return self._hf_config
@@ -117,6 +113,27 @@ class ModelFactory:
                                               trust_remote_code=self.config.trust_remote_code)
         except (OSError, ValueError):
             return registry_hf_config(self.source, dict(self.config.model_kwargs))
+
+    def _load(self, what: str, loader: Any, source: str, **kwargs: Any) -> Any:
+        """`loader(source, **kwargs)` for a local folder or a hub id: the HF cache first (no network); then, only if
+        the hub answers, a download; an unreachable hub is one clear error instead of minutes of retries."""
+        try:
+            if Path(source).is_dir() or os.environ.get("HF_HUB_OFFLINE") == "1":
+                return loader(source, **kwargs)
+            try:
+                return loader(source, local_files_only=True, **kwargs)
+            except (OSError, ValueError):
+                reason = hub_unreachable()
+                if reason:
+                    raise ADError(
+                        f"Could not load the {what} of `{source}`: it is not in the Hugging Face cache and the hub "
+                        f"cannot be reached ({reason}). Without network, download the model elsewhere and point "
+                        "`model` at the local folder (`model=/path/to/hf_dir`), or set HF_HUB_OFFLINE=1 to use only "
+                        "what is cached."
+                    ) from None
+                return loader(source, **kwargs)
+        except (OSError, ValueError) as e:
+            raise self._load_error(what, e) from None
 
     def _load_error(self, what: str, err: Exception) -> ADError:
         first = (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__).rstrip(".")
@@ -270,25 +287,20 @@ class ModelFactory:
 
         # device_map needs `accelerate`; without it load on the CPU and move (slower, same result)
         direct = importlib.util.find_spec("accelerate") is not None or device.type == "cpu"
-        try:
-            model = self._auto_class().from_pretrained(
-                self.source,
-                config=self.hf_config(),
-                dtype=self.model_dtype(),
-                trust_remote_code=self.config.trust_remote_code,
-                **({"device_map": str(device)} if direct and device.type != "cpu" else {}),
-            )
-        except (OSError, ValueError) as e:
-            raise self._load_error("weights", e) from None
+        model = self._load("weights", self._auto_class().from_pretrained, self.source, config=self.hf_config(),
+                           dtype=self.model_dtype(), trust_remote_code=self.config.trust_remote_code,
+                           **({"device_map": str(device)} if direct and device.type != "cpu" else {}))
         return model.to(device).eval()
 
     def tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
         source = self.config.tokenizer or self.source
-        try:
-            return AutoTokenizer.from_pretrained(
-                source, trust_remote_code=self.config.trust_remote_code, **dict(self.config.tokenizer_kwargs)
+        if Path(source).is_dir() and not any((Path(source) / f).is_file() for f in TOKENIZER_FILES):
+            raise ADError(
+                f"Could not load the tokenizer from `{source}`: it holds none of the files a tokenizer is read from "
+                f"({', '.join(TOKENIZER_FILES)}). Copy the model's tokenizer files there, or point `tokenizer` at "
+                "a folder or hub id that has them."
             )
-        except (OSError, ValueError) as e:
-            raise self._load_error("tokenizer", e) from None
+        return self._load("tokenizer", AutoTokenizer.from_pretrained, source,
+                          trust_remote_code=self.config.trust_remote_code, **dict(self.config.tokenizer_kwargs))

@@ -51,3 +51,49 @@ def registry_hf_config(name: str, overrides: dict[str, Any] | None = None) -> An
 
     values = hf_architecture(name)
     return None if values is None else config_from_values(values, overrides)
+
+
+def cached_step(model: nn.Module, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
+    """One forward of a HF causal LM with its own KV cache -> (logits, cache). Version shim: transformers >= 5.2x
+    names the argument and output `cache`; 5.17 (the GPU machine) names both `past_key_values`."""
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=input_ids, use_cache=True, **{name: cache})
+    return out.logits, getattr(out, name)
+
+
+def mla_dims(hf_config: Any) -> tuple[int, int] | None:
+    """(kv_lora_rank, qk_rope_head_dim) of a multi-head latent attention config (DeepSeek-V2/V3 family), else None."""
+    cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
+    rank = getattr(cfg, "kv_lora_rank", None)
+    rope = getattr(cfg, "qk_rope_head_dim", None)
+    return (int(rank), int(rope)) if rank and rope is not None else None
+
+
+def kv_values_per_token(hf_config: Any) -> tuple[int, bool]:
+    """KV-cache values per token over all layers, and whether they split over tensor-parallel ranks by head.
+
+    MLA caches the compressed latent and the shared RoPE key (kv_lora_rank + rope dim per layer, the same on every
+    rank); attention caches K and V per KV head (2 x kv heads x head_dim per layer, split by head)."""
+    cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
+    layers = int(cfg.num_hidden_layers)
+    mla = mla_dims(cfg)
+    if mla is not None:
+        return layers * (mla[0] + mla[1]), False
+    heads = int(cfg.num_attention_heads)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return layers * 2 * kv_heads * head_dim, True
+
+
+def model_notes(hf_config: Any) -> list[str]:
+    """What `ad` leaves out of a model at inference, for the build report."""
+    cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
+    notes = []
+    mtp = int(getattr(cfg, "num_nextn_predict_layers", 0) or 0)
+    if mtp:
+        notes.append(f"the MTP head (num_nextn_predict_layers={mtp}: multi-token-prediction layer(s) after the "
+                     f"{cfg.num_hidden_layers} decoder layers) is ignored at inference: HF builds no module for it, "
+                     "its checkpoint weights are not loaded, and ad decodes one token per step")
+    return notes

@@ -19,6 +19,8 @@ MODULES: dict[str, dict[str, str]] = {
     "attention": {"torch": "kernels.torch.attention", "triton": "kernels.triton.backend",
                   "flashinfer": "kernels.flashinfer.backend"},
     "fused": {"torch": "autodeploy_cli.ops.fused", "triton": "kernels.triton.fused_ops"},
+    "mla": {"torch": "kernels.torch.mla", "triton": "kernels.triton.mla_backend",
+            "flashinfer": "kernels.flashinfer.mla_backend"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
     "quant": {"torch": "autodeploy_cli.ops.quant", "triton": "kernels.triton.fp8_ops"},
 }
@@ -26,12 +28,13 @@ MODULES: dict[str, dict[str, str]] = {
 AUTO: dict[str, tuple[str, str]] = {
     "attention": ("triton", "torch"),
     "fused": ("triton", "torch"),
+    "mla": ("triton", "torch"),
     "compile": ("torch-cudagraph", "torch-simple"),
     "quant": ("triton", "torch"),
 }
 # the config key a user sets for each family (named in errors)
 CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend",
-              "quant": "transforms.fuse_fp8_linear.backend"}
+              "mla": "mla_backend", "quant": "transforms.fuse_fp8_linear.backend"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:
@@ -67,6 +70,7 @@ FUSED_OPS: dict[str, dict[str, str]] = {
     "fused_add_rmsnorm": {"torch": "torch_fused_add_rmsnorm", "triton": "triton_fused_add_rmsnorm"},
     "silu_and_mul": {"torch": "torch_silu_and_mul", "triton": "triton_silu_and_mul"},
     "rope_with_explicit_cos_sin": {"triton": "triton_rope_with_explicit_cos_sin"},
+    "rope_with_qk_interleaving": {"triton": "triton_rope_with_qk_interleaving"},
     "linear": {"triton": "triton_linear"},
     "silu_mul_linear": {"torch": "torch_silu_mul_linear", "triton": "triton_silu_mul_linear"},
     "rmsnorm_linear": {"torch": "torch_rmsnorm_linear", "triton": "triton_rmsnorm_linear"},

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 from torch import fx, nn
 
+from autodeploy_cli.config.checks import check_config
 from autodeploy_cli.config.schema import ADConfig
 from autodeploy_cli.pipeline.dump import GraphDumper, dump_dir_from_env, prepare_dump_dir
 from autodeploy_cli.pipeline.interface import PassContext
@@ -50,6 +51,20 @@ def _quality_extra(ctx: PassContext, verifier: Any) -> dict | None:
     return out or None
 
 
+def device_notes(cfg: ADConfig, device: Any) -> None:
+    """One line for settings that work on this device but are rarely what a user wants there."""
+    from autodeploy_cli.log import get_logger
+
+    if device.type != "cpu":
+        return
+    if cfg.kv_cache_config.dtype == "fp8":
+        get_logger().warning("kv_cache_config.dtype=fp8 on CPU: K/V are stored as float8 e4m3 and dequantized by the "
+                             "torch reference backend (slower than float32 here; it exists to test the fp8 path).")
+    if cfg.dtype == "float16":
+        get_logger().warning("dtype=float16 on CPU: most CPUs have no fast float16 matmul, so this is slower and "
+                             "less accurate than float32 (the CPU default); use it to reproduce GPU numerics.")
+
+
 def build(
     cfg: ADConfig,
     dump_dir: str | Path | None = None,
@@ -61,14 +76,18 @@ def build(
     from autodeploy_cli.models.factory import ModelFactory
     from autodeploy_cli.pipeline.coverage import CoverageHook, coverage_rows
 
+    check_config(cfg)
     entries = ordered_entries(cfg.transforms)  # the one validation of transform options: typed from here on
     factory = ModelFactory(cfg)
+    device_notes(cfg, factory.device)
     ctx = PassContext(config=cfg, factory=factory, device=factory.device, world_size=cfg.world_size)
     if stop_after is not None:
         names = [n for n, _ in entries]
         entries = entries[: names.index(stop_after) + 1]
     dump_path = dump_dir or dump_dir_from_env()
-    dumper = GraphDumper(prepare_dump_dir(dump_path, force=force_dump)) if dump_path else None
+    dumper = None
+    if dump_path:
+        dumper = GraphDumper(prepare_dump_dir(dump_path, force=force_dump, from_env=dump_dir is None))
     runner = PipelineRunner(entries, dumper=dumper)
     exported_nodes: dict[str, int] = {}
 
@@ -86,6 +105,9 @@ def build(
         runner.after_hooks.append(verifier)
     records = runner.run(ctx)
     final = _final_graph(ctx.model)
+    from autodeploy_cli.models.hf_arch import model_notes
+
+    notes = model_notes(factory.hf_config())
     report = build_report(
         model=cfg.model,
         records=records,
@@ -95,7 +117,7 @@ def build(
                                ctx.facts.moe_experts_implementation) if final is not None else [],
         verify_rows=verifier.rows if verifier else None,
         verify_failure=verifier.first_failure if verifier else None,
-        extra=_quality_extra(ctx, verifier),
+        extra={**({"notes": notes} if notes else {}), **(_quality_extra(ctx, verifier) or {})} or None,
     )
     return BuildResult(cfg, ctx, records, report, Path(dump_path) if dump_path else None,
                        verifier.first_failure if verifier else None)

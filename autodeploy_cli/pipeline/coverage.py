@@ -17,7 +17,7 @@ from autodeploy_cli.graph.core import op_name
 
 KINDS = ("attention", "rope", "rmsnorm", "moe")
 CANONICAL = {
-    "attention": ("auto_deploy.torch_attention",),
+    "attention": ("auto_deploy.torch_attention", "auto_deploy.torch_mla"),
     "rope": ("auto_deploy.torch_rope_with_explicit_cos_sin", "auto_deploy.torch_rope_with_qk_interleaving",
              "auto_deploy.torch_rope_with_complex_freqs"),
     "rmsnorm": ("auto_deploy.torch_rmsnorm",),
@@ -31,7 +31,8 @@ SOURCES = {
     "rmsnorm": ("aten.rsqrt",),
     "moe": (),  # the router (softmax, top-k) stays outside torch_moe; unmatched routers are reported as misses
 }
-QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe", "qwen3_next"}
+QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe", "qwen3_next", "exaone4"}
+NOPE_GLOBAL_TYPES = {"exaone4", "cohere2"}  # with a sliding window, only the sliding layers apply RoPE
 SANDWICH_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}  # pre/post feed-forward norms besides the usual two
 
 
@@ -61,7 +62,7 @@ def census(gm: fx.GraphModule) -> dict[str, dict]:
     from autodeploy_cli.graph.match import chain, layer_index, module_path
 
     live = _live(gm)
-    result = {k: {"found": 0, "per_layer": Counter(), "leftovers": []} for k in KINDS}
+    result = {k: {"found": 0, "per_layer": Counter(), "leftovers": [], "ops": Counter()} for k in KINDS}
     for node in gm.graph.nodes:
         if node.op != "call_function" or node not in live:
             continue
@@ -70,6 +71,7 @@ def census(gm: fx.GraphModule) -> dict[str, dict]:
             if name in CANONICAL[kind]:
                 result[kind]["found"] += 1
                 result[kind]["per_layer"][layer_index(node)] += 1
+                result[kind]["ops"][name] += 1
             elif _is_source(kind, node):
                 result[kind]["leftovers"].append(
                     {"where": module_path(node), "node": node.name, "layer": layer_index(node), "chain": chain(node)})
@@ -106,10 +108,16 @@ def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
     out["attention"] = {i: 1 for i in attn_layers}
     has_rope = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling"))
     if has_rope:
-        out["rope"] = {i: 1 for i in attn_layers}
+        # SmolLM3-style `no_rope_layers`: 1 = the layer applies RoPE, 0 = it does not (NoPE)
+        uses_rope = list(getattr(cfg, "no_rope_layers", None) or [1] * n_layers)
+        if model_type in NOPE_GLOBAL_TYPES and getattr(cfg, "sliding_window", None) and layer_types:
+            uses_rope = [int(t == "sliding_attention") for t in layer_types]  # global layers carry no RoPE
+        out["rope"] = {i: 1 for i in attn_layers if i >= len(uses_rope) or uses_rope[i]}
     if getattr(cfg, "rms_norm_eps", None) is not None:
         per = 2 + 2 * (model_type in QK_NORM_TYPES or bool(getattr(cfg, "use_qk_norm", False)))
         per += 2 * (model_type in SANDWICH_NORM_TYPES)
+        if getattr(cfg, "kv_lora_rank", None):  # MLA: the latent's norm, and the query latent's when q is low-rank
+            per += 1 + (getattr(cfg, "q_lora_rank", None) is not None)
         out["rmsnorm"] = {**{i: per for i in range(n_layers)}, None: 1}
     n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or 0
     if n_experts:
@@ -158,6 +166,9 @@ def coverage_rows(gm: fx.GraphModule | None, hf_config: Any, canonical: Optional
         row = {"kind": kind, "found": got["found"], "expected": exp_total,
                "hint": _hint(kind, expected[kind], got["per_layer"], got["leftovers"], misses.get(kind, [])),
                "detail": ""}
+        if kind == "attention" and got.get("ops", {}).get("auto_deploy.torch_mla"):
+            row["detail"] = (f"multi-head latent attention: torch_mla x{got['ops']['auto_deploy.torch_mla']} "
+                             "(compressed KV cache)")
         if kind == "moe":
             used = moe_impl
             asked = getattr(_text_config(hf_config), "_experts_implementation", None)

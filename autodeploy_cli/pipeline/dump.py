@@ -55,16 +55,20 @@ def format_graph(gm: fx.GraphModule) -> str:
     return "\n".join(lines) + "\n"
 
 
-def prepare_dump_dir(path: str | Path, force: bool = False) -> Path:
-    """Create (or clear) the dump dir. A non-empty dir we did not create is never deleted without `force`."""
+def prepare_dump_dir(path: str | Path, force: bool = False, from_env: bool = False) -> Path:
+    """Create (or clear) the dump dir. A non-empty dir we did not create is never deleted without `force`.
+    `from_env`: the path came from AD_DUMP_GRAPHS_DIR (the messages name that, not `--out`/`--force`)."""
     p = Path(path)
+    where = f"{DUMP_ENV}={p}" if from_env else f"--out {p}"
     if p.exists() and not p.is_dir():
-        raise ADError(f"Graph dump path `{p}` exists and is not a directory; pick another --out.")
+        raise ADError(f"Graph dump path `{p}` ({where}) exists and is not a directory; pick another path.")
     if p.is_dir() and any(p.iterdir()):
         if not (p / _MARKER).exists() and not force:
+            fix = (f"point {DUMP_ENV} at an empty or new directory, or delete its contents yourself" if from_env
+                   else "pick an empty or new directory, or pass --force to replace its contents")
             raise ADError(
-                f"Graph dump directory `{p}` is not empty and was not created by `ad`; refusing to delete "
-                "its files. Pick an empty or new directory, or pass --force to replace its contents."
+                f"Graph dump directory `{p}` ({where}) is not empty and was not created by `ad`; refusing to delete "
+                f"its files. To dump graphs, {fix}."
             )
         shutil.rmtree(p)
     p.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional
+from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Optional
 
 if TYPE_CHECKING:
     import torch
@@ -87,7 +87,9 @@ class BuildFacts:
     export_patches: list[str] = field(default_factory=list)  # export_to_gm: the patches that were on
     moe_experts_implementation: Optional[str] = None  # match_moe_pattern: HF experts implementation matched
     attention_backend: Optional[str] = None  # insert_cached_attention: the resolved backend name
+    mla_backend: Optional[str] = None  # insert_cached_mla_attention: the resolved backend name
     compile_backend: Optional[str] = None  # compile_model: the resolved backend name
+    cpu_threads: Optional[int] = None  # llm.build_engine on CPU: intra-op threads the runtime uses
     quantization: Optional[str] = None  # quantize_fp8_linear_from_config: the scheme, in words
     quantized_linears: int = 0  # quantize_fp8_linear_from_config: linear layers made FP8
     # transforms that change the numerics on purpose (FP8 linears, an FP8 KV cache): `--verify` measures them with

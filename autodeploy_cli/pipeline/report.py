@@ -52,6 +52,18 @@ def write_json(report: dict, path: str | Path) -> None:
     Path(path).write_text(json.dumps(report, indent=2, default=str) + "\n")
 
 
+def _verify_cell(name: str, rows: list[dict]) -> str:
+    """`logits 3.6e-07 gen 3.8e-07 / 1e-04 ok` for one transform's verify rows ("n/a" when it matched nothing)."""
+    mine = [r for r in rows if r["transform"] == name]
+    if not mine:
+        return ""
+    if all(r["check"] == "n/a" for r in mine):
+        return "n/a"
+    parts = [f"{'gen' if r['check'] == 'generation' else 'logits'} {r['max_rel_err']:.1e}" for r in mine]
+    ok = all(r["ok"] for r in mine)
+    return f"{' '.join(parts)} / {mine[0]['tolerance']:.0e} {'ok' if ok else 'FAIL'}"
+
+
 def print_report(report: dict, console: Any) -> None:
     from rich.table import Table
 
@@ -61,14 +73,13 @@ def print_report(report: dict, console: Any) -> None:
         table.add_column(col, justify=just)
     verify = report.get("verify")
     if verify:
-        table.add_column("verify rel err", justify="right")
+        table.add_column("verify (rel err / tolerance)", justify="right")
     for r in report["transforms"]:
         matches = "-" if not r["enabled"] else ("skipped" if r["skipped"] else str(r["num_matches"]))
         row = [str(r["position"]), r["name"], r["stage"], "yes" if r["enabled"] else "no", matches,
                f"{r['time_s']:.3f}", r["error"] or r["note"]]
         if verify:
-            v = r.get("verify")
-            row.append("" if not v else f"{v['max_rel_err']:.1e} {'ok' if v['ok'] else 'FAIL'}")
+            row.append(_verify_cell(r["name"], verify["rows"]))
         table.add_row(*row)
     console.print(table)
     nodes = report["graph_nodes"]
@@ -81,6 +92,8 @@ def print_report(report: dict, console: Any) -> None:
         console.print(f"[{style}]{row['kind']} {row['found']}/{row['expected']}[/{style}]"
                       + (f"  {escape(row['detail'])}" if row.get("detail") else "")
                       + (f"  {escape(row['hint'])}" if row.get("hint") else ""))
+    for note in report.get("notes", []):
+        console.print(f"note: {escape(note)}")
     if report["canonical_ops"]:
         console.print("canonical ops: " + ", ".join(f"{k.split('.', 1)[1]} x{v}" for k, v in report["canonical_ops"].items()))
     if report.get("quantization"):
@@ -93,7 +106,10 @@ def print_report(report: dict, console: Any) -> None:
         style = "green" if q["ok"] else "red"
         console.print(f"[{style}]quality gate vs the {q['vs']}: {describe(q)}[/{style}]")
     if verify:
+        reasons = sorted({r["tolerance_reason"] for r in verify["rows"] if r.get("tolerance_reason")})
+        console.print(f"verify tolerance: max|ours - HF| / max|HF| from {', '.join(reasons)} "
+                      "(autodeploy_cli/pipeline/tolerance.py); gen = the generation check (cached decode steps)")
         if verify["ok"]:
-            console.print("[green]verify: every transform matches the HF eager logits[/green]")
+            console.print("[green]verify: every transform matches HF (logits, and generation once cached)[/green]")
         else:
             console.print(f"[red]verify: first transform out of tolerance: {verify['first_failure']}[/red]")

@@ -112,7 +112,8 @@ class PipelineRunner:
             self._cleanup("PRE-CLEANUP", opts.requires_shape_prop, opts.requires_clean_graph, ctx, state)
             t1 = time.perf_counter()
             with log_prefix("[APPLY]"):
-                log.info("applying transform...")
+                # the progress display reads ad_step (position, total, stage, name), shown or not
+                log.info("applying transform...", extra={"ad_step": (rec.position, len(self.entries), opts.stage, name)})
                 info = transform.apply(ctx.model, ctx)
             if not isinstance(info, TransformInfo):
                 raise TypeError(f"{name}.apply returned {type(info).__name__}, not TransformInfo")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import random
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
@@ -23,28 +22,14 @@ import torch
 from autodeploy_cli.config.schema import effective_max_num_tokens
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.ops.cache import CachedSequenceInterface
-from autodeploy_cli.runtime import sampler
+from autodeploy_cli.runtime import logprobs, sampler
 from autodeploy_cli.runtime.overlap import InFlight, TokenPipeline
 from autodeploy_cli.runtime.pages import PageManager
-from autodeploy_cli.runtime.request import Completion, Request, SamplingParams, StepOutput, StopPolicy
+from autodeploy_cli.runtime.request import (Completion, EngineStats, Request, SamplingParams, StepOutput, StopPolicy,
+                                            TokenLogprob, text_prompt_error)
 from autodeploy_cli.runtime.scheduler import Scheduler
 
-__all__ = ["Completion", "Engine", "EngineStats", "SamplingParams", "StepOutput"]
-
-
-@dataclass
-class EngineStats:
-    """Wall time of steps with prefill tokens (prefill) and of decode-only steps (decode)."""
-
-    steps: int = 0
-    prefill_steps: int = 0
-    prefill_tokens: int = 0
-    prefill_time_s: float = 0.0
-    decode_steps: int = 0
-    decode_tokens: int = 0
-    decode_time_s: float = 0.0
-    num_preemptions: int = 0
-    max_batch: int = 0
+__all__ = ["Completion", "Engine", "EngineStats", "SamplingParams", "StepOutput", "text_prompt_error"]
 
 
 class Engine:
@@ -75,6 +60,7 @@ class Engine:
         self._next_id = 0
         self._errors: list[StepOutput] = []
         self._finished: dict[int, Completion] = {}
+        self._warned_cap = False
         self._tokens = TokenPipeline(iface.device, iface.info.max_batch_size, self.max_seq_len)
 
     @property
@@ -96,7 +82,7 @@ class Engine:
     def _request_error(self, ids: list[int], sp: SamplingParams) -> Optional[str]:
         if not ids:
             return "empty prompt: give at least one token"
-        reason = sampler.validate(sp)
+        reason = sampler.validate(sp) or sampler.validate_logprobs(sp, self.vocab_size)
         if reason:
             return f"invalid sampling parameters: {reason}"
         if self.vocab_size is not None and (min(ids) < 0 or max(ids) >= self.vocab_size):
@@ -114,6 +100,11 @@ class Engine:
                     "lower max_tokens or give the cache more room (transforms.resize_kv_cache)")
         return None
 
+    def check_request(self, prompt_token_ids: Sequence[int], sampling: SamplingParams) -> Optional[str]:
+        """Why add_request would fail this request (None: it would run). Reads only fixed limits, so a front end may
+        call it from another thread than the one stepping the engine."""
+        return self._request_error([int(t) for t in prompt_token_ids], sampling)
+
     def add_request(self, prompt_token_ids: Sequence[int], sampling: Optional[SamplingParams] = None,
                     prompt: Optional[str] = None) -> int:
         """Queue a request; returns its id. Invalid requests finish with an error at the next step."""
@@ -126,8 +117,25 @@ class Engine:
         error = self._request_error(ids, sp)
         if error:
             self._errors.append(self._fail(req, error))
-        else:
-            self.scheduler.add(req)
+            return rid
+        if len(ids) + sp.max_tokens > self.max_seq_len and not self._warned_cap:
+            self._warned_cap = True  # once per engine: the same settings usually cap every request alike
+            from autodeploy_cli.log import get_logger
+
+            get_logger().warning(
+                f"max_tokens={sp.max_tokens} with a {len(ids)}-token prompt goes past max_seq_len={self.max_seq_len}: "
+                f"the request stops at {self.max_seq_len - len(ids)} new tokens (finish reason `length`). Raise "
+                "`max_seq_len` for longer outputs.")
+        self.scheduler.add(req)
+        return rid
+
+    def add_failed_request(self, error: str, sampling: Optional[SamplingParams] = None,
+                           prompt: Optional[str] = None) -> int:
+        """A request that is wrong before it has token ids (e.g. its text cannot be encoded): it finishes with
+        `error` at the next step, like any invalid request."""
+        rid = self._next_id
+        self._next_id += 1
+        self._errors.append(self._fail(Request(rid, [], sampling or SamplingParams(), prompt=prompt), error))
         return rid
 
     def abort(self, request_id: int) -> bool:
@@ -168,25 +176,51 @@ class Engine:
 
     def _run(self, batch: list[tuple[Request, int]], num_prefill: int) -> Optional[InFlight]:
         """One forward over `batch`, then the next token of every request whose context is now cached."""
+        gather, spans = logprobs.gather_plan(batch)
         self.iface.info.set_batch(
             [r.all_token_ids[r.num_computed: r.num_computed + n] for r, n in batch],
-            [r.num_computed for r, _ in batch], [r.pages for r, _ in batch], num_prefill=num_prefill)
+            [r.num_computed for r, _ in batch], [r.pages for r, _ in batch], num_prefill=num_prefill, gather=gather)
         self._tokens.feed(batch, self.iface.info)
         with torch.no_grad():
-            logits = self.iface.forward(self.model)  # [B, vocab]: last token of each sequence
+            logits = self.iface.forward(self.model)  # [B, vocab]: last token of each sequence (+ scored prompts)
+        if spans is not None:
+            logprobs.score_prompts(logits, batch, spans)
         rows, ready = [], []
         for i, (r, n) in enumerate(batch):
             r.num_computed += n
             if r.num_computed == len(r.all_token_ids):  # the whole context is cached: sample the next token
-                rows.append(i)
+                rows.append(i if spans is None else spans[i][0] + spans[i][1] - 1)
                 ready.append(r)
         if not ready:
             return None
-        picked = logits if len(rows) == len(batch) else logits[torch.tensor(rows, device=logits.device)]
-        if all(r.sampling.temperature == 0 for r in ready):
+        same = spans is None and len(rows) == len(batch)
+        picked = logits if same else logits[torch.tensor(rows, device=logits.device)]
+        if all(r.sampling.temperature == 0 and not self._needs_host(r) for r in ready):
             return self._tokens.launch(picked, ready, self.scheduler.reserve_token)
-        tokens = sampler.sample(picked, [r.sampling for r in ready], [r.generator for r in ready])
-        return self._tokens.host_step(tokens, ready)
+        return self._sample_on_host(picked, ready)
+
+    # --- logprobs and min_tokens: host-sampled steps, so greedy steps without them keep the overlap ---------------
+    @staticmethod
+    def _needs_host(r: Request) -> bool:
+        return r.sampling.logprobs is not None or len(r.output_token_ids) < r.sampling.min_tokens
+
+    def _sample_on_host(self, picked: torch.Tensor, ready: list[Request]) -> Optional[InFlight]:
+        """Sample now (the host reads the tokens at once); EOS / stop tokens masked below min_tokens; logprobs of the
+        sampled tokens under the raw logits."""
+        masked = logprobs.mask_below_min_tokens(picked, ready, self.eos_token_ids)
+        try:
+            tokens = sampler.sample(masked, [r.sampling for r in ready], [r.generator for r in ready])
+        except (RuntimeError, ValueError) as e:  # a request's sampling cannot run: those requests fail, not the engine
+            self._errors += [self._fail(r, f"sampling failed: {type(e).__name__}: {e}") for r in ready]
+            return None
+        flight = self._tokens.host_step(tokens, ready)
+        want = [i for i, r in enumerate(ready) if r.sampling.logprobs is not None]
+        if want:
+            k = max(ready[i].sampling.logprobs for i in want)
+            sel = picked[torch.tensor(want, device=picked.device)]
+            for i, (lp, top) in zip(want, logprobs.token_logprobs(sel, [tokens[i] for i in want], k)):
+                flight.logprobs[i] = TokenLogprob(tokens[i], lp, top[: ready[i].sampling.logprobs])
+        return flight
 
     def _postprocess(self, flight: Optional[InFlight]) -> list[StepOutput]:
         """Append what the host can read now: the previous step's tokens (read while this step runs on the GPU),
@@ -203,13 +237,18 @@ class Engine:
             return []
         flight, tokens = taken
         outputs = []
-        for r, pos, held, tok in zip(flight.ready, flight.positions, flight.held, tokens):
+        for row, (r, pos, held, tok) in enumerate(zip(flight.ready, flight.positions, flight.held, tokens)):
             if r.finished:
                 continue  # it stopped at an earlier token: this one ran past its end
+            lp = flight.logprobs.get(row)
+            if lp is not None:
+                r.logprobs.append(lp)
             reason = self.scheduler.append_token(r, tok, pos, held)
             if reason is not None:
                 self._finished[r.request_id] = self._completion(r)
-            outputs.append(StepOutput(r.request_id, [tok], r.finished, reason, None))
+            first = r.sampling.prompt_logprobs is not None and len(r.output_token_ids) == 1
+            outputs.append(StepOutput(r.request_id, [tok], r.finished, reason, None, None if lp is None else [lp],
+                                      list(r.prompt_logprobs) if first else None))
         return outputs
 
     def _unschedulable(self) -> list[StepOutput]:
@@ -244,13 +283,16 @@ class Engine:
 
     def _completion(self, r: Request) -> Completion:
         text = r.text if r.text is not None else self._decode(r.output_token_ids) if r.sampling.detokenize else ""
+        sp = r.sampling
         return Completion(r.request_id, r.prompt, list(r.prompt_token_ids), list(r.output_token_ids), text,
-                          r.finish_reason, r.error)
+                          r.finish_reason, r.error, None if sp.logprobs is None else list(r.logprobs),
+                          None if sp.prompt_logprobs is None else list(r.prompt_logprobs))
 
     # --- convenience -------------------------------------------------------------------------------------------
-    def completion(self, request_id: int) -> Optional[Completion]:
-        """The finished request's completion (None while it runs)."""
-        return self._finished.get(request_id)
+    def completion(self, request_id: int, pop: bool = False) -> Optional[Completion]:
+        """The finished request's completion (None while it runs); pop=True also forgets it (a long-running caller
+        such as the server pops each one, so finished requests do not pile up)."""
+        return self._finished.pop(request_id, None) if pop else self._finished.get(request_id)
 
     def encode(self, prompt: str, chat_template: bool = False) -> list[int]:
         """Token ids of a text prompt, wrapped in the tokenizer's chat template when asked and available."""
@@ -279,12 +321,16 @@ class Engine:
             chat_template = bool(getattr(getattr(self.config, "prompt", None), "chat_template", False))
         ids = []
         for p, sp in zip(prompts, sampling):
-            if isinstance(p, str):
-                ids.append(self.add_request(self.encode(p, chat_template), sp, prompt=p))
-            else:
+            if not isinstance(p, str):
                 ids.append(self.add_request(list(p), sp))
+            elif text_prompt_error(p):
+                ids.append(self.add_failed_request(text_prompt_error(p), sp, prompt=p))
+            else:
+                ids.append(self.add_request(self.encode(p, chat_template), sp, prompt=p))
         while any(i not in self._finished for i in ids):
             self.step()
+        mine = set(ids)
+        self._errors = [o for o in self._errors if o.request_id not in mine]  # generate reports them as completions
         if not self.has_unfinished():
             self._tokens.take()  # the step launched past the last stop: drop it
         return [self._finished.pop(i) for i in ids]

@@ -29,6 +29,7 @@ class InFlight:
     tokens_host: Any  # [R] pinned tensor (CUDA) or device tensor (CPU), or a list of ints (sampled on the host)
     event: Optional[Any] = None  # torch.cuda.Event after the device->host copy
     rows: dict[int, int] = field(default_factory=dict)  # id(request) -> row of tokens_dev holding its placeholder
+    logprobs: dict[int, Any] = field(default_factory=dict)  # row -> TokenLogprob (host-sampled steps that ask)
 
     @property
     def on_host(self) -> bool:

@@ -19,6 +19,9 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     detokenize: bool = True  # False: token ids only, Completion.text stays "" and no tokenizer is loaded
+    min_tokens: int = 0  # EOS / stop tokens are masked and stops ignored until this many tokens are generated
+    logprobs: Optional[int] = None  # k >= 0: each generated token's logprob plus the k most likely (None: off)
+    prompt_logprobs: Optional[int] = None  # k >= 0: each prompt token's logprob (the first: None) plus the top k
 
     @classmethod
     def from_config(cls, sc: Any) -> "SamplingParams":
@@ -45,6 +48,8 @@ class Request:
     error: Optional[str] = None
     text: Optional[str] = None
     generator: Any = None  # torch.Generator for sampling
+    logprobs: list["TokenLogprob"] = field(default_factory=list)  # per output token (when sampling.logprobs is set)
+    prompt_logprobs: list[Optional["TokenLogprob"]] = field(default_factory=list)  # per prompt token, [0] = None
 
     def __post_init__(self) -> None:
         if not self.all_token_ids:
@@ -57,12 +62,24 @@ class Request:
 
 
 @dataclass
+class TokenLogprob:
+    """A token's log-probability under the model (raw logits, before temperature / top-k / top-p) and the `k` most
+    likely tokens at that position, most likely first."""
+
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
 class StepOutput:
     request_id: int
     new_token_ids: list[int]
     finished: bool
     finish_reason: Optional[str]  # stop | length | error | abort (when finished)
     error: Optional[str]
+    logprobs: Optional[list[TokenLogprob]] = None  # one per new token (sampling.logprobs set)
+    prompt_logprobs: Optional[list[Optional[TokenLogprob]]] = None  # with the first token (prompt_logprobs set)
 
 
 @dataclass
@@ -74,6 +91,8 @@ class Completion:
     text: str
     finish_reason: Optional[str]
     error: Optional[str]
+    logprobs: Optional[list[TokenLogprob]] = None
+    prompt_logprobs: Optional[list[Optional[TokenLogprob]]] = None
 
 
 @dataclass
@@ -87,9 +106,10 @@ class StopPolicy:
     def reason(self, r: Request, tok: int, pos: int) -> Optional[str]:
         """"stop" / "length" / None for token `tok` at all_token_ids[pos]; a stop string also sets r.text (cut)."""
         sp = r.sampling
-        if tok in sp.stop_token_ids or (not sp.ignore_eos and tok in self.eos_token_ids):
+        early = len(r.output_token_ids) <= sp.min_tokens  # within min_tokens only the length limits end it
+        if not early and (tok in sp.stop_token_ids or (not sp.ignore_eos and tok in self.eos_token_ids)):
             return "stop"
-        if sp.stop and self._hit_stop_string(r):
+        if not early and sp.stop and self._hit_stop_string(r):
             return "stop"
         if len(r.output_token_ids) >= sp.max_tokens or pos + 1 >= self.max_seq_len:
             return "length"  # max_tokens reached, or prompt + output fill max_seq_len
@@ -102,3 +122,32 @@ class StopPolicy:
             return False
         r.text = text[:cut]
         return True
+
+
+@dataclass
+class EngineStats:
+    """Wall time of steps with prefill tokens (prefill) and of decode-only steps (decode)."""
+
+    steps: int = 0
+    prefill_steps: int = 0
+    prefill_tokens: int = 0
+    prefill_time_s: float = 0.0
+    decode_steps: int = 0
+    decode_tokens: int = 0
+    decode_time_s: float = 0.0
+    num_preemptions: int = 0
+    max_batch: int = 0
+
+
+def text_prompt_error(prompt: str) -> Optional[str]:
+    """Why a text prompt cannot be run (None: it can): empty (checked before any chat template adds tokens), or not
+    valid UTF-8 (a command line or file holding other bytes arrives with surrogate escapes)."""
+    if prompt == "":
+        return "empty prompt: give at least one token (an empty text is refused before any chat template adds some)"
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = prompt[e.start].encode("utf-8", "surrogateescape")
+        return (f"the prompt is not valid UTF-8 (byte 0x{bad.hex()} at character {e.start}); give UTF-8 text or "
+                "token ids")
+    return None

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Sequence
 
 import torch
+
+
+MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy: dividing float32 logits by it would overflow
 
 
 def validate(sp: Any) -> Optional[str]:
     """Why the sampling parameters are invalid (None: they are fine)."""
     if sp.max_tokens is None or sp.max_tokens < 1:
         return f"max_tokens must be at least 1, got {sp.max_tokens}"
-    if sp.temperature is None or sp.temperature < 0:
-        return f"temperature must be >= 0 (0 = greedy), got {sp.temperature}"
-    if sp.top_p is None or not 0 < sp.top_p <= 1:
+    if sp.temperature is None or not (math.isfinite(sp.temperature) and sp.temperature >= 0):
+        return f"temperature must be a finite number >= 0 (0 = greedy), got {sp.temperature}"
+    if sp.top_p is None or not 0 < sp.top_p <= 1:  # NaN fails both comparisons
         return f"top_p must be in (0, 1], got {sp.top_p}"
     if sp.top_k is not None and sp.top_k < 0:
         return f"top_k must be >= 0 (0 or null = off), got {sp.top_k}"
@@ -40,9 +44,22 @@ def sample(logits: torch.Tensor, params: Sequence[Any], generators: Sequence[Opt
     """logits [R, V] -> one token per row. Greedy rows need one device argmax; sampled rows run on the CPU."""
     tokens = logits.argmax(dim=-1).tolist()  # the one device->host transfer of a greedy step
     for i, sp in enumerate(params):
-        if sp.temperature == 0:
-            continue
-        row = logits[i].float().cpu() / sp.temperature
+        if sp.temperature < MIN_TEMPERATURE:
+            continue  # greedy: logits / t would overflow float32 (and the distribution is one-hot anyway)
+        row = logits[i].float().cpu()
+        row = (row - row.max()) / sp.temperature  # max first: a tiny temperature gives -inf, never inf - inf
         probs = torch.softmax(filter_logits(row, sp.top_k, sp.top_p), dim=-1)
         tokens[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
     return tokens
+
+
+def validate_logprobs(sp: Any, vocab_size: Optional[int]) -> Optional[str]:
+    """Why min_tokens / logprobs / prompt_logprobs are invalid (None: fine)."""
+    if sp.min_tokens is None or sp.min_tokens < 0 or sp.min_tokens > sp.max_tokens:
+        return f"min_tokens must be in [0, max_tokens={sp.max_tokens}], got {sp.min_tokens}"
+    for name in ("logprobs", "prompt_logprobs"):
+        k = getattr(sp, name)
+        if k is not None and (k < 0 or (vocab_size is not None and k > vocab_size)):
+            return f"{name} must be null or in [0, {vocab_size or 'vocab size'}], got {k}"
+    return None
+

@@ -83,8 +83,8 @@ def _cached_fake(q, k, v, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages
 
 def _pre_replay(batch: int, named: dict) -> None:
     """Before a decode graph replays: plan its fixed-buffer wrappers for this step's page table."""
-    if "cu_num_pages_host" not in named:
-        return
+    if "cu_num_pages_host" not in named or "last_page_len_host" not in named:
+        return  # not a graph of this backend (e.g. an MLA model's)
     meta = _meta(named["cu_seqlen_host"], named["cu_num_pages_host"], named["last_page_len_host"],
                  named["cache_loc"], True)
     fa.replan_for_graph(meta, batch, [k for k in fa.CAPTURED_KEYS.get(batch, [])])
@@ -106,7 +106,7 @@ class FlashInferPagedAttention(AttentionDescriptor):
 
     @classmethod
     def constants(cls, attn: AttentionNodeInfo) -> list:
-        return [*super().constants(attn), attn.k_scale, attn.v_scale]
+        return [*super().constants(attn), *attn.kv_scale_constants()]
 
     @classmethod
     def prepare_metadata(cls, cache_config: CacheConfig) -> PrepareMetadata:

@@ -61,15 +61,19 @@ def _prepare_fake(position_ids, seq_len, input_pos, cu_seqlen, cache_loc, cu_num
             new(T, dtype=torch.long))
 
 
-def _write_slots(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor, scale: float = 1.0) -> None:
-    """cache[slots] = x, in the cache's dtype (fp8: x / scale, clamped to the e4m3 range, through a byte view: CPU
-    has no fp8 index_copy)."""
+def _write_slots(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> None:
+    """cache[slots] = x, in the cache's dtype (fp8 goes through a byte view: CPU has no fp8 index_copy)."""
+    x = x.to(cache.dtype)
     if cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
-        x = (x.float() / scale).clamp(-448.0, 448.0).to(cache.dtype)
         cache, x = cache.view(torch.uint8), x.view(torch.uint8)
-    else:
-        x = x.to(cache.dtype)
     cache.index_copy_(0, slots, x)
+
+
+def _scaled(x: torch.Tensor, cache: torch.Tensor, scale: float) -> torch.Tensor:
+    # an FP8 cache stores x / scale within the e4m3 range; other caches store x
+    if cache.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return x
+    return (x.float() / scale).clamp(-448.0, 448.0)
 
 
 @torch.library.custom_op("auto_deploy::torch_attention_with_paged_cache", mutates_args=("k_cache", "v_cache"))
@@ -98,8 +102,8 @@ def torch_attention_with_paged_cache(
     _, T, n, d = q.shape
     n_kv, dv = k.shape[2], v.shape[-1]
     B, ps = seq_len.shape[0], k_cache.shape[1]
-    _write_slots(k_cache.view(-1, n_kv, d), slots, k[0], k_scale)
-    _write_slots(v_cache.view(-1, n_kv, dv), slots, v[0], v_scale)
+    _write_slots(k_cache.view(-1, n_kv, d), slots, _scaled(k[0], k_cache, k_scale))
+    _write_slots(v_cache.view(-1, n_kv, dv), slots, _scaled(v[0], v_cache, v_scale))
 
     ip = input_pos.long()
     if T == B:  # decode-only: one query per sequence
@@ -166,7 +170,7 @@ class TorchPagedAttention(AttentionDescriptor):
 
     @classmethod
     def constants(cls, attn: AttentionNodeInfo) -> list:
-        return [*super().constants(attn), attn.k_scale, attn.v_scale]
+        return [*super().constants(attn), *attn.kv_scale_constants()]
 
     @classmethod
     def prepare_metadata(cls, cache_config: CacheConfig) -> PrepareMetadata:

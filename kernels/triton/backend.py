@@ -81,7 +81,7 @@ class TritonPagedAttention(AttentionDescriptor):
 
     @classmethod
     def constants(cls, attn: AttentionNodeInfo) -> list:
-        return [*super().constants(attn), attn.k_scale, attn.v_scale]
+        return [*super().constants(attn), *attn.kv_scale_constants()]
 
     @classmethod
     def prepare_metadata(cls, cache_config: CacheConfig) -> PrepareMetadata:

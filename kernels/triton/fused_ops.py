@@ -52,6 +52,20 @@ def _rope_fake(q, k, cos, sin, unsqueeze_dim=2):
     return torch.empty_like(q), torch.empty_like(k)
 
 
+@torch.library.custom_op("auto_deploy::triton_rope_with_qk_interleaving", mutates_args=())
+def triton_rope_with_qk_interleaving(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                                     unsqueeze_dim: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as torch_rope_with_qk_interleaving for the bsnd layout (DeepSeek's MLA RoPE): one launch."""
+    from kernels.triton import mla
+
+    return mla.rope_qk_interleaved(q, k, cos, sin)
+
+
+@triton_rope_with_qk_interleaving.register_fake
+def _rope_interleaving_fake(q, k, cos, sin, unsqueeze_dim=2):
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
 # --- linear layers: a GEMV kernel when the step has one token (bs1 decode), cuBLAS otherwise -------------------
 def _one_row(x: torch.Tensor) -> bool:
     return x.numel() == x.shape[-1]

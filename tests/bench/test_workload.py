@@ -139,3 +139,26 @@ def test_dataset_line_too_long_and_missing_file(tmp_path):
     cfg, plan = plan_for(f"benchmark.dataset={tmp_path / 'missing.jsonl'}")
     with pytest.raises(ADError, match="does not exist"):
         dataset_workload(plan, cfg, None)
+
+
+def test_trtllm_prepare_dataset_lines(tmp_path):
+    """trtllm-bench prepare-dataset lines: token ids and output_tokens; text lines still need the tokenizer."""
+    path = _dataset(tmp_path, [json.dumps({"task_id": 0, "input_ids": [5, 6, 7], "output_tokens": 4}),
+                               json.dumps({"task_id": 1, "prompt": "Hi", "output_tokens": 2})])
+    cfg, plan = plan_for(f"benchmark.dataset={path}")
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return ModelFactory(cfg).tokenizer()
+
+    w = dataset_workload(plan, cfg, loader)
+    assert [(r.prompt_token_ids[:3], r.max_tokens) for r in w.requests][0] == ([5, 6, 7], 4)
+    assert w.requests[1].max_tokens == 2 and loads == [1]
+    ids_only = _dataset(tmp_path, [json.dumps({"task_id": 0, "input_ids": [9], "output_tokens": 1})])
+    cfg, plan = plan_for(f"benchmark.dataset={ids_only}")
+    assert dataset_workload(plan, cfg, lambda: pytest.fail("no text line: no tokenizer")).requests[0].max_tokens == 1
+    bad = _dataset(tmp_path, [json.dumps({"task_id": 0, "input_ids": ["a"]})])
+    cfg, plan = plan_for(f"benchmark.dataset={bad}")
+    with pytest.raises(ADError, match='line 1: "input_ids" must be a non-empty list of token ids'):
+        dataset_workload(plan, cfg, loader)

@@ -43,23 +43,33 @@ def test_qk_interleaving_equals_deepseek():
 
 
 def test_complex_freqs_equals_meta_llama():
+    """Meta-Llama's complex RoPE rotates each interleaved pair (x[2i], x[2i+1]) by the angle of freqs[:, i]; the
+    reference here is that rotation in real arithmetic, not a complex product like the op's."""
     xq, xk = torch.randn(2, 5, 4, 8), torch.randn(2, 5, 2, 8)  # bsnd
-    freqs = torch.polar(torch.ones(5, 4), torch.rand(5, 4) * 6)  # [s, d/2]
+    theta = torch.rand(5, 4) * 6  # [s, d/2]
+    freqs = torch.polar(torch.ones(5, 4), theta)
 
-    def meta_llama(x):
-        xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
-        return torch.view_as_real(xc * freqs.view(1, 5, 1, 4)).flatten(3).type_as(x)
+    def rotate_pairs(x):
+        c, s = theta.cos().view(1, 5, 1, 4), theta.sin().view(1, 5, 1, 4)
+        x0, x1 = x[..., 0::2], x[..., 1::2]
+        return torch.stack((x0 * c - x1 * s, x0 * s + x1 * c), dim=-1).flatten(3)
 
     got_q, got_k = AD.torch_rope_with_complex_freqs(xq, xk, freqs.unsqueeze(0), 2)
-    torch.testing.assert_close(got_q, meta_llama(xq))
-    torch.testing.assert_close(got_k, meta_llama(xk))
+    torch.testing.assert_close(got_q, rotate_pairs(xq))
+    torch.testing.assert_close(got_k, rotate_pairs(xk))
 
 
 def test_bfloat16_keeps_dtype_and_shapes():
+    """bf16 in, bf16 out, with HF's bf16 RoPE's values (bsnd layout, so unsqueeze_dim 2)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
     q, k = torch.randn(1, 3, 2, 8, dtype=torch.bfloat16), torch.randn(1, 3, 1, 8, dtype=torch.bfloat16)
     cos, sin = _tables(1, 3, 8, torch.bfloat16)
     out = AD.torch_rope_with_explicit_cos_sin(q, k, cos, sin, 2)
     assert [(t.shape, t.dtype) for t in out] == [(q.shape, torch.bfloat16), (k.shape, torch.bfloat16)]
+    want = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=2)
+    torch.testing.assert_close(out[0], want[0])
+    torch.testing.assert_close(out[1], want[1])
 
 
 def _qk(n_first: bool):

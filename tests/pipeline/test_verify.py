@@ -18,7 +18,7 @@ def test_verify_passes_on_tiny_models(family, tiny_dir):
     assert verify["ok"] and verify["first_failure"] is None
     checked = [row["transform"] for row in verify["rows"]]
     assert checked[0] == "export_to_gm" and "load_weights" in checked
-    assert all(row["max_rel_err"] <= 1e-4 for row in verify["rows"])
+    assert all(row["max_rel_err"] <= 1e-4 for row in verify["rows"] if row["check"] != "n/a")
 
 
 @pytest.fixture

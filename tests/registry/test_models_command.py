@@ -94,3 +94,13 @@ def test_show_unknown_id_suggests_the_closest_entries():
         " ".join(result.output.split())
     short = invoke("models", "show", "qwen3-30b")
     assert "Closest entries: `Qwen/Qwen3-30B-A3B`, `Qwen/Qwen3-30B-A3B-Instruct-2507`" in " ".join(short.output.split())
+
+
+def test_output_cut_short_by_head_is_not_an_error():
+    import subprocess
+    import sys
+
+    cmd = f"{sys.executable} -m autodeploy_cli models show meta-llama/Llama-3.1-8B-Instruct | head -1"
+    out = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True, timeout=60)
+    assert out.stdout == "meta-llama/Llama-3.1-8B-Instruct\n"
+    assert out.returncode == 0 and "internal error" not in out.stderr and "BrokenPipe" not in out.stderr

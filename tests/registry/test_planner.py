@@ -80,3 +80,26 @@ def test_parse_mem(text, expected):
 def test_parse_mem_error():
     with pytest.raises(ADError, match=r"Cannot read `--gpu-mem lots`: give a size such as `141GB`"):
         parse_mem("lots")
+
+
+def test_deepseek_v3_needs_a_node_of_8_in_fp8_and_each_gpu_holds_the_compressed_kv():
+    result = runner.invoke(app, ["build", "--model", "deepseek-ai/DeepSeek-V3", "--plan", "--gpu-mem", "141GB"])
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "  671.03B parameters (671,026,404,352)\n" in out
+    assert "in fp8, 128x128 block scales (embedding, LM head, router and norms in bfloat16)" in out
+    # 61 layers x (512 latent + 64 RoPE key) x 2 bytes, not 61 x 2 x 128 heads x (192 | 128) x 2
+    assert ("  KV cache: 70272 bytes of bf16 KV per token = 61 layers x (512 latent + 64 RoPE key) x 2 bytes "
+            "(compressed MLA cache: every GPU holds all of it)\n") in out
+    plan = make_plan(resolve(model="deepseek-ai/DeepSeek-V3"), "141GB")
+    assert 671e9 < plan.weight_bytes < 680e9  # ~1 byte per parameter plus the 128x128 block scales
+    assert [r.kv_per_token_per_gpu for r in plan.rows] == [70272] * 4  # the latent has no head dim to split
+    assert [r.max_seqs > 0 for r in plan.rows] == [False, False, False, True]
+    assert plan.recommended == 8
+    assert "  recommended world size: 8 (smallest that holds max_batch_size=8 sequences of 8192 tokens)\n" in out
+
+
+def test_mla_kv_is_about_71x_smaller_than_expanded_heads():
+    plan = make_plan(resolve(model="deepseek-ai/DeepSeek-V3"), "141GB")
+    expanded = 61 * 128 * (192 + 128) * 2  # what caching per-head K and V would cost
+    assert round(expanded / plan.kv_bytes_per_token) == 71

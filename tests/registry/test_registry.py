@@ -17,10 +17,27 @@ SEQ = {"2k": 2048, "4k": 4096, "8k": 8192, "32k": 32768}
 
 
 def test_at_least_100_real_hf_ids_build_offline():
+    """Each entry's stored architecture builds its HF model on the meta device, offline, with the shapes the stored
+    values say (one build per distinct architecture; entries sharing one share its model)."""
+    from autodeploy_cli.models.hf_arch import config_from_values, meta_model
+
     assert len(SUPPORTED) >= 100
+    built: dict = {}
     for name in SUPPORTED:
         assert re.fullmatch(r"[\w.-]+/[\w.-]+", name), name  # a hub id of the form org/name
-        assert hf_architecture(name) is not None, name
+        values = hf_architecture(name)
+        assert values is not None, name
+        key = REG[name].get("arch", name)
+        if key not in built:
+            model = meta_model(config_from_values(values))
+            text = values.get("text_config", values)
+            emb = model.get_input_embeddings().weight
+            assert tuple(emb.shape) == (text["vocab_size"], text["hidden_size"]), name
+            assert emb.device.type == "meta"
+            head = model.get_output_embeddings().weight
+            assert tuple(head.shape) == (text["vocab_size"], text["hidden_size"]), name
+            built[key] = sum(1 for n, _ in model.named_modules() if re.search(r"layers\.\d+$", n))
+            assert built[key] == text["num_hidden_layers"], name
 
 
 def test_every_entry_resolves_with_its_layers():
@@ -53,13 +70,15 @@ def test_user_config_and_overrides_win_over_registry_layers(tmp_path):
 def test_entries_cover_the_issue_families():
     families = {e["family"] for n, e in REG.items() if n in SUPPORTED}
     assert {"llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen2_moe", "qwen3_moe", "phi3", "gemma", "gemma2",
-            "gemma3", "smollm3", "granite", "olmo2", "starcoder2", "internlm3", "exaone4"} <= families
+            "gemma3", "smollm3", "granite", "olmo2", "starcoder2", "internlm3", "exaone4", "deepseek_v2",
+            "deepseek_v3"} <= families
     ids = " ".join(SUPPORTED)
     for needle in ("Llama-2", "Llama-3-", "Llama-3.1", "Llama-3.2", "Llama-3.3", "CodeLlama", "TinyLlama",
                    "DeepSeek-R1-Distill-Llama", "Minitron", "Ministral", "Codestral", "Mixtral", "Qwen2-", "Qwen2.5",
                    "Qwen3-", "Coder", "DeepSeek-R1-Distill-Qwen", "Qwen1.5-MoE", "Qwen3-30B-A3B", "Phi-3", "phi-4",
                    "gemma-2b", "gemma-2-", "gemma-3-", "SmolLM2", "SmolLM3", "granite-3", "OLMo-2", "starcoder2",
-                   "Falcon3", "internlm3", "EXAONE"):
+                   "Falcon3", "internlm3", "EXAONE", "DeepSeek-V2-Lite", "Moonlight-16B-A3B", "DeepSeek-V3",
+                   "DeepSeek-R1", "DeepSeek-V3.1", "Kimi-K2"):
         assert needle in ids, needle
 
 
@@ -68,7 +87,8 @@ def test_entry_family_matches_its_architecture():
                    "qwen3": {"qwen3"}, "qwen3_moe": {"qwen3_moe"}, "qwen2_moe": {"qwen2_moe"}, "phi3": {"phi3"},
                    "gemma": {"gemma"}, "gemma2": {"gemma2"}, "gemma3": {"gemma3_text"}, "smollm3": {"smollm3"},
                    "granite": {"granite"}, "olmo2": {"olmo2"}, "starcoder2": {"starcoder2"},
-                   "internlm3": {"internlm3"}, "exaone4": {"exaone4"}}
+                   "internlm3": {"internlm3"}, "exaone4": {"exaone4"}, "deepseek_v2": {"deepseek_v2"},
+                   "deepseek_v3": {"deepseek_v3"}}
     for name in SUPPORTED:
         assert hf_architecture(name)["model_type"] in model_types[get_entry(name)["family"]], name
 

@@ -29,6 +29,12 @@ BACKEND_ALIASES: dict[str, str] = {
     "FlashInfer": "flashinfer",
     "MultiHeadLatentAttention": "flashinfer_mla",
 }
+# AutoDeploy's MLA backend names (insert_cached_mla_attention.backend, mla_backend) -> ad's MLA backends
+MLA_BACKEND_ALIASES: dict[str, str] = {
+    "flashinfer_mla": "flashinfer",
+    "torch_mla": "torch",
+    "MultiHeadLatentAttention": "flashinfer",
+}
 
 # --- ignored keys: key -> (harmless values, what ad does instead) -----------------------------------------------
 _PARALLEL = "ad parallelizes only through `world_size` (tensor parallel on one host)"
@@ -36,7 +42,9 @@ _SPEC = "ad has no speculative decoding; it decodes one token per step"
 _RUNTIME = "it is a TensorRT-LLM runtime option with no equivalent in ad's built-in runtime"
 
 IGNORED_TOP: dict[str, tuple[tuple, str]] = {
-    "disable_overlap_scheduler": ((True,), "ad's runtime never overlaps scheduling with the forward pass"),
+    "disable_overlap_scheduler": ((False,), "ad's runtime always overlaps greedy steps with the host (the next step "
+                                            "is launched before the previous one's tokens are read); there is no "
+                                            "switch to turn it off"),
     "allreduce_strategy": (("NCCL", "AUTO"), "ad's multi-GPU all-reduce is torch.distributed with NCCL"),
     "pipeline_parallel_size": ((1, None), _PARALLEL),
     "context_parallel_size": ((1, None), _PARALLEL),

@@ -100,7 +100,7 @@ class AnchorCompat:
                     ignore_key(self.report, cg, key, label, ((), "it is a TensorRT-LLM CUDA-graph option with no equivalent in ad"))
         from autodeploy_cli.config.schema import SHORTCUTS
 
-        for key in ("attn_backend", "compile_backend"):
+        for key in ("attn_backend", "mla_backend", "compile_backend"):
             tname, option = SHORTCUTS[key]
             check_backend(self.report, data, key, key, tname, option)
 

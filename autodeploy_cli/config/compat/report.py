@@ -13,7 +13,7 @@ from typing import Any, Optional
 from autodeploy_cli.config.compat import keys as K
 from autodeploy_cli.config.layers import default_pipeline, get_path, set_path
 from autodeploy_cli.config.schema import BACKEND_CHOICES, TRANSFORM_BACKENDS
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.errors import ADError, shown
 
 _MISSING = object()
 
@@ -53,8 +53,8 @@ def fmt_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (dict, list)):
-        return json.dumps(value)
-    return str(value)
+        return shown(json.dumps(value, default=str), 120)
+    return shown(value, 120)
 
 
 def _same(value: Any, harmless: tuple) -> bool:
@@ -89,7 +89,11 @@ def check_backend(report: CompatReport, container: dict, key: str, label: str, t
     value = container.get(key)
     if not isinstance(value, str):
         return
-    if value in K.BACKEND_ALIASES:
+    if TRANSFORM_BACKENDS.get((tname, option)) == "mla" and value in K.MLA_BACKEND_ALIASES:
+        old, value = value, K.MLA_BACKEND_ALIASES[value]
+        container[key] = value
+        report.note(f"`{label}: {old}` (AutoDeploy's MLA backend name) -> `{value}`.")
+    elif value in K.BACKEND_ALIASES:
         old, value = value, K.BACKEND_ALIASES[value]
         container[key] = value
         report.note(f"`{label}: {old}` (AutoDeploy v1 name) -> `{value}`.")

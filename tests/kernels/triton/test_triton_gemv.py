@@ -54,21 +54,32 @@ def test_gemv_rejects_more_than_one_row(device):
         gemv.gemv(torch.zeros(2, 8, device=device), torch.zeros(4, 8, device=device))
 
 
+def _torch_rmsnorm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
 @pytest.mark.parametrize("rows", [1, 3])
-def test_linear_ops_dispatch_by_row_count(device, rows):
+def test_linear_ops_dispatch_by_row_count(device, rows, monkeypatch):
+    """One row runs the GEMV kernel (once per op), more rows never do; both give the torch formulas' values."""
+    calls = []
+    real = fused_ops.gemv.gemv
+    monkeypatch.setattr(fused_ops.gemv, "gemv", lambda *a, **k: calls.append(k) or real(*a, **k))
     g = torch.Generator().manual_seed(rows)
     w, nw = torch.randn(24, 32, generator=g).to(device), torch.randn(32, generator=g).to(device)
     x, r = torch.randn(1, rows, 32, generator=g).to(device), torch.randn(1, rows, 32, generator=g).to(device)
     gu = torch.randn(1, rows, 64, generator=g).to(device)
-    torch.testing.assert_close(AD.triton_linear(x, w), F.linear(x, w), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(AD.triton_silu_mul_linear(gu, w), F.linear(activation.silu_and_mul(gu), w),
-                               rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(AD.triton_rmsnorm_linear(x, nw, 1e-6, 0.0, w),
-                               F.linear(norm.rmsnorm(x, nw, 1e-6), w), rtol=1e-5, atol=1e-5)
+    tol = dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(AD.triton_linear(x, w), x @ w.T, **tol)
+    torch.testing.assert_close(AD.triton_silu_mul_linear(gu, w), (F.silu(gu[..., :32]) * gu[..., 32:]) @ w.T, **tol)
+    torch.testing.assert_close(AD.triton_rmsnorm_linear(x, nw, 1e-6, 0.0, w), _torch_rmsnorm(x, nw, 1e-6) @ w.T,
+                               **tol)
     y, s = AD.triton_add_rmsnorm_linear(x, r, nw, 1e-6, 0.0, w)
-    normed, ref_s = norm.add_rmsnorm(x, r, nw, 1e-6)
-    torch.testing.assert_close(y, F.linear(normed, w), rtol=1e-5, atol=1e-5)
-    assert torch.equal(s, ref_s)
+    torch.testing.assert_close(y, _torch_rmsnorm(x + r, nw, 1e-6) @ w.T, **tol)
+    torch.testing.assert_close(s, x + r, rtol=0, atol=0)
+    assert len(calls) == (4 if rows == 1 else 0)
+    if rows == 1:  # the fused prologues ran inside the GEMV, not before it
+        assert [sorted(k) for k in calls] == [[], ["silu_mul"], ["eps", "norm_weight", "weight_offset"],
+                                              ["eps", "norm_weight", "residual", "weight_offset"]]
 
 
 @pytest.mark.gpu
