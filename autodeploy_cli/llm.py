@@ -113,3 +113,24 @@ class LLM:
         if isinstance(prompts, str) or (prompts and all(isinstance(t, int) for t in prompts)):
             prompts = [prompts]  # type: ignore[list-item]
         return self.engine.generate(list(prompts), sampling_params, chat_template=chat_template)
+
+
+def quality_probe(engine: Any, cfg: ADConfig) -> Any:
+    """Logits of a built engine on the quality gate's probe prompts (CPU float32), for `ad bench --baseline hf`."""
+    from autodeploy_cli.pipeline.quality_gate import probe_batch
+
+    vocab = getattr(engine, "vocab_size", None) or engine.build_result.ctx.factory.hf_config().vocab_size
+    ids, pos = probe_batch(vocab, cfg.seed, engine.iface.device)
+    return engine.iface.run_prefill(engine.model, ids, pos).float().cpu()
+
+
+def quality_against(model: Any, ours: Any, cfg: ADConfig) -> dict:
+    """The quality gate's numbers for logits `ours` (quality_probe) against HF `model` on the same prompts."""
+    import torch
+
+    from autodeploy_cli.pipeline.quality_gate import compare, probe_batch
+
+    ids, pos = probe_batch(ours.shape[-1], cfg.seed, model.device)
+    with torch.no_grad():
+        ref = model(input_ids=ids, position_ids=pos, use_cache=False).logits.float().cpu()
+    return {**compare(ours, ref), "vs": "the --baseline hf model (transformers, unquantized)"}

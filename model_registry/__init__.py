@@ -133,3 +133,18 @@ def num_layers(name: str) -> int | None:
 
         values = json.loads((local_model_dir(name) / "config.json").read_text())  # type: ignore[operator]
     return None if values is None else values.get("num_hidden_layers")
+
+
+@lru_cache(maxsize=1)
+def _quant_configs() -> dict[str, Any]:
+    path = REGISTRY_DIR / "quant_configs.yaml"
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def stored_quant_config(name: str) -> dict[str, Any] | None:
+    """The stored quantization config of a registry entry (`quant_config: <key>` in models.yaml): {"file":
+    "hf_quant_config.json" | "config.json", "content": ...} as the published checkpoint ships it; None if none."""
+    entry = get_entry(name)
+    if entry is None or not entry.get("quant_config"):
+        return None
+    return copy.deepcopy(_quant_configs()[entry["quant_config"]])

@@ -18,7 +18,7 @@ ALLOWED: dict[str, set[str]] = {
     "autodeploy_cli.ops": {"autodeploy_cli.config"},
     "kernels": {"autodeploy_cli.ops", "autodeploy_cli.config"},
     "autodeploy_cli.graph": {"autodeploy_cli.ops", "autodeploy_cli.config"},
-    "autodeploy_cli.models": {"autodeploy_cli.config", "model_registry"},
+    "autodeploy_cli.models": {"autodeploy_cli.ops", "autodeploy_cli.config", "model_registry"},
     "autodeploy_cli.export": {"autodeploy_cli.ops", "autodeploy_cli.config"},
     "autodeploy_cli.distributed": {"autodeploy_cli.ops", "autodeploy_cli.config"},
     # transforms see the transform contract of the pipeline, not its runner

@@ -23,6 +23,7 @@ from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, Transf
 from autodeploy_cli.pipeline.registry import register
 
 aten = torch.ops.aten
+_FP8_LINEARS = ("auto_deploy::torch_quant_fp8_linear", "auto_deploy::torch_quant_fp8_block_linear")
 
 
 @dataclass
@@ -36,7 +37,8 @@ def _width(gm: fx.GraphModule, node: fx.Node):
     val = node.meta.get("val")
     if val is not None:
         return val.shape[-1]
-    if node.target == aten.linear.default and node.args[1].op == "get_attr":
+    fp8 = getattr(node.target, "name", lambda: "")() in _FP8_LINEARS  # (x, weight, ...) like linear
+    if (node.target == aten.linear.default or fp8) and node.args[1].op == "get_attr":
         return get_attr_value(gm, node.args[1].target).shape[0]
     return None
 

@@ -30,6 +30,8 @@ aten = torch.ops.aten
 GATHER_INPUT = "logits_gather_idx"
 _HEAD_OPS = (aten.linear.default, aten.mm.default, aten.matmul.default)
 _HEAD_OP_NAMES = {"auto_deploy::triton_linear"}  # optimize_linear's GEMV-capable linear (input first, like linear)
+# FP8 linears (a quantized LM head): the input comes first too
+_HEAD_OP_NAMES |= {f"auto_deploy::{b}_quant_fp8{v}_linear" for b in ("torch", "triton") for v in ("", "_block")}
 # ops allowed between the head and the output: element-wise with scalar partners (soft-capping, casts)
 _ELEMENTWISE = (aten.tanh.default, aten.mul.Tensor, aten.mul.Scalar, aten.div.Tensor, aten.div.Scalar,
                 aten.to.dtype, aten._to_copy.default, aten.alias.default, aten.clone.default)

@@ -20,8 +20,9 @@ through the cached graph so `ad build --verify` compares it with HF eager.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Optional
 
 import torch
 from torch import fx
@@ -46,7 +47,16 @@ class InsertCachedAttentionOptions(TransformOptions):
     choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["attention"]}
 
 
-def _node_info(node: fx.Node, layer_idx: int) -> AttentionNodeInfo:
+def _layer_number(node: fx.Node, default: int) -> int:
+    """The decoder layer a node belongs to (`...layers.<i>...` of its module path), else its graph order."""
+    for path, _ in reversed(list((node.meta.get("nn_module_stack") or {}).values())):
+        m = re.search(r"(?:^|\.)layers\.(\d+)(?:\.|$)", str(path))
+        if m:
+            return int(m.group(1))
+    return default
+
+
+def _node_info(node: fx.Node, layer_idx: int, kv_scales: Optional[dict] = None) -> AttentionNodeInfo:
     a = bound_args(node)
     where = f"attention node `{node.name}` (layer {layer_idx})"
     if a["attn_mask"] is not None:
@@ -59,10 +69,13 @@ def _node_info(node: fx.Node, layer_idx: int) -> AttentionNodeInfo:
         raise RuntimeError(f"{where}: q/k/v have no shape metadata (run shape propagation first)")
     hd = 2 if a["layout"] == "bnsd" else 3
     head = 1 if a["layout"] == "bnsd" else 2
+    # k/v scales only for an FP8 cache (kv_scales is None otherwise): the checkpoint's, else 1.0
+    k_scale, v_scale = (None, None) if kv_scales is None else kv_scales.get(_layer_number(node, layer_idx),
+                                                                             (1.0, 1.0))
     return AttentionNodeInfo(
         layer_idx=layer_idx, n_heads=int(q.shape[head]), n_kv_heads=int(k.shape[head]), head_dim=int(k.shape[hd]),
         v_head_dim=int(v.shape[hd]), dtype=q.dtype, scale=a["scale"], sinks=a["sinks"],
-        sliding_window=a["sliding_window"], logit_cap=a["logit_cap"])
+        sliding_window=a["sliding_window"], logit_cap=a["logit_cap"], k_scale=k_scale, v_scale=v_scale)
 
 
 @register("insert_cached_attention")
@@ -78,13 +91,15 @@ class InsertCachedAttention(BaseTransform):
         backend = get_attention_backend(resolve("attention", self.options.backend, ctx.device.type))
         # head counts and dims come from the q/k/v shapes; propagate them only if a transform left some unknown
         ensure_shapes(gm, [a for n in nodes for a in n.args[:3] if isinstance(a, fx.Node)])
-        infos = [_node_info(n, i) for i, n in enumerate(nodes)]
+        iface = ctx.cache_interface()
+        fp8_kv = iface.cache_config.dtype == getattr(torch, "float8_e4m3fn", None)
+        kv_scales = ctx.factory.kv_scales() if fp8_kv else None  # k/v scales matter only to an FP8 cache
+        infos = [_node_info(n, i, kv_scales) for i, n in enumerate(nodes)]
         for info in infos:
             reason = backend.unsupported_reason(info)
             if reason:
                 raise ADError(f"The `{backend.name}` attention backend cannot run layer {info.layer_idx}: {reason}. "
                               "Choose another with `attn_backend=<name>`.")
-        iface = ctx.cache_interface()
         cc = iface.cache_config
         graph = gm.graph
 
@@ -110,5 +125,6 @@ class InsertCachedAttention(BaseTransform):
 
         ctx.use_cached_probe()
         ctx.facts.attention_backend = backend.name
+        scales = f", k/v scales from the checkpoint for {len(kv_scales)} layers" if kv_scales else ""
         return TransformInfo(num_matches=len(nodes), is_clean=False, has_valid_shapes=False,
-                             note=f"backend {backend.name}, page size {cc.page_size}, kv {str(cc.dtype)[6:]}")
+                             note=f"backend {backend.name}, page size {cc.page_size}, kv {str(cc.dtype)[6:]}{scales}")

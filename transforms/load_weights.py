@@ -12,16 +12,19 @@ from torch import fx
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo
 from autodeploy_cli.pipeline.registry import register
 from autodeploy_cli.graph.core import retarget_device_kwargs
-from autodeploy_cli.models.weights import assign_weights, source_tensors
+from autodeploy_cli.models.weights import assign_weights
 
 
 @register("load_weights")
 class LoadWeights(BaseTransform):
     def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
-        source, ctx.reference_model = ctx.reference_model or ctx.factory.materialize(ctx.device), None
-        tensors = source_tensors(source)
+        # a quantized checkpoint is read tensor by tensor (FP8 + scales); else the HF model's tensors are shared
+        tensors = ctx.factory.weight_tensors(ctx.device, ctx.reference_model)
+        ctx.reference_model = None
         count = assign_weights(gm, tensors, ctx.weight_hooks)
+        del tensors
         retarget_device_kwargs(gm, ctx.device)
-        kind = "random init (seeded)" if ctx.config.skip_loading_weights else "checkpoint"
+        kind = "random init (seeded)" if ctx.config.skip_loading_weights else (
+            "quantized checkpoint" if ctx.factory.checkpoint_quantized else "checkpoint")
         return TransformInfo(num_matches=count, is_clean=True, has_valid_shapes=True,
                              note=f"{count} tensors from {kind} on {ctx.device}")

@@ -101,7 +101,8 @@ class OptimizeLinear(BaseTransform):
                 _replace(graph, lin, fused_op(backend, "rmsnorm_linear"), (src.args[0], src.args[1], eps, off, *rest))
                 graph.erase_node(src)
                 counts["norm"] += 1
-            elif self.options.fuse_norm and lin is not head and self._fuse_add_norm(graph, lin, src, backend):
+            elif self.options.fuse_norm and lin is not head and fuse_add_norm(
+                    graph, lin, src, fused_op(backend, "add_rmsnorm_linear")):
                 counts["add_norm"] += 1
             elif backend == "triton":
                 _replace(graph, lin, fused_op(backend, "linear"), tuple(lin.args))
@@ -112,35 +113,36 @@ class OptimizeLinear(BaseTransform):
         note = f"backend {backend}: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v)
         return TransformInfo(num_matches=total, is_clean=False, has_valid_shapes=True, note=note)
 
-    @staticmethod
-    def _fuse_add_norm(graph: fx.Graph, lin: fx.Node, src: fx.Node, backend: str) -> bool:
-        """%n = getitem(fused_add_rmsnorm(...), 0) read by this linear alone -> one add_rmsnorm_linear."""
-        if not (src.op == "call_function" and src.target is operator.getitem and src.args[1] == 0):
-            return False
-        fused = src.args[0]
-        if not (isinstance(fused, fx.Node) and _name(fused) in _ADD_NORMS and _only_user(src) is lin):
-            return False
-        sums = [u for u in fused.users if u is not src]
-        if not all(u.target is operator.getitem and u.args[1] == 1 for u in sums):
-            return False
-        params = lin.args[1:]  # weight (and bias): parameters, re-read at the norm's position
-        if not all(p is None or (isinstance(p, fx.Node) and p.op == "get_attr") for p in params):
-            return False
-        eps, off = _norm_args(fused)
-        x, residual, norm_w = fused.args[:3]
-        with graph.inserting_before(fused):  # where the norm was: the sum's readers all come later
-            params = tuple(p if p is None else graph.get_attr(p.target) for p in params)
-            new = graph.call_function(fused_op(backend, "add_rmsnorm_linear"), (x, residual, norm_w, eps, off, *params))
-            out = graph.call_function(operator.getitem, (new, 0))
-            total = graph.call_function(operator.getitem, (new, 1))
-        if "val" in lin.meta and "val" in fused.meta:
-            out.meta["val"], total.meta["val"] = lin.meta["val"], fused.meta["val"][1]
-            new.meta["val"] = (lin.meta["val"], fused.meta["val"][1])
-        lin.replace_all_uses_with(out)
-        graph.erase_node(lin)
-        for u in sums:
-            u.replace_all_uses_with(total)
-            graph.erase_node(u)
-        graph.erase_node(src)
-        graph.erase_node(fused)
-        return True
+
+def fuse_add_norm(graph: fx.Graph, lin: fx.Node, src: fx.Node, op, extra: tuple = ()) -> bool:
+    """%n = getitem(fused_add_rmsnorm(...), 0) read by linear `lin` alone -> one `op`(x, residual, norm_w, eps,
+    offset, *lin's parameters, *extra) returning (y, sum) (also used by fuse_fp8_linear)."""
+    if not (src.op == "call_function" and src.target is operator.getitem and src.args[1] == 0):
+        return False
+    fused = src.args[0]
+    if not (isinstance(fused, fx.Node) and _name(fused) in _ADD_NORMS and _only_user(src) is lin):
+        return False
+    sums = [u for u in fused.users if u is not src]
+    if not all(u.target is operator.getitem and u.args[1] == 1 for u in sums):
+        return False
+    params = lin.args[1:]  # weight (and bias): parameters, re-read at the norm's position
+    if not all(p is None or (isinstance(p, fx.Node) and p.op == "get_attr") for p in params):
+        return False
+    eps, off = _norm_args(fused)
+    x, residual, norm_w = fused.args[:3]
+    with graph.inserting_before(fused):  # where the norm was: the sum's readers all come later
+        params = tuple(p if p is None else graph.get_attr(p.target) for p in params)
+        new = graph.call_function(op, (x, residual, norm_w, eps, off, *params, *extra))
+        out = graph.call_function(operator.getitem, (new, 0))
+        total = graph.call_function(operator.getitem, (new, 1))
+    if "val" in lin.meta and "val" in fused.meta:
+        out.meta["val"], total.meta["val"] = lin.meta["val"], fused.meta["val"][1]
+        new.meta["val"] = (lin.meta["val"], fused.meta["val"][1])
+    lin.replace_all_uses_with(out)
+    graph.erase_node(lin)
+    for u in sums:
+        u.replace_all_uses_with(total)
+        graph.erase_node(u)
+    graph.erase_node(src)
+    graph.erase_node(fused)
+    return True

@@ -67,6 +67,7 @@ class _Session:
         self.result = BenchResult(plan=plan, config=dataclasses.asdict(cfg), workload=self.workload.summary(),
                                   conditions=_conditions(cfg, self.factory))
         self.stage = "setup"
+        self._probe: Any = None  # our logits on the quality probe (quantized builds with --baseline hf)
 
     def run(self) -> None:
         from autodeploy_cli.bench import hardware
@@ -112,6 +113,11 @@ class _Session:
         hardware.reset_peak_memory(self.factory.device)
         ours.run_engine(engine, requests, c, trace, on_done=lambda: progress.advance(task))
         trace.peak_memory_bytes, trace.peak_memory_note = hardware.peak_memory(self.factory.device)
+        if "hf" in self.plan.baselines and (self.factory.quant_scheme() is not None or
+                                            self.factory.kv_cache_dtype() == "fp8"):
+            from autodeploy_cli.llm import quality_probe
+
+            self._probe = quality_probe(engine, self.cfg)  # compared with the hf baseline's logits below
 
     def _run_baseline(self, kind: str, progress: Progress) -> None:
         from autodeploy_cli.bench import baselines, hardware
@@ -126,6 +132,10 @@ class _Session:
             progress.update(task, description=kind)
             hardware.reset_peak_memory(device)
 
+        if kind == "hf" and self._probe is not None:  # quantized: the quality gate's numbers vs this model
+            from autodeploy_cli.llm import quality_against
+
+            self.result.quality = quality_against(model, self._probe, self.cfg)
         try:
             baselines.run_hf(model, kind, self.workload.requests, self.plan.concurrency, trace,
                              do_warmup=self.plan.warmup, on_done=lambda: progress.advance(task), on_warm=warmed)

@@ -25,13 +25,15 @@ def model_bytes(factory: Any) -> dict[str, Any]:
     model = factory.build_meta_model()
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() * p.element_size() for p in unique.values())
+    fp8_saved = _fp8_saving(model, factory.quant_scheme())
+    total -= fp8_saved
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and emb is not None and head.weight is emb.weight
     emb_bytes = emb.weight.numel() * emb.weight.element_size() if emb is not None else 0
     from autodeploy_cli.models.hf_arch import kv_values_per_token
 
     kv_values, _ = kv_values_per_token(factory.hf_config())  # MLA: the compressed latent + RoPE key per layer
-    kv_dtype = factory.config.kv_cache_config.dtype
+    kv_dtype = factory.kv_cache_dtype()  # `auto` is fp8 for a checkpoint with an FP8 KV cache
     kv_elem = _KV_DTYPE_BYTES.get(kv_dtype) or torch.empty((), dtype=factory.model_dtype()).element_size()
     return {
         "parameters": sum(p.numel() for p in unique.values()),
@@ -41,7 +43,27 @@ def model_bytes(factory: Any) -> dict[str, Any]:
         "weight_bytes_per_decode_step": total if tied else total - emb_bytes,
         "kv_bytes_per_token": kv_values * kv_elem,
         "dtype": str(factory.model_dtype()).replace("torch.", ""),
+        "quantization": factory.quant_scheme().describe() if factory.quant_scheme() is not None else None,
+        "fp8_weight_bytes_saved": fp8_saved,
     }
+
+
+def _fp8_saving(model: Any, scheme: Any) -> int:
+    """Bytes FP8 saves against the model dtype: the weights of the linear layers the quant scheme covers (not the LM
+    head or anything tied to the embeddings, not the excluded modules) at one byte per element."""
+    if scheme is None:
+        return 0
+    head = model.get_output_embeddings()
+    emb = model.get_input_embeddings()
+    saved = 0
+    for name, mod in model.named_modules():
+        w = getattr(mod, "weight", None)
+        if not isinstance(mod, torch.nn.Linear) or w is None or mod is head or (emb is not None and w is emb.weight):
+            continue
+        if scheme.excludes(name):
+            continue
+        saved += w.numel() * (w.element_size() - 1)
+    return saved
 
 
 def measure_copy_bandwidth(device: torch.device, max_bytes: int = 1 << 30, reps: int = 20) -> tuple[Optional[float], str]:

@@ -44,6 +44,7 @@ class BenchResult:
     hardware: dict[str, Any] = field(default_factory=dict)  # copy bandwidth and how it was measured
     build: Optional[dict[str, Any]] = None
     kv_cache_capacity_tokens: Optional[int] = None
+    quality: Optional[dict[str, Any]] = None  # quantized builds with --baseline hf: logits vs the HF model
     runs: dict[str, RunTrace] = field(default_factory=dict)
     partial: bool = False
     interrupted_during: Optional[str] = None
@@ -77,6 +78,7 @@ class BenchResult:
             "workload": self.workload,
             "build": self.build,
             "kv_cache_capacity_tokens": self.kv_cache_capacity_tokens,
+            "quality": self.quality,
             "hardware": self.hardware,
             "model": self.model,
             "runs": runs,

@@ -99,6 +99,11 @@ def _footer(data: dict[str, Any], console: Console) -> None:
     hw = data.get("hardware", {})
     bw = hw.get("copy_bandwidth_gb_s")
     console.print(f"copy bandwidth: {f'{bw:,.0f} GB/s' if bw else 'not measured'} ({hw.get('note', '')})")
+    quality = data.get("quality")
+    if quality:
+        console.print(f"quality vs {quality['vs']}: cosine {quality['cosine']:.4f}, top-1 agreement "
+                      f"{quality['top1']:.1%} ({quality['top1_ties']:.1%} counting near-ties): "
+                      f"{'ok' if quality['ok'] else 'below the thresholds'}")
     peak_note = next((r.get("peak_gpu_memory_note") for r in data["runs"].values()), "")
     if peak_note:
         console.print(f"peak memory: {peak_note}")

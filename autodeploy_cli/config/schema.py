@@ -27,6 +27,20 @@ class KvCacheConfig:
 
 
 @dataclass
+class QuantConfig:
+    """FP8 quantization (TensorRT-LLM LLM-API spelling: `quant_config.quant_algo: FP8`)."""
+
+    # FP8: quantize the linear layers of an unquantized checkpoint (or random weights) at load; None: a quantized
+    # checkpoint runs with its own config (hf_quant_config.json / quantization_config), anything else unquantized
+    quant_algo: Optional[str] = None
+    kv_cache_quant_algo: Optional[str] = None  # FP8: an FP8 KV cache (the same as kv_cache_config.dtype=fp8)
+    # module-name patterns kept unquantized (fnmatch wildcards, `re:<regex>`); None: the checkpoint's list, else the
+    # LM head, the embeddings and MoE router gates
+    exclude_modules: Optional[List[str]] = None
+    weight_granularity: str = "channel"  # on-the-fly FP8: channel (one scale per output row) | tensor
+
+
+@dataclass
 class SamplingConfig:
     max_tokens: int = 32
     temperature: float = 0.0  # 0 = greedy
@@ -89,6 +103,7 @@ class ADConfig:
     max_num_tokens: Optional[int] = None  # None: max_batch_size * max_seq_len, capped at 8192
     enable_chunked_prefill: bool = False
     kv_cache_config: KvCacheConfig = field(default_factory=KvCacheConfig)
+    quant_config: QuantConfig = field(default_factory=QuantConfig)
     transforms: Dict[str, Any] = field(default_factory=dict)
     # --- commands ---
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -110,6 +125,7 @@ BACKEND_CHOICES: dict[str, tuple[str, ...]] = {
     "fused": ("auto", "torch", "triton"),
     "mla": ("auto", "torch", "triton", "flashinfer"),
     "compile": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
+    "quant": ("auto", "torch", "triton"),
 }
 # (transform, option) -> the op family whose backend the option chooses
 TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
@@ -118,12 +134,14 @@ TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
     ("compile_model", "backend"): "compile",
     **{(name, "backend"): "fused" for name in ("fuse_silu_mul", "fuse_add_rmsnorm", "fuse_rmsnorm", "optimize_rope",
                                                  "optimize_linear")},
+    ("fuse_fp8_linear", "backend"): "quant",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "float32", "float16", "bfloat16"),
     "runtime": ("demollm",),
     "kv_cache_config.dtype": ("auto", "float32", "float16", "bfloat16", "fp8"),
+    "quant_config.weight_granularity": ("channel", "tensor"),
     "benchmark.mode": ("throughput", "latency"),
 }
 

@@ -76,6 +76,8 @@ class ModelFactory:
         self.device = device or resolve_device(config.device)
         self.source = resolve_model_source(config.model)
         self._hf_config: Any = None
+        self._quant: Any = False  # not read yet (None: the model is not quantized)
+        self._ckpt: Any = None  # the quantized checkpoint's headers, read once
 
     @property
     def is_local(self) -> bool:
@@ -153,7 +155,97 @@ class ModelFactory:
         dtype = getattr(self.hf_config(), "dtype", None) or getattr(self.hf_config(), "torch_dtype", None)
         if isinstance(dtype, str):
             dtype = _DTYPES.get(dtype)
+        if dtype is None and self.checkpoint_quantized:  # not a float16 default: the checkpoint's own float dtype
+            dtype = self._checkpoint_headers().float_dtype()
         return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.bfloat16
+
+    # --- quantization -------------------------------------------------------------------------------------------
+    def quant_scheme(self) -> Any:
+        """The model's QuantScheme (checkpoint's config, stored registry copy, or `quant_config`), or None."""
+        if self._quant is False:
+            from model_registry import stored_quant_config
+
+            from autodeploy_cli.models.quant_config import read_scheme
+
+            folder = Path(self.source) if self.is_local else None
+            self._quant = read_scheme(folder, self.hf_config(), stored_quant_config(self.config.model),
+                                      self.config.quant_config)
+        return self._quant
+
+    @property
+    def checkpoint_quantized(self) -> bool:
+        """Whether the weights come from a quantized checkpoint (read by `checkpoint()`, not by transformers)."""
+        scheme = self.quant_scheme()
+        return scheme is not None and not scheme.on_the_fly and not self.config.skip_loading_weights
+
+    def kv_cache_dtype(self) -> str:
+        """kv_cache_config.dtype, where `auto` becomes fp8 for a checkpoint with an FP8 KV cache."""
+        kv = self.config.kv_cache_config.dtype
+        scheme = self.quant_scheme()
+        return "fp8" if kv == "auto" and scheme is not None and scheme.kv_cache == "fp8" else kv
+
+    def checkpoint(self, device: torch.device | None = None) -> Any:
+        """The quantized checkpoint's tensors by name (lazy; FP8 weights and float32 scales as stored, other floats
+        in the model dtype), on `device`."""
+        return self._checkpoint_headers().on(device or self.device, self.model_dtype())
+
+    def _checkpoint_headers(self) -> Any:
+        from autodeploy_cli.models.quant_weights import CheckpointTensors, tied_aliases
+
+        if self._ckpt is None:  # the safetensors headers are read once
+            folder = Path(self.source) if self.is_local else self._download()
+            with torch.device("meta"):  # tied names only: any dtype (the model dtype may come from these headers)
+                meta = self._auto_class().from_config(self.hf_config(), dtype=torch.float32,
+                                                      trust_remote_code=self.config.trust_remote_code)
+            self._ckpt = CheckpointTensors(folder, aliases=tied_aliases(meta))
+        return self._ckpt
+
+    def _download(self) -> Path:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(self.source, allow_patterns=["*.json", "*.safetensors"]))
+        except Exception as e:  # noqa: BLE001 - hub errors of every kind end in the same advice
+            raise self._load_error("weights", e) from None
+
+    def skeleton(self, device: torch.device | None = None) -> nn.Module:
+        """The HF model with its parameters on meta and its buffers (RoPE tables) computed on `device`."""
+        from autodeploy_cli.models.quant_weights import params_on_meta
+
+        with torch.device(device or self.device), params_on_meta():
+            model = self._from_config()
+        return model.eval()
+
+    def weight_tensors(self, device: torch.device | None = None, model: nn.Module | None = None) -> Any:
+        """Every tensor the graph may take, by name: the quantized checkpoint's (plus the model's buffers), else
+        those of `model` or of the materialised HF model."""
+        from autodeploy_cli.models.weights import source_tensors
+
+        if not self.checkpoint_quantized:
+            return source_tensors(model if model is not None else self.materialize(device))
+        import collections
+
+        buffers = dict(self.skeleton(device).named_buffers(remove_duplicate=False))
+        return collections.ChainMap(buffers, self.checkpoint(device))
+
+    def dequantize_hooks(self) -> dict[str, Any]:
+        """Load hooks that hand a quantized checkpoint's FP8 weights to the graph dequantized, for every layer no
+        quantization transform takes as FP8 (those replace the hook with their own)."""
+        if not self.checkpoint_quantized:
+            return {}
+        from autodeploy_cli.models.quant_weights import real_weight
+
+        scheme, dtype = self.quant_scheme(), self.model_dtype()
+        ckpt = self._checkpoint_headers()
+        return {name: (lambda t, n=name: real_weight(t, n, scheme, dtype)) for name in ckpt if ckpt.is_fp8(name)}
+
+    def kv_scales(self) -> dict[int, tuple[float, float]]:
+        """Layer index -> (k_scale, v_scale) from a quantized checkpoint (empty when it stores none)."""
+        if not self.checkpoint_quantized:
+            return {}
+        from autodeploy_cli.models.quant_weights import kv_scales
+
+        return kv_scales(self.checkpoint(torch.device("cpu")))
 
     # --- models -------------------------------------------------------------------------------------------------
     def _auto_class(self) -> Any:
@@ -181,6 +273,11 @@ class ModelFactory:
     def materialize(self, device: torch.device | None = None) -> nn.Module:
         """A real HF model on `device`: the checkpoint, or a seeded random init with `skip_loading_weights`."""
         device = device or self.device
+        if self.checkpoint_quantized:  # the unquantized reference: the checkpoint's weights dequantized
+            from autodeploy_cli.models.quant_weights import dequantized_model
+
+            return dequantized_model(self.skeleton(device), self.checkpoint(device), self.quant_scheme(),
+                                     self.model_dtype())
         if self.config.skip_loading_weights:
             torch.manual_seed(self.config.seed)
             with torch.device(device):

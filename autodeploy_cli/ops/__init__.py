@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused", "mla")
+OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused", "mla", "quant")
 
 
 def load_ops() -> None:

@@ -46,6 +46,14 @@ class AttentionNodeInfo:
     sinks: Any  # an fx.Node holding [n_heads] sink logits, or None
     sliding_window: Optional[int]
     logit_cap: Optional[float]
+    # FP8 KV cache only: a cached value is the FP8 value times its layer's scale (checkpoint k/v scales, else 1.0);
+    # None for other caches (backends then pass no scale arguments)
+    k_scale: Optional[float] = None
+    v_scale: Optional[float] = None
+
+    def kv_scale_constants(self) -> list:
+        """[k_scale, v_scale] for a backend whose cached op takes them after its other constants, or []."""
+        return [] if self.k_scale is None else [float(self.k_scale), float(self.v_scale or 1.0)]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ MODULES: dict[str, dict[str, str]] = {
     "mla": {"torch": "kernels.torch.mla", "triton": "kernels.triton.mla_backend",
             "flashinfer": "kernels.flashinfer.mla_backend"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
+    "quant": {"torch": "autodeploy_cli.ops.quant", "triton": "kernels.triton.fp8_ops"},
 }
 # family -> (backend on CUDA, backend elsewhere) for `auto`
 AUTO: dict[str, tuple[str, str]] = {
@@ -29,10 +30,11 @@ AUTO: dict[str, tuple[str, str]] = {
     "fused": ("triton", "torch"),
     "mla": ("triton", "torch"),
     "compile": ("torch-cudagraph", "torch-simple"),
+    "quant": ("triton", "torch"),
 }
 # the config key a user sets for each family (named in errors)
 CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend",
-              "mla": "mla_backend"}
+              "mla": "mla_backend", "quant": "transforms.fuse_fp8_linear.backend"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:
@@ -85,3 +87,24 @@ def fused_op(backend: str, key: str) -> Any:
     load_ops()
     load("fused", backend)
     return getattr(torch.ops.auto_deploy, FUSED_OPS[key][backend]).default
+
+
+# FP8 linear key -> backend -> op name (what fuse_fp8_linear inserts; torch keeps the canonical reference ops)
+QUANT_OPS: dict[str, dict[str, str]] = {
+    "fp8_linear": {"torch": "torch_quant_fp8_linear", "triton": "triton_quant_fp8_linear"},
+    "fp8_block_linear": {"torch": "torch_quant_fp8_block_linear", "triton": "triton_quant_fp8_block_linear"},
+    "fp8_silu_mul_linear": {"triton": "triton_quant_fp8_silu_mul_linear"},
+    "fp8_rmsnorm_linear": {"triton": "triton_quant_fp8_rmsnorm_linear"},
+    "fp8_add_rmsnorm_linear": {"triton": "triton_quant_fp8_add_rmsnorm_linear"},
+}
+
+
+def quant_op(backend: str, key: str) -> Any:
+    """The OpOverload of FP8 linear op `key` for `backend` (e.g. ("triton", "fp8_linear"))."""
+    import torch
+
+    from autodeploy_cli.ops import load_ops
+
+    load_ops()
+    load("quant", backend)
+    return getattr(torch.ops.auto_deploy, QUANT_OPS[key][backend]).default

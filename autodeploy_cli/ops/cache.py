@@ -172,9 +172,11 @@ class CachedSequenceInterface:
                 self.free() if old == 0 else self.allocate(old)
 
 
-def make_interface(config: Any, device: torch.device, model_dtype: torch.dtype) -> CachedSequenceInterface:
-    """The interface for an ADConfig: limits from max_batch_size / max_seq_len / max_num_tokens / attn_page_size."""
-    kv = config.kv_cache_config.dtype
+def make_interface(config: Any, device: torch.device, model_dtype: torch.dtype,
+                   kv_dtype: Optional[str] = None) -> CachedSequenceInterface:
+    """The interface for an ADConfig: limits from max_batch_size / max_seq_len / max_num_tokens / attn_page_size.
+    `kv_dtype` overrides kv_cache_config.dtype (the factory's choice: `auto` is fp8 for an FP8-KV checkpoint)."""
+    kv = kv_dtype or config.kv_cache_config.dtype
     dtypes = {"auto": model_dtype, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
               "fp8": getattr(torch, "float8_e4m3fn", None)}
     kv_dtype = dtypes.get(kv)

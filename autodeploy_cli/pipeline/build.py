@@ -39,6 +39,18 @@ def _final_graph(model: Any) -> fx.GraphModule | None:
     return inner if isinstance(inner, fx.GraphModule) else None
 
 
+def _quality_extra(ctx: PassContext, verifier: Any) -> dict | None:
+    """The build report's `quantization` (scheme, layers) and `quality` (the gate vs the unquantized model)."""
+    out: dict[str, Any] = {}
+    if ctx.facts.quantization:
+        out["quantization"] = {"scheme": ctx.facts.quantization, "linears": ctx.facts.quantized_linears,
+                               "lossy_transforms": list(ctx.facts.lossy)}
+    gate = getattr(verifier, "gate", None)
+    if gate is not None and gate.final is not None:
+        out["quality"] = gate.final
+    return out or None
+
+
 def device_notes(cfg: ADConfig, device: Any) -> None:
     """One line for settings that work on this device but are rarely what a user wants there."""
     from autodeploy_cli.log import get_logger
@@ -105,7 +117,7 @@ def build(
                                ctx.facts.moe_experts_implementation) if final is not None else [],
         verify_rows=verifier.rows if verifier else None,
         verify_failure=verifier.first_failure if verifier else None,
-        extra={"notes": notes} if notes else None,
+        extra={**({"notes": notes} if notes else {}), **(_quality_extra(ctx, verifier) or {})} or None,
     )
     return BuildResult(cfg, ctx, records, report, Path(dump_path) if dump_path else None,
                        verifier.first_failure if verifier else None)

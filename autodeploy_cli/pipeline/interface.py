@@ -90,6 +90,11 @@ class BuildFacts:
     mla_backend: Optional[str] = None  # insert_cached_mla_attention: the resolved backend name
     compile_backend: Optional[str] = None  # compile_model: the resolved backend name
     cpu_threads: Optional[int] = None  # llm.build_engine on CPU: intra-op threads the runtime uses
+    quantization: Optional[str] = None  # quantize_fp8_linear_from_config: the scheme, in words
+    quantized_linears: int = 0  # quantize_fp8_linear_from_config: linear layers made FP8
+    # transforms that change the numerics on purpose (FP8 linears, an FP8 KV cache): `--verify` measures them with
+    # the quality gate and compares later transforms with their output
+    lossy: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -118,7 +123,8 @@ class PassContext:
         if self.cache is None:
             from autodeploy_cli.ops.cache import make_interface
 
-            self.cache = make_interface(self.config, self.device, self.factory.model_dtype())
+            self.cache = make_interface(self.config, self.device, self.factory.model_dtype(),
+                                        kv_dtype=self.factory.kv_cache_dtype())
         return self.cache
 
     def use_cached_probe(self) -> None:

@@ -96,6 +96,15 @@ def print_report(report: dict, console: Any) -> None:
         console.print(f"note: {escape(note)}")
     if report["canonical_ops"]:
         console.print("canonical ops: " + ", ".join(f"{k.split('.', 1)[1]} x{v}" for k, v in report["canonical_ops"].items()))
+    if report.get("quantization"):
+        q = report["quantization"]
+        console.print(f"quantization: {q['scheme']}; {q['linears']} linear layers")
+    if report.get("quality"):
+        from autodeploy_cli.pipeline.quality_gate import describe
+
+        q = report["quality"]
+        style = "green" if q["ok"] else "red"
+        console.print(f"[{style}]quality gate vs the {q['vs']}: {describe(q)}[/{style}]")
     if verify:
         reasons = sorted({r["tolerance_reason"] for r in verify["rows"] if r.get("tolerance_reason")})
         console.print(f"verify tolerance: max|ours - HF| / max|HF| from {', '.join(reasons)} "

@@ -7,6 +7,8 @@ Two checks, each a row of the report with the tolerance that applied (autodeploy
   different lengths across pages, prefills mixed with decodes, chunked prefill when enabled, single-sequence decode
   at the end, through the compiled model (CUDA graphs, GEMV) after compile_model.
 A transform that reports no match is listed as "n/a" (it did not change the graph; nothing to check).
+Quantized builds (quality_gate.py): a transform that quantizes on purpose gets a "quality" row (cosine and top-1 vs
+the unquantized model) instead of the logits check, and later logits rows compare with its output.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from torch import fx, nn
 
 from autodeploy_cli.graph.core import is_graph_module, retarget_device_kwargs
 from autodeploy_cli.log import get_logger
-from autodeploy_cli.models.weights import assign_weights, source_tensors
+from autodeploy_cli.models.weights import assign_weights
 from autodeploy_cli.pipeline.interface import PassContext
+from autodeploy_cli.pipeline.quality_gate import QualityGate
 from autodeploy_cli.pipeline.runner import TransformRecord
 from autodeploy_cli.pipeline.tolerance import Tolerance, tolerance_for
 from autodeploy_cli.pipeline.verify_generation import Trajectory, hf_trajectories, plan_prompts, run_generation
@@ -49,6 +52,7 @@ class Verifier:
     trajectories: Optional[list[Trajectory]] = None
     rows: list[dict] = field(default_factory=list)
     first_failure: Optional[str] = None
+    gate: Optional[QualityGate] = None  # quantized builds: logits vs the unquantized model
 
     @classmethod
     def create(cls, ctx: PassContext, batch: int = 2, seq: int = 7) -> "Verifier":
@@ -63,7 +67,7 @@ class Verifier:
         cfg = ctx.config
         chunk = 5 if cfg.enable_chunked_prefill else 1 << 30
         return cls(reference, input_ids, position_ids, ref, next(reference.parameters()).dtype,
-                   cfg.kv_cache_config.dtype, chunk)
+                   ctx.factory.kv_cache_dtype(), chunk, gate=QualityGate(ref))
 
     # --- running the graph ---------------------------------------------------------------------------------------
     def _run(self, ctx: PassContext) -> torch.Tensor:
@@ -76,7 +80,7 @@ class Verifier:
                 warnings.simplefilter("ignore", FutureWarning)
                 gm = copy.deepcopy(gm)  # before load_weights: run a copy holding the reference weights
             retarget_device_kwargs(gm, ctx.device)
-            assign_weights(gm, source_tensors(self.reference), ctx.weight_hooks)
+            assign_weights(gm, ctx.factory.weight_tensors(ctx.device, self.reference), ctx.weight_hooks)
         with torch.no_grad():
             return gm(self.input_ids, self.position_ids)
 
@@ -104,12 +108,20 @@ class Verifier:
                                "note": "no match: the graph did not change"})
             return
         tol = tolerance_for(self.param_dtype, self.kv_dtype, cached=ctx.probe is not None)
-        err = rel_err(self._run(ctx), self.ref_logits)
-        self._add(record, {**base, "check": "logits", "max_rel_err": err, "ok": err <= tol.bound,
-                           "tolerance": tol.bound, "tolerance_reason": tol.reason})
+        out = self._run(ctx)
+        err = rel_err(out, self.ref_logits)
+        quality = self.gate.observe(record.name, ctx, out) if self.gate is not None else None
+        if quality is not None:  # quantized on purpose: the gate judges it; later rows compare with its logits
+            self.ref_logits = out.float()
+            self._add(record, {**base, "check": "quality", "max_rel_err": err, "ok": quality["ok"], "quality": quality,
+                               "tolerance": tol.bound, "tolerance_reason": "quality gate vs the unquantized model"})
+        else:
+            self._add(record, {**base, "check": "logits", "max_rel_err": err, "ok": err <= tol.bound,
+                               "tolerance": tol.bound, "tolerance_reason": tol.reason})
         if ctx.probe is not None:
-            self._add(record, {**base, **self._generation(ctx, tol), "tolerance": tol.bound,
-                               "tolerance_reason": tol.reason})
+            gtol = self.gate.generation_tolerance(tol) if self.gate is not None else tol
+            self._add(record, {**base, **self._generation(ctx, gtol), "tolerance": gtol.bound,
+                               "tolerance_reason": gtol.reason})
 
     def _add(self, record: TransformRecord, row: dict) -> None:
         self.rows.append(row)

@@ -100,11 +100,11 @@ def replan_for_graph(meta: StepMeta, graph_batch: int, keys: list) -> None:
 
 
 def _plan(key):
-    kind, n_heads, n_kv, d, ps, dtype, window, cap, scale = key
+    kind, n_heads, n_kv, d, ps, dtype, window, cap, scale, kv_dtype = key
     meta = PLANNER.meta
     w = PLANNER.wrapper(kind == "decode", meta.kv_indices.device, PLANNER.capturing_batch)
     common = dict(window_left=window - 1 if window else -1, logits_soft_cap=cap or None, sm_scale=scale,
-                  q_data_type=dtype, kv_data_type=dtype)
+                  q_data_type=dtype, kv_data_type=kv_dtype)
     if kind == "decode":
         w.plan(meta.kv_indptr, meta.kv_indices, meta.last_page_len, n_heads, n_kv, d, ps, **common)
     else:
@@ -121,15 +121,19 @@ def used_keys() -> list:
 
 
 def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, scale: float,
-              sliding_window: Optional[int], logit_cap: Optional[float], out: Optional[torch.Tensor] = None):
-    """q [T, n, d] over the paged caches (already holding this step's k/v) with the step's plan -> [T, n, d]."""
+              sliding_window: Optional[int], logit_cap: Optional[float], out: Optional[torch.Tensor] = None,
+              k_scale: Optional[float] = None, v_scale: Optional[float] = None):
+    """q [T, n, d] over the paged caches (already holding this step's k/v) with the step's plan -> [T, n, d].
+    An FP8 cache (kv dtype float8_e4m3fn) is planned as such; k_scale / v_scale dequantize it."""
     meta = PLANNER.meta
     n_heads, d = q.shape[1], q.shape[2]
     kind = "decode" if meta.is_decode else "prefill"
     key = (kind, n_heads, k_cache.shape[2], d, k_cache.shape[1], q.dtype, int(sliding_window or 0),
-           float(logit_cap or 0.0), float(scale))
+           float(logit_cap or 0.0), float(scale), k_cache.dtype)
     w = PLANNER.planned.get(key) or _plan(key)
-    return w.run(q, (k_cache, v_cache), out=out)
+    if k_scale is None and v_scale is None:
+        return w.run(q, (k_cache, v_cache), out=out)
+    return w.run(q, (k_cache, v_cache), out=out, k_scale=k_scale, v_scale=v_scale)
 
 
 def step_meta_from_host(cu_seqlen_host: torch.Tensor, cu_num_pages_host: torch.Tensor,

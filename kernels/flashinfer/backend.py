@@ -56,23 +56,28 @@ def flashinfer_attention_with_paged_cache(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_len: torch.Tensor, input_pos: torch.Tensor,
     cu_seqlen: torch.Tensor, cache_loc: torch.Tensor, cu_num_pages: torch.Tensor, slot_mapping: torch.Tensor,
     k_cache: torch.Tensor, v_cache: torch.Tensor, scale: Optional[float] = None, sinks: Optional[torch.Tensor] = None,
-    sliding_window: Optional[int] = None, logit_cap: Optional[float] = None,
+    sliding_window: Optional[int] = None, logit_cap: Optional[float] = None, k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
-    """q [1, T, n, d], k/v [1, T, n_kv, d] -> out [1, T, n, d]; writes k/v into the caches first."""
-    ta.write_kv_cache(k[0], v[0], k_cache, v_cache, slot_mapping)
+    """q [1, T, n, d], k/v [1, T, n_kv, d] -> out [1, T, n, d]; writes k/v into the caches first (an FP8 cache holds
+    k / k_scale and v / v_scale; FlashInfer's FP8-KV kernels take the scales)."""
+    ta.write_kv_cache(k[0], v[0], k_cache, v_cache, slot_mapping, k_scale, v_scale)
     if q.dtype == torch.float32:  # FlashInfer has no fp32 kernels
         args = (q[0], k_cache, v_cache, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages)
-        kw = dict(scale=scale, sinks=sinks, sliding_window=sliding_window, logit_cap=logit_cap)
+        kw = dict(scale=scale, sinks=sinks, sliding_window=sliding_window, logit_cap=logit_cap, k_scale=k_scale,
+                  v_scale=v_scale)
         out = ta.decode_attention(*args, **kw) if q.shape[1] == seq_len.shape[0] else ta.prefill_attention(*args, **kw)
         return out.unsqueeze(0)
     d = q.shape[-1]
-    out = fa.attention(q[0], k_cache, v_cache, d ** -0.5 if scale is None else scale, sliding_window, logit_cap)
+    kv = (k_scale, v_scale) if ta.is_fp8(k_cache) else (None, None)
+    out = fa.attention(q[0], k_cache, v_cache, d ** -0.5 if scale is None else scale, sliding_window, logit_cap,
+                       k_scale=kv[0], v_scale=kv[1])
     return out.unsqueeze(0)
 
 
 @flashinfer_attention_with_paged_cache.register_fake
 def _cached_fake(q, k, v, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages, slot_mapping, k_cache, v_cache,
-                 scale=None, sinks=None, sliding_window=None, logit_cap=None):
+                 scale=None, sinks=None, sliding_window=None, logit_cap=None, k_scale=1.0, v_scale=1.0):
     return q.new_empty(q.shape)
 
 
@@ -98,6 +103,10 @@ class FlashInferPagedAttention(AttentionDescriptor):
     @classmethod
     def cached_op(cls):
         return torch.ops.auto_deploy.flashinfer_attention_with_paged_cache.default
+
+    @classmethod
+    def constants(cls, attn: AttentionNodeInfo) -> list:
+        return [*super().constants(attn), *attn.kv_scale_constants()]
 
     @classmethod
     def prepare_metadata(cls, cache_config: CacheConfig) -> PrepareMetadata:

@@ -19,6 +19,7 @@ import torch
 
 from autodeploy_cli.ops.attention_interface import (
     AttentionDescriptor,
+    AttentionNodeInfo,
     PrepareMetadata,
     register_attention_backend,
 )
@@ -68,6 +69,13 @@ def _write_slots(cache: torch.Tensor, slots: torch.Tensor, x: torch.Tensor) -> N
     cache.index_copy_(0, slots, x)
 
 
+def _scaled(x: torch.Tensor, cache: torch.Tensor, scale: float) -> torch.Tensor:
+    # an FP8 cache stores x / scale within the e4m3 range; other caches store x
+    if cache.dtype not in (torch.float8_e4m3fn, torch.float8_e5m2):
+        return x
+    return (x.float() / scale).clamp(-448.0, 448.0)
+
+
 @torch.library.custom_op("auto_deploy::torch_attention_with_paged_cache", mutates_args=("k_cache", "v_cache"))
 def torch_attention_with_paged_cache(
     q: torch.Tensor,
@@ -86,13 +94,16 @@ def torch_attention_with_paged_cache(
     sinks: Optional[torch.Tensor] = None,
     sliding_window: Optional[int] = None,
     logit_cap: Optional[float] = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
-    """q [1, T, n, d], k/v [1, T, n_kv, d(_v)] -> out [1, T, n, d_v]; writes k/v into the caches at `slots`."""
+    """q [1, T, n, d], k/v [1, T, n_kv, d(_v)] -> out [1, T, n, d_v]; writes k/v into the caches at `slots`.
+    An FP8 cache holds k / k_scale and v / v_scale; reads multiply the scales back."""
     _, T, n, d = q.shape
     n_kv, dv = k.shape[2], v.shape[-1]
     B, ps = seq_len.shape[0], k_cache.shape[1]
-    _write_slots(k_cache.view(-1, n_kv, d), slots, k[0])
-    _write_slots(v_cache.view(-1, n_kv, dv), slots, v[0])
+    _write_slots(k_cache.view(-1, n_kv, d), slots, _scaled(k[0], k_cache, k_scale))
+    _write_slots(v_cache.view(-1, n_kv, dv), slots, _scaled(v[0], v_cache, v_scale))
 
     ip = input_pos.long()
     if T == B:  # decode-only: one query per sequence
@@ -113,6 +124,8 @@ def torch_attention_with_paged_cache(
     # index_select, not k_cache[pt]: advanced indexing takes a slow parallel path on small CPU tensors
     keys = k_cache.index_select(0, pt.reshape(-1)).reshape(B, L, n_kv, d).to(torch.float32)
     vals = v_cache.index_select(0, pt.reshape(-1)).reshape(B, L, n_kv, dv).to(torch.float32)
+    if k_cache.dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
+        keys, vals = keys * k_scale, vals * v_scale
 
     g = n // n_kv  # query heads per kv head: head h reads kv head h // g
     S = qb.shape[1]
@@ -140,7 +153,7 @@ def torch_attention_with_paged_cache(
 
 @torch_attention_with_paged_cache.register_fake
 def _cached_fake(q, k, v, seq_len, input_pos, batch_info_host, page_table, slots, tok_seq, tok_pos, k_cache, v_cache,
-                 scale=None, sinks=None, sliding_window=None, logit_cap=None):
+                 scale=None, sinks=None, sliding_window=None, logit_cap=None, k_scale=1.0, v_scale=1.0):
     return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
@@ -154,6 +167,10 @@ class TorchPagedAttention(AttentionDescriptor):
     @classmethod
     def cached_op(cls):
         return torch.ops.auto_deploy.torch_attention_with_paged_cache.default
+
+    @classmethod
+    def constants(cls, attn: AttentionNodeInfo) -> list:
+        return [*super().constants(attn), *attn.kv_scale_constants()]
 
     @classmethod
     def prepare_metadata(cls, cache_config: CacheConfig) -> PrepareMetadata:

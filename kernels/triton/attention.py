@@ -26,26 +26,38 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton.fp8_round import interpreting, to_fp8
+
 LOG2E = 1.4426950408889634
 _NEG_INIT = tl.constexpr(-1.0e30)  # finite start for running maxima: fully masked blocks then give exp2(-inf) = 0, never NaN
 
 
 # --------------------------------------------------------------------------------------------- cache write
 @triton.jit
-def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_kt, stride_vt, ROW: tl.constexpr,
-                     BLOCK: tl.constexpr):
+def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_kt, stride_vt, k_scale, v_scale,
+                     ROW: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr, INTERP: tl.constexpr):
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:
         offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
         m = offs < ROW
-        tl.store(kc_ptr + slot * ROW + offs, tl.load(k_ptr + t * stride_kt + offs, mask=m), mask=m)
-        tl.store(vc_ptr + slot * ROW + offs, tl.load(v_ptr + t * stride_vt + offs, mask=m), mask=m)
+        k = tl.load(k_ptr + t * stride_kt + offs, mask=m)
+        v = tl.load(v_ptr + t * stride_vt + offs, mask=m)
+        if FP8:  # the cache holds k / k_scale and v / v_scale in e4m3
+            k = to_fp8(k.to(tl.float32) / k_scale, INTERP)
+            v = to_fp8(v.to(tl.float32) / v_scale, INTERP)
+        tl.store(kc_ptr + slot * ROW + offs, k, mask=m)
+        tl.store(vc_ptr + slot * ROW + offs, v, mask=m)
+
+
+def is_fp8(cache: torch.Tensor) -> bool:
+    return cache.dtype == torch.float8_e4m3fn
 
 
 def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                   slot_mapping: torch.Tensor) -> None:
-    """k/v [T, n_kv, d] -> the cache rows named by slot_mapping [T] (negative slots are skipped)."""
+                   slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0) -> None:
+    """k/v [T, n_kv, d] -> the cache rows named by slot_mapping [T] (negative slots are skipped); an FP8 cache
+    stores k / k_scale and v / v_scale."""
     T = k.shape[0]
     if T == 0:
         return
@@ -54,9 +66,12 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
     k2 = k2 if k2.stride(-1) == 1 else k2.contiguous()
     v2 = v2 if v2.stride(-1) == 1 else v2.contiguous()
     block = min(1024, triton.next_power_of_2(row))
+    fp8 = is_fp8(k_cache)
+    if not fp8:
+        k2, v2 = k2.to(k_cache.dtype), v2.to(v_cache.dtype)
     _kv_write_kernel[(T, triton.cdiv(row, block))](
-        k2.to(k_cache.dtype), v2.to(v_cache.dtype), k_cache, v_cache, slot_mapping, k2.stride(0), v2.stride(0),
-        ROW=row, BLOCK=block)
+        k2, v2, k_cache, v_cache, slot_mapping, k2.stride(0), v2.stride(0), float(k_scale), float(v_scale),
+        ROW=row, BLOCK=block, FP8=fp8, INTERP=interpreting())
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
@@ -81,11 +96,11 @@ def _load_kv_tile(cache_ptr, loc_ptr, page_base, kpos, kv_len, kvh, offs_d, D, P
 # --------------------------------------------------------------------------------------------- prefill / mixed
 @triton.jit
 def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu_seqlen_ptr, loc_ptr, cu_pages_ptr,
-                    cu_qblocks_ptr, sinks_ptr, B, scale_log2, cap, window,
+                    cu_qblocks_ptr, sinks_ptr, B, scale_log2, cap, window, v_scale,
                     stride_qt, stride_qh, stride_ot, stride_oh, stride_page, stride_tok, stride_head,
                     D, GROUP: tl.constexpr, PS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_D: tl.constexpr, LOG_B: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                    HAS_SINKS: tl.constexpr, PREC: tl.constexpr):
+                    HAS_SINKS: tl.constexpr, PREC: tl.constexpr, KV_FP8: tl.constexpr):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     if pid < tl.load(cu_qblocks_ptr + B):
@@ -131,6 +146,9 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu
                               stride_tok, stride_head)
             v = _load_kv_tile(vc_ptr, loc_ptr, page_base, kpos, kv_end, kvh, offs_d, D, PS, stride_page,
                               stride_tok, stride_head)
+            if KV_FP8:  # e4m3 pages: dot in q's dtype; k_scale is folded into scale_log2, v_scale applied at the end
+                k = k.to(q.dtype)
+                v = v.to(q.dtype)
             s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_M, BLOCK_N], fp32
             if HAS_CAP:
                 s = _cap(s * (scale_log2 / 1.4426950408889634), cap) * 1.4426950408889634
@@ -147,6 +165,8 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
             m_i = m_new
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # rows past the sequence end: 0, not NaN
+        if KV_FP8:
+            out = out * v_scale
         tl.store(o_ptr + (tok0 + offs_m)[:, None].to(tl.int64) * stride_ot + h * stride_oh + offs_d[None, :],
                  out.to(o_ptr.dtype.element_ty), mask=m_valid[:, None] & (offs_d[None, :] < D))
 
@@ -154,6 +174,11 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu
 def _prec(q: torch.Tensor) -> str:
     # fp32 models stay exact (no tf32) so greedy tokens match the torch backend; half types use the tensor cores
     return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _kscale(k_cache: torch.Tensor, k_scale: float) -> float:
+    # an FP8 cache's key scale multiplies every score: folded into the softmax scale
+    return float(k_scale) if is_fp8(k_cache) else 1.0
 
 
 def _flags(scale: Optional[float], d: int, logit_cap: Optional[float], sliding_window: Optional[int]):
@@ -168,11 +193,12 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                       cu_num_pages: torch.Tensor, scale: Optional[float] = None, sinks: Optional[torch.Tensor] = None,
                       sliding_window: Optional[int] = None, logit_cap: Optional[float] = None,
                       out: Optional[torch.Tensor] = None, block_m: int = 64, block_n: int = 64,
-                      num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
+                      num_warps: int = 4, num_stages: int = 2, k_scale: float = 1.0,
+                      v_scale: float = 1.0) -> torch.Tensor:
     """Causal attention of every token in q [T, n, d] over its sequence's cached keys (prefix + itself).
 
     Handles any mix of prefill, chunked prefill and decode sequences. The caches must already hold this step's
-    k/v (call write_kv_cache first). Returns [T, n, d] in q's dtype.
+    k/v (call write_kv_cache first). Returns [T, n, d] in q's dtype. FP8 caches: values times k_scale / v_scale.
     """
     T, n_heads, d = q.shape
     B = seq_len.shape[0]
@@ -186,21 +212,23 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
     grid = (triton.cdiv(T, block_m) + B, n_heads)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages, cu_qblocks,
-        sinks if sinks is not None else q, B, scale * LOG2E, float(logit_cap or 0.0), int(sliding_window or 0),
-        q.stride(0), q.stride(1), out.stride(0), out.stride(1), k_cache.stride(0), k_cache.stride(1),
-        k_cache.stride(2), d, GROUP=n_heads // n_kv, PS=ps, BLOCK_M=block_m, BLOCK_N=block_n,
-        BLOCK_D=triton.next_power_of_2(d), LOG_B=max(1, math.ceil(math.log2(B + 1))), HAS_CAP=has_cap,
-        HAS_WINDOW=has_window, HAS_SINKS=sinks is not None, PREC=_prec(q), num_warps=num_warps, num_stages=num_stages)
+        sinks if sinks is not None else q, B, scale * LOG2E * _kscale(k_cache, k_scale), float(logit_cap or 0.0),
+        int(sliding_window or 0), float(v_scale), q.stride(0), q.stride(1), out.stride(0), out.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), d, GROUP=n_heads // n_kv, PS=ps, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(d), LOG_B=max(1, math.ceil(math.log2(B + 1))),
+        HAS_CAP=has_cap, HAS_WINDOW=has_window, HAS_SINKS=sinks is not None, PREC=_prec(q),
+        KV_FP8=is_fp8(k_cache), num_warps=num_warps, num_stages=num_stages)
     return out
 
 
 # --------------------------------------------------------------------------------------------- decode
 @triton.jit
 def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, seq_len_ptr, cu_seqlen_ptr, loc_ptr,
-                         cu_pages_ptr, scale_log2, cap, window, stride_qt, stride_qh, stride_page, stride_tok,
-                         stride_head, D, N_HEADS, GROUP: tl.constexpr, BLOCK_G: tl.constexpr, PS: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
-                         HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr):
+                         cu_pages_ptr, scale_log2, cap, window, v_scale, stride_qt, stride_qh, stride_page,
+                         stride_tok, stride_head, D, N_HEADS, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
+                         PS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
+                         HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
+                         KV_FP8: tl.constexpr):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -229,6 +257,9 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
                           stride_head)
         v = _load_kv_tile(vc_ptr, loc_ptr, page_base, kpos, end, kvh, offs_d, D, PS, stride_page, stride_tok,
                           stride_head)
+        if KV_FP8:
+            k = k.to(q.dtype)
+            v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=PREC)  # [BLOCK_G, BLOCK_N]
         if HAS_CAP:
             s = _cap(s * (scale_log2 / 1.4426950408889634), cap) * 1.4426950408889634
@@ -241,6 +272,8 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
+    if KV_FP8:
+        acc = acc * v_scale
     # partial results: unnormalised acc, running max (log2 domain) and sum, per (token, head, split)
     base = (b * N_HEADS + heads).to(tl.int64) * SPLITS + split
     tl.store(op_ptr + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_valid[:, None])
@@ -287,7 +320,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      cu_num_pages: torch.Tensor, scale: Optional[float] = None, sinks: Optional[torch.Tensor] = None,
                      sliding_window: Optional[int] = None, logit_cap: Optional[float] = None,
                      out: Optional[torch.Tensor] = None, num_splits: Optional[int] = None, block_n: int = 64,
-                     num_warps: int = 4, num_stages: int = 2, max_kv_len: Optional[int] = None) -> torch.Tensor:
+                     num_warps: int = 4, num_stages: int = 2, max_kv_len: Optional[int] = None,
+                     k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
     """Decode attention: every sequence has exactly one query token (seq_len == 1). q [B, n, d] -> [B, n, d].
 
     Flash-decoding: the keys of each (sequence, kv head) are split into `num_splits` ranges processed in
@@ -311,11 +345,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     part = torch.empty(B * n_heads * num_splits * block_d, dtype=torch.float32, device=q.device)
     ml = torch.empty(B * n_heads * num_splits * 2, dtype=torch.float32, device=q.device)
     _decode_split_kernel[(B, n_kv, num_splits)](
-        q, k_cache, v_cache, part, ml, input_pos, seq_len, cu_seqlen, cache_loc, cu_num_pages, scale * LOG2E,
-        float(logit_cap or 0.0), int(sliding_window or 0), q.stride(0), q.stride(1), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), d, n_heads, GROUP=group, BLOCK_G=max(16, triton.next_power_of_2(group)),
-        PS=ps, BLOCK_N=block_n, BLOCK_D=block_d, SPLITS=num_splits, HAS_CAP=has_cap, HAS_WINDOW=has_window,
-        PREC=_prec(q), num_warps=num_warps, num_stages=num_stages)
+        q, k_cache, v_cache, part, ml, input_pos, seq_len, cu_seqlen, cache_loc, cu_num_pages,
+        scale * LOG2E * _kscale(k_cache, k_scale), float(logit_cap or 0.0), int(sliding_window or 0), float(v_scale),
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), d, n_heads, GROUP=group,
+        BLOCK_G=max(16, triton.next_power_of_2(group)), PS=ps, BLOCK_N=block_n, BLOCK_D=block_d, SPLITS=num_splits,
+        HAS_CAP=has_cap, HAS_WINDOW=has_window, PREC=_prec(q), KV_FP8=is_fp8(k_cache), num_warps=num_warps,
+        num_stages=num_stages)
     _decode_reduce_kernel[(B, n_heads)](
         part, ml, out, cu_seqlen, sinks if sinks is not None else q, out.stride(0), out.stride(1), d, n_heads,
         SPLITS=num_splits, BLOCK_D=block_d, HAS_SINKS=sinks is not None, num_warps=4)

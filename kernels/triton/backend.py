@@ -44,13 +44,16 @@ def triton_attention_with_paged_cache(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seq_len: torch.Tensor, input_pos: torch.Tensor,
     cu_seqlen: torch.Tensor, cache_loc: torch.Tensor, cu_num_pages: torch.Tensor, slot_mapping: torch.Tensor,
     k_cache: torch.Tensor, v_cache: torch.Tensor, scale: Optional[float] = None, sinks: Optional[torch.Tensor] = None,
-    sliding_window: Optional[int] = None, logit_cap: Optional[float] = None,
+    sliding_window: Optional[int] = None, logit_cap: Optional[float] = None, k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
-    """q [1, T, n, d], k/v [1, T, n_kv, d] -> out [1, T, n, d]; writes k/v into the caches first."""
+    """q [1, T, n, d], k/v [1, T, n_kv, d] -> out [1, T, n, d]; writes k/v into the caches first (an FP8 cache holds
+    k / k_scale and v / v_scale)."""
     T = q.shape[1]
-    ta.write_kv_cache(k[0], v[0], k_cache, v_cache, slot_mapping)
+    ta.write_kv_cache(k[0], v[0], k_cache, v_cache, slot_mapping, k_scale, v_scale)
     args = (q[0], k_cache, v_cache, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages)
-    kw = dict(scale=scale, sinks=sinks, sliding_window=sliding_window, logit_cap=logit_cap)
+    kw = dict(scale=scale, sinks=sinks, sliding_window=sliding_window, logit_cap=logit_cap, k_scale=k_scale,
+              v_scale=v_scale)
     if T == seq_len.shape[0]:  # decode-only: one query per sequence
         out = ta.decode_attention(*args, **kw, num_stages=3, max_kv_len=min(k_cache.shape[0] * k_cache.shape[1],
                                                                             8192))
@@ -61,7 +64,7 @@ def triton_attention_with_paged_cache(
 
 @triton_attention_with_paged_cache.register_fake
 def _cached_fake(q, k, v, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages, slot_mapping, k_cache, v_cache,
-                 scale=None, sinks=None, sliding_window=None, logit_cap=None):
+                 scale=None, sinks=None, sliding_window=None, logit_cap=None, k_scale=1.0, v_scale=1.0):
     return q.new_empty(q.shape)
 
 
@@ -75,6 +78,10 @@ class TritonPagedAttention(AttentionDescriptor):
     @classmethod
     def cached_op(cls):
         return torch.ops.auto_deploy.triton_attention_with_paged_cache.default
+
+    @classmethod
+    def constants(cls, attn: AttentionNodeInfo) -> list:
+        return [*super().constants(attn), *attn.kv_scale_constants()]
 
     @classmethod
     def prepare_metadata(cls, cache_config: CacheConfig) -> PrepareMetadata:

@@ -32,3 +32,25 @@ def test_ad_bench_on_gpu_reports_memory_floor_and_gpu(bench):
         assert run["output_tokens"] == 32 and run["peak_gpu_memory_gib"] > 0
         assert 0 < run["decode"]["bandwidth_floor_fraction"] < 1
         assert run["decode"]["floor_ms_per_step"] > 0
+
+
+def test_fp8_kv_cache_doubles_the_capacity_ad_bench_reports(bench):
+    # a pool sized by memory (0.1% of the free memory: ~230k bf16 tokens of the tiny model), under the
+    # max_batch_size x max_seq_len cap (524k tokens)
+    common = ("--isl", "16", "--osl", "4", "--num-requests", "2", "dtype=bfloat16", "max_seq_len=8192",
+              "max_batch_size=64", "compile_backend=torch-simple", "kv_cache_config.free_gpu_memory_fraction=0.001")
+    capacity = {}
+    for kv in ("auto", "fp8"):
+        result, data = bench(*common, f"kv_cache_config.dtype={kv}")
+        assert result.exit_code == 0, result.output
+        capacity[kv] = data["kv_cache_capacity_tokens"]
+    assert 1.9 < capacity["fp8"] / capacity["auto"] < 2.1
+
+
+def test_fp8_quality_numbers_in_the_bench_json(bench):
+    result, data = bench("--isl", "16", "--osl", "4", "--num-requests", "2", "--baseline", "hf", "dtype=bfloat16",
+                         "quant_config.quant_algo=FP8", "kv_cache_config.dtype=fp8")
+    assert result.exit_code == 0, result.output
+    assert data["quality"]["ok"] and data["quality"]["cosine"] > 0.99
+    assert data["model"]["weight_bytes_per_decode_step"] < 0.6 * (data["model"]["weight_bytes"] +
+                                                                  data["model"]["fp8_weight_bytes_saved"])

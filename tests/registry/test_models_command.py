@@ -48,7 +48,7 @@ def test_family_and_search_filters():
     fam = rows(invoke("models", "--family", "qwen3_moe").stdout)
     assert [r[0] for r in fam] == ["Qwen/Qwen3-30B-A3B", "Qwen/Qwen3-30B-A3B-Instruct-2507",
                                    "Qwen/Qwen3-Coder-30B-A3B-Instruct", "Qwen/Qwen3-235B-A22B",
-                                   "Qwen/Qwen3-235B-A22B-Instruct-2507"]
+                                   "Qwen/Qwen3-235B-A22B-Instruct-2507", "Qwen/Qwen3-30B-A3B-FP8"]
     found = rows(invoke("models", "--search", "falcon3").stdout)
     assert [r[0] for r in found] == ["tiiuae/Falcon3-1B-Instruct", "tiiuae/Falcon3-3B-Instruct",
                                      "tiiuae/Falcon3-7B-Instruct", "tiiuae/Falcon3-10B-Instruct"]
@@ -64,7 +64,7 @@ def test_unknown_family_and_empty_search_are_one_paragraph_errors():
     result = invoke("models", "--search", "Llama-3.1-8B-Instruc7")
     assert result.exit_code == 2
     assert "No registry entry matches `--search Llama-3.1-8B-Instruc7`. Closest entries: " \
-           "`meta-llama/Llama-3.1-8B-Instruct`" in result.output
+           "`nvidia/Llama-3.1-8B-Instruct-FP8`, `meta-llama/Llama-3.1-8B-Instruct`" in result.output
 
 
 def test_show_prints_the_entry_architecture_and_resolved_config():

@@ -139,3 +139,15 @@ def test_a_config_in_the_hf_cache_wins_over_the_stored_values(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.split() == ["28", "1024"], out.stderr
+
+
+def test_fp8_entries_build_offline_with_their_stored_quant_config():
+    from autodeploy_cli.commands.conformance import check_entry
+
+    for name, want in (("nvidia/Llama-3.1-405B-Instruct-FP8", ("modelopt", "tensor", "static", "fp8")),
+                       ("Qwen/Qwen3-8B-FP8", ("hf-fp8", "block", "dynamic", None))):
+        s = ModelFactory(resolve(model=name)).quant_scheme()
+        assert (s.source, s.weights, s.activations, s.kv_cache) == want, name
+    result = check_entry("nvidia/Llama-3.1-8B-Instruct-FP8")  # shrunk, random weights quantized as stored, --verify
+    assert result.status == "pass", result.error
+    assert result.canonical_ops["auto_deploy.torch_quant_fp8_linear"] == 14
