@@ -24,6 +24,8 @@ class KvCacheConfig:
     dtype: str = "auto"  # auto (= model dtype) | float32 | float16 | bfloat16 | fp8
     # shortcut for transforms.resize_kv_cache.free_gpu_memory_fraction (None: keep the transform's value)
     free_gpu_memory_fraction: Optional[float] = None
+    # state slots of recurrent mixers (Mamba2 SSM, delta rule): auto (= model dtype) | float32
+    mamba_ssm_cache_dtype: str = "auto"
 
 
 @dataclass
@@ -106,11 +108,17 @@ BACKEND_CHOICES: dict[str, tuple[str, ...]] = {
     "attention": ("auto", "torch", "triton", "flashinfer"),
     "fused": ("auto", "torch", "triton"),
     "compile": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
+    "ssm": ("auto", "torch", "triton"),
+    "causal_conv": ("auto", "torch", "triton"),
+    "delta_rule": ("auto", "torch", "triton"),
 }
 # (transform, option) -> the op family whose backend the option chooses
 TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
     ("insert_cached_attention", "backend"): "attention",
     ("compile_model", "backend"): "compile",
+    ("insert_cached_ssm_attention", "backend"): "ssm",
+    ("insert_cached_causal_conv", "backend"): "causal_conv",
+    ("insert_cached_delta_rule", "backend"): "delta_rule",
     **{(name, "backend"): "fused" for name in ("fuse_silu_mul", "fuse_add_rmsnorm", "fuse_rmsnorm", "optimize_rope",
                                                  "optimize_linear")},
 }
@@ -119,6 +127,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": ("auto", "float32", "float16", "bfloat16"),
     "runtime": ("demollm",),
     "kv_cache_config.dtype": ("auto", "float32", "float16", "bfloat16", "fp8"),
+    "kv_cache_config.mamba_ssm_cache_dtype": ("auto", "float32"),
     "benchmark.mode": ("throughput", "latency"),
 }
 

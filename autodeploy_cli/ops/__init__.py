@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused")
+OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused", "ssm", "causal_conv", "delta_rule")
 
 
 def load_ops() -> None:

@@ -19,6 +19,9 @@ MODULES: dict[str, dict[str, str]] = {
     "attention": {"torch": "kernels.torch.attention", "triton": "kernels.triton.backend",
                   "flashinfer": "kernels.flashinfer.backend"},
     "fused": {"torch": "autodeploy_cli.ops.fused", "triton": "kernels.triton.fused_ops"},
+    "ssm": {"torch": "kernels.torch.ssm", "triton": "kernels.triton.ssm_backend"},
+    "causal_conv": {"torch": "kernels.torch.causal_conv", "triton": "kernels.triton.causal_conv_backend"},
+    "delta_rule": {"torch": "kernels.torch.delta_rule", "triton": "kernels.triton.delta_rule_backend"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
 }
 # family -> (backend on CUDA, backend elsewhere) for `auto`
@@ -26,9 +29,15 @@ AUTO: dict[str, tuple[str, str]] = {
     "attention": ("triton", "torch"),
     "fused": ("triton", "torch"),
     "compile": ("torch-cudagraph", "torch-simple"),
+    "ssm": ("triton", "torch"),
+    "causal_conv": ("triton", "torch"),
+    "delta_rule": ("triton", "torch"),
 }
 # the config key a user sets for each family (named in errors)
-CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend"}
+CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend",
+              "ssm": "transforms.insert_cached_ssm_attention.backend",
+              "causal_conv": "transforms.insert_cached_causal_conv.backend",
+              "delta_rule": "transforms.insert_cached_delta_rule.backend"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:
