@@ -1,12 +1,15 @@
 """`ad build --plan`: a memory plan from the model's config alone (meta model, no weights loaded, no GPU needed).
 
 weights   = parameters x bytes of the deployment dtype (tied weights once)
-KV/token  = sum over layers of 2 (K and V) x KV heads x head_dim x bytes of the KV dtype
+KV/token  = sum over attention layers of 2 (K and V) x KV heads x head_dim x bytes of the KV dtype
+state/seq = per sequence, for stateful mixers (hybrids): Mamba2 SSM state (heads x head_dim x state size, in
+            kv_cache_config.mamba_ssm_cache_dtype) + conv state (conv channels x (kernel - 1), model dtype), Gated
+            DeltaNet state (value heads x key dim x value dim) + conv state; fixed size, whatever the context length
 per GPU   = tensor parallelism over `world_size` GPUs splits the weights and the KV heads (KV heads are replicated
             when there are fewer of them than GPUs)
 KV budget = (GPU memory - weights/GPU - activation reserve) x free_gpu_memory_fraction, the reserve being
             max(1 GiB, 5% of GPU memory) as the cache-resize transform keeps
-max seqs  = KV budget / (KV bytes per token per GPU x max_seq_len)
+max seqs  = KV budget / (KV bytes per token per GPU x max_seq_len + state bytes per sequence per GPU)
 
 The recommended world size is the smallest power of two (dividing the attention heads) at which `max_batch_size`
 sequences of `max_seq_len` tokens fit.
@@ -85,6 +88,9 @@ class Plan:
     reserve: int
     rows: list[WorldSizeRow] = field(default_factory=list)
     recommended: Optional[int] = None
+    attention_layers: Optional[int] = None  # hybrids: the layers with a KV cache (None: every layer)
+    state_bytes_per_seq: int = 0  # hybrids: SSM / conv / delta-rule state slots of one sequence
+    state_detail: str = ""
 
 
 def _dtype_name(value: Any) -> Optional[str]:
@@ -94,7 +100,7 @@ def _dtype_name(value: Any) -> Optional[str]:
 
 def _attention_shape(hf: Any) -> tuple[int, int, int, int]:
     """(layers, attention heads, KV heads, head_dim) of a HF config."""
-    heads = int(hf.num_attention_heads)
+    heads = int(getattr(hf, "num_attention_heads", None) or getattr(hf, "num_heads", 1))  # num_heads: Mamba2 (no KV)
     kv = int(getattr(hf, "num_key_value_heads", None) or heads)
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
     return int(hf.num_hidden_layers), heads, kv, int(head_dim)
@@ -108,6 +114,39 @@ def _sliding(hf: Any, layers: int) -> tuple[int, Optional[int]]:
     if types:
         return sum(1 for t in types[:layers] if t == "sliding_attention"), int(window)
     return layers, int(window)
+
+
+def _attention_layers(hf: Any, layers: int) -> Optional[int]:
+    """Layers with a KV cache when the config names layer kinds with stateful mixers among them, else None."""
+    from autodeploy_cli.models.hybrid_layers import STATEFUL_KINDS
+
+    kinds = getattr(hf, "layer_types", None)
+    if not isinstance(kinds, (list, tuple)) or not any(k in STATEFUL_KINDS for k in kinds):
+        return None
+    return sum(1 for k in kinds[:layers] if "attention" in k and k not in STATEFUL_KINDS)
+
+
+def _state_bytes(model: Any, model_bytes: int, state_bytes: int) -> tuple[int, str]:
+    """(state bytes of one sequence, how they add up) from the HF mixer modules of the meta model."""
+    from autodeploy_cli.export.hf_mixers import find_mixers
+
+    total, parts = 0, []
+    ssm = list(find_mixers(model, "mamba2"))
+    if ssm:
+        m = ssm[0]
+        one = m.num_heads * m.head_dim * m.ssm_state_size * state_bytes + m.conv_dim * (m.conv_kernel_size - 1) * model_bytes
+        total += one * len(ssm)
+        parts.append(f"{len(ssm)} Mamba2 layers x ({m.num_heads} x {m.head_dim} x {m.ssm_state_size} x {state_bytes} "
+                     f"SSM + {m.conv_dim} x {m.conv_kernel_size - 1} x {model_bytes} conv bytes)")
+    gdn = list(find_mixers(model, "gated_deltanet"))
+    if gdn:
+        m = gdn[0]
+        one = (m.num_v_heads * m.head_k_dim * m.head_v_dim * state_bytes
+               + m.conv_dim * (m.conv_kernel_size - 1) * model_bytes)
+        total += one * len(gdn)
+        parts.append(f"{len(gdn)} Gated DeltaNet layers x ({m.num_v_heads} x {m.head_k_dim} x {m.head_v_dim} x "
+                     f"{state_bytes} delta + {m.conv_dim} x {m.conv_kernel_size - 1} x {model_bytes} conv bytes)")
+    return total, " + ".join(parts)
 
 
 def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
@@ -124,6 +163,10 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     kv_dtype = dtype if cfg.kv_cache_config.dtype == "auto" else cfg.kv_cache_config.dtype
     layers, heads, kv_heads, head_dim = _attention_shape(hf)
     sliding_layers, window = _sliding(hf, layers)
+    attn_layers = _attention_layers(hf, layers)
+    kv_layers = layers if attn_layers is None else attn_layers
+    ssm_dtype = getattr(cfg.kv_cache_config, "mamba_ssm_cache_dtype", "auto")
+    state_seq, state_detail = _state_bytes(model, _BYTES[dtype], 4 if ssm_dtype == "float32" else _BYTES[dtype])
 
     if gpu_mem:
         mem, source = parse_mem(gpu_mem), f"--gpu-mem {gpu_mem}"
@@ -138,16 +181,18 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     plan = Plan(
         model=cfg.model, architecture=type(model).__name__, params=params, dtype=dtype,
         weight_bytes=params * _BYTES[dtype], kv_dtype=kv_dtype,
-        kv_bytes_per_token=layers * 2 * kv_heads * head_dim * _BYTES[kv_dtype],
+        kv_bytes_per_token=kv_layers * 2 * kv_heads * head_dim * _BYTES[kv_dtype],
         num_layers=layers, kv_heads=kv_heads, head_dim=head_dim, num_heads=heads, sliding_layers=sliding_layers,
         sliding_window=window, max_seq_len=cfg.max_seq_len, max_batch_size=cfg.max_batch_size,
         gpu_mem=mem, gpu_source=source, free_fraction=float(fraction), reserve=reserve,
+        attention_layers=attn_layers, state_bytes_per_seq=state_seq, state_detail=state_detail,
     )
     for ws in WORLD_SIZES:
         weights = math.ceil(plan.weight_bytes / ws)
-        kv_tok = layers * 2 * math.ceil(kv_heads / ws) * head_dim * _BYTES[kv_dtype]
+        kv_tok = kv_layers * 2 * math.ceil(kv_heads / ws) * head_dim * _BYTES[kv_dtype]
         budget = max(0, int((mem - weights - reserve) * plan.free_fraction))
-        row = WorldSizeRow(ws, weights, kv_tok, budget, budget // (kv_tok * cfg.max_seq_len), heads % ws == 0)
+        per_seq = kv_tok * cfg.max_seq_len + math.ceil(state_seq / ws)
+        row = WorldSizeRow(ws, weights, kv_tok, budget, budget // max(1, per_seq), heads % ws == 0)
         plan.rows.append(row)
         if plan.recommended is None and row.divisible and row.max_seqs >= cfg.max_batch_size:
             plan.recommended = ws
@@ -169,11 +214,16 @@ def render_plan(plan: Plan) -> list[str]:
         f"Memory plan for {plan.model} ({plan.architecture}; meta model, no weights loaded)",
         f"  {_count(plan.params)} parameters ({plan.params:,})",
         f"  weights: {plan.weight_bytes:,} bytes ({_gb(plan.weight_bytes)}) in {plan.dtype} ({bytes_w} bytes/param)",
-        f"  KV cache: {plan.kv_bytes_per_token} bytes of {_SHORT[plan.kv_dtype]} KV per token = {plan.num_layers} "
-        f"layers x {plan.kv_heads} KV heads x {plan.head_dim} head_dim x 2 (K and V) x {bytes_kv} bytes",
+        f"  KV cache: {plan.kv_bytes_per_token} bytes of {_SHORT[plan.kv_dtype]} KV per token = "
+        f"{plan.num_layers if plan.attention_layers is None else plan.attention_layers} "
+        f"{'layers' if plan.attention_layers is None else 'attention layers'} x {plan.kv_heads} KV heads x "
+        f"{plan.head_dim} head_dim x 2 (K and V) x {bytes_kv} bytes",
         f"  one sequence of max_seq_len={plan.max_seq_len} tokens: {_gb(plan.kv_bytes_per_token * plan.max_seq_len)}"
         f" of KV; max_batch_size={plan.max_batch_size}",
     ]
+    if plan.state_bytes_per_seq:
+        lines.append(f"  state slots: {plan.state_bytes_per_seq:,} bytes ({_gb(plan.state_bytes_per_seq)}) per sequence = "
+                     f"{plan.state_detail}; counted once per sequence beside its KV")
     if plan.sliding_layers:
         lines.append(f"  note: {plan.sliding_layers} of {plan.num_layers} layers use a {plan.sliding_window}-token "
                      "sliding window; the numbers assume a full-length cache in every layer (an upper bound)")
