@@ -46,7 +46,7 @@ def delta_chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: Optional
     system u_t + sum_{j<t} beta_t e^{c_t - c_j} (k_t . k_j) u_j = beta_t (v_t - e^{c_t} S0^T k_t); then
     o_t = e^{c_t} S0^T q_t + sum_{j<=t} e^{c_t - c_j} (q_t . k_j) u_j and S_L = e^{c_L} S0 + sum_j e^{c_L - c_j} k_j u_j^T."""
     b, s, H, Kd = k.shape
-    L = chunk_size
+    L = max(1, min(chunk_size, s))  # a prompt shorter than a chunk is one chunk (exact for any chunk length)
     pad = (-s) % L
     g = torch.zeros_like(beta, dtype=torch.float32) if g is None else g.float()
     qc, kc, vc = (F.pad(t.float(), (0, 0, 0, 0, 0, pad)).reshape(b, -1, L, H, t.shape[-1]).transpose(2, 3)

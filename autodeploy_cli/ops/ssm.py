@@ -48,7 +48,7 @@ def ssd_chunked(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Ten
     carries over sequentially (one step per chunk)."""
     b, s, H, P = x.shape
     N = B.shape[-1]
-    L = chunk_size
+    L = max(1, min(chunk_size, s))  # a prompt shorter than a chunk is one chunk (no padding: same result, less work)
     pad = (-s) % L
     xdt = F.pad(x.float() * dt[..., None], (0, 0, 0, 0, 0, pad))  # padded tokens: x dt = 0 and decay 1
     a = F.pad(dt * A.float(), (0, 0, 0, pad))
