@@ -121,6 +121,7 @@ TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
     ("insert_cached_delta_rule", "backend"): "delta_rule",
     **{(name, "backend"): "fused" for name in ("fuse_silu_mul", "fuse_add_rmsnorm", "fuse_rmsnorm", "optimize_rope",
                                                  "optimize_linear")},
+    ("fuse_gated_rmsnorm", "backend"): "fused",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -4,14 +4,15 @@ Checked against transformers 5.17 (the GPU machine) and 5.24: every class below 
 submodules and attributes the patches read. What differs between the two is kept out of the patches' way:
   - the cache keyword (`cache_params` in 5.17, `cache` in 5.24): the patched forwards take **kwargs and use no cache
     (export runs with use_cache=False; the cached transforms add our own state slots later);
-  - the gated RMSNorm of Bamba / Mamba2 (one group in 5.17, `n_groups` groups in 5.24): the patched forwards call
-    the module's own `norm`, so the graph holds whatever the installed version computes, exactly as HF eager.
+  - the gated RMSNorm of Bamba / Mamba2 / Granite (one group in 5.17, `n_groups` groups in 5.24; Nemotron-H has
+    groups in both): `gated_norm_args` reads the module's own `group_size` (absent = one group), so the canonical
+    op computes what the installed version computes; an unknown norm class is called as it is.
 A class the installed transformers lacks simply never matches.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 from torch import nn
 
@@ -36,3 +37,17 @@ def find_mixers(model: nn.Module, kind: str) -> Iterator[nn.Module]:
         cls = type(module)
         if (cls.__module__, cls.__name__) in wanted:
             yield module
+
+
+# gated RMSNorm class -> norm_before_gate (Mamba2 mixers gate first, Qwen3-Next normalises first)
+GATED_NORMS = {"NemotronHRMSNormGated": False, "Zamba2RMSNormGated": False, "BambaRMSNormGated": False,
+               "MambaRMSNormGated": False, "GraniteMoeHybridRMSNormGated": False, "Qwen3NextRMSNormGated": True}
+
+
+def gated_norm_args(norm: nn.Module) -> Optional[tuple[float, int, bool]]:
+    """(eps, group_size, norm_before_gate) of auto_deploy::torch_rmsnorm_gated for a known HF gated norm, else None."""
+    before = GATED_NORMS.get(type(norm).__name__)
+    if before is None or not hasattr(norm, "variance_epsilon") or not hasattr(norm, "weight"):
+        return None
+    group = int(getattr(norm, "group_size", None) or norm.weight.shape[-1])
+    return float(norm.variance_epsilon), group, before

@@ -70,6 +70,7 @@ def load(family: str, name: str) -> None:
 # fused-op key -> backend -> op name in the auto_deploy namespace (what the post_load_fusion transforms insert)
 FUSED_OPS: dict[str, dict[str, str]] = {
     "rmsnorm": {"triton": "triton_rmsnorm"},
+    "rmsnorm_gated": {"triton": "triton_rmsnorm_gated"},
     "fused_add_rmsnorm": {"torch": "torch_fused_add_rmsnorm", "triton": "triton_fused_add_rmsnorm"},
     "silu_and_mul": {"torch": "torch_silu_and_mul", "triton": "triton_silu_and_mul"},
     "rope_with_explicit_cos_sin": {"triton": "triton_rope_with_explicit_cos_sin"},

@@ -7,7 +7,7 @@ length). Under this patch each layer runs a cache-free forward with the same mat
     qkv = auto_deploy::torch_causal_conv1d(cat(q, k, v), conv1d.weight, conv1d.bias, "silu")
     g = -exp(A_log) * softplus(a + dt_bias);  beta = sigmoid(b)
     o = auto_deploy::torch_gated_delta_rule(q, k, v, g, beta, None, True)     # q/k L2-normalised inside
-    out = out_proj(norm(o, z))                      # the module's own gated RMSNorm, per value head
+    out = out_proj(auto_deploy::torch_rmsnorm_gated(o, z, norm.weight, eps, head_v_dim, True))  # per value head
 
 The classes it applies to are listed in `autodeploy_cli/export/hf_mixers.py`.
 """
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from autodeploy_cli.export.hf_mixers import gated_norm_args
 from autodeploy_cli.export.library.hf_mamba2_to_torch_ssm import conv_activation, patch_forwards
 from autodeploy_cli.export.patches import register_export_patch
 
@@ -45,7 +46,9 @@ def _gated_deltanet_forward(self: nn.Module, hidden_states: torch.Tensor, *args,
     v = v.reshape(b, s, -1, self.head_v_dim)
     g = -self.A_log.float().exp() * F.softplus(a.float() + self.dt_bias)
     o = torch.ops.auto_deploy.torch_gated_delta_rule(q, k, v, g, beta_in.sigmoid(), None, True)
-    o = self.norm(o.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim))
+    o, z = o.reshape(-1, self.head_v_dim), z.reshape(-1, self.head_v_dim)
+    norm = gated_norm_args(self.norm)
+    o = self.norm(o, z) if norm is None else torch.ops.auto_deploy.torch_rmsnorm_gated(o, z, self.norm.weight, *norm)
     return self.out_proj(o.reshape(b, s, -1))
 
 

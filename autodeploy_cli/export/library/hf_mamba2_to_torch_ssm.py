@@ -8,7 +8,7 @@ instance runs a cache-free forward with the same math:
     xBC = auto_deploy::torch_causal_conv1d(xBC, conv1d.weight, conv1d.bias, "silu")
     x, B, C = split(xBC)
     y = auto_deploy::torch_ssm(x, -exp(A_log), B, C, D, dt, dt_bias, time_step_limit, chunk_size)
-    out = out_proj(norm(y, z))                      # the module's own gated RMSNorm
+    out = out_proj(auto_deploy::torch_rmsnorm_gated(y, z, norm.weight, eps, group_size, False))
 
 The classes it applies to are listed in `autodeploy_cli/export/hf_mixers.py` (the version notes live there).
 """
@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from autodeploy_cli.export.hf_mixers import find_mixers
+from autodeploy_cli.export.hf_mixers import find_mixers, gated_norm_args
 from autodeploy_cli.export.patches import register_export_patch
 
 
@@ -51,7 +51,12 @@ def _mamba2_forward(self: nn.Module, hidden_states: torch.Tensor, *args, **kwarg
     y = torch.ops.auto_deploy.torch_ssm(
         x.reshape(b, s, H, P), -torch.exp(self.A_log.float()), B.reshape(b, s, G, N), C.reshape(b, s, G, N),
         self.D, dt, self.dt_bias, [float(t) for t in self.time_step_limit], int(self.chunk_size))
-    y = self.norm(y.reshape(b, s, H * P), gate)
+    y = y.reshape(b, s, H * P)
+    norm = gated_norm_args(self.norm)
+    if norm is None:
+        y = self.norm(y, gate)
+    else:
+        y = torch.ops.auto_deploy.torch_rmsnorm_gated(y, gate, self.norm.weight, *norm)
     return self.out_proj(y.to(dtype))
 
 
