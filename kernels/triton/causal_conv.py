@@ -6,8 +6,9 @@ conv_state [num_slots, C, K - 1] (the K - 1 inputs before each sequence's first 
   causal_conv_varlen  one launch for the outputs (token blocks x channel blocks per sequence), then one for the
                       new states (after every output read the old ones). Sequence b starts from its slot's state
                       when use_initial_states[b], else from zeros.
-  A decode batch (one token per sequence) is the same launch with one token block; every size comes from shapes
-  (max_q_len is passed by the caller), so it can be captured in a CUDA graph.
+  A decode batch (one token per sequence) is one launch with one token block that also writes the new states (the
+  slot's taps 1..K-1); every size comes from shapes (max_q_len is passed by the caller), so it can be captured in a
+  CUDA graph.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import triton.language as tl
 @triton.jit
 def _conv_kernel(x_ptr, w_ptr, b_ptr, state_ptr, out_ptr, cu_ptr, slot_ptr, init_ptr, C, stride_x, stride_o,
                  stride_ss, stride_sc, K: tl.constexpr, KP: tl.constexpr, BLOCK_T: tl.constexpr,
-                 BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
+                 BLOCK_C: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr, STORE_STATE: tl.constexpr):
     seq = tl.program_id(0)
     start = tl.load(cu_ptr + seq)
     end = tl.load(cu_ptr + seq + 1)
@@ -45,6 +46,10 @@ def _conv_kernel(x_ptr, w_ptr, b_ptr, state_ptr, out_ptr, cu_ptr, slot_ptr, init
                      mask=(mt & (~in_seq))[:, None] & mc[None, :], other=0.0).to(tl.float32)
         sv = tl.where(use_init, sv, 0.0)  # a new sequence starts from zeros (its slot may be stale)
         acc += (xv + sv) * w[None, :]
+        if STORE_STATE:
+            if j >= 1:  # one token per sequence: the new state is taps 1..K-1 (each stored after its slot was read)
+                tl.store(state_ptr + slot * stride_ss + offs_c[None, :] * stride_sc + (j - 1),
+                         (xv + sv).to(state_ptr.dtype.element_ty), mask=mt[:, None] & mc[None, :])
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=mc, other=0.0).to(tl.float32)[None, :]
     if SILU:
@@ -96,10 +101,11 @@ def causal_conv_varlen(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor
     kp = triton.next_power_of_2(max(K - 1, 1))
     init = use_initial_states.to(torch.int8) if use_initial_states.dtype == torch.bool else use_initial_states
     grid = (B, triton.cdiv(max(1, max_q_len), block_t), triton.cdiv(C, block_c))
+    fused = max_q_len == 1 and T == B  # decode: each program updates its own slot, no second launch
     _conv_kernel[grid](x, w, bias if bias is not None else w, conv_state, out, cu_seqlen, slots, init, C, x.stride(0),
                        out.stride(0), conv_state.stride(0), conv_state.stride(1), K=K, KP=kp, BLOCK_T=block_t,
-                       BLOCK_C=block_c, HAS_BIAS=bias is not None, SILU=silu, num_warps=4)
-    if K > 1:
+                       BLOCK_C=block_c, HAS_BIAS=bias is not None, SILU=silu, STORE_STATE=fused, num_warps=4)
+    if K > 1 and not fused:
         _state_kernel[(B, triton.cdiv(C, 128))](x, conv_state, cu_seqlen, slots, init, C, x.stride(0),
                                                  conv_state.stride(0), conv_state.stride(1), K=K, KP=kp,
                                                  BLOCK_C=128, num_warps=4)
