@@ -51,6 +51,8 @@ class CudaGraphModel:
         for name in self.iface.input_names:
             if name in self.iface.caches:
                 t = self.iface.caches[name]
+            elif name in getattr(self.iface, "states", {}):  # per-sequence state slots (stateful mixers)
+                t = self.iface.states[name]
             elif name in self.iface.buffers:
                 t = self.iface.buffers[name]
             elif name == BATCH_INFO:
