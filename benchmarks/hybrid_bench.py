@@ -7,8 +7,11 @@ bs1   batch-1 decode, prompt 128, 256 new tokens (`ad bench --mode latency`): de
       per step) / copy bandwidth measured in the same run. Target >= 0.7.
 c64   64 requests x ISL 1024 / OSL 128 at concurrency 64 (`ad bench`), with `--baseline hf` (transformers generate,
       eager) in the same run on the same weights. Target: output tok/s >= 2x HF.
-Each part runs `ad bench` in its own process (a crash in one leaves the other's numbers); the summary and both raw
-result files land in --out. Default backends: triton mixers + attention, torch-cudagraph. About 4-5 GPU minutes.
+profile  torch.profiler over 20 batch-1 decode steps and one 1024-token prefill of the same engine (top CUDA
+      kernels per step / run): where the time goes if a target is missed.
+bs1 and c64 each run `ad bench` in its own process (a crash in one leaves the other's numbers); profile runs here
+afterwards. The summary and the raw results land in --out. Default backends: triton mixers + attention,
+torch-cudagraph. About 5 GPU minutes.
 """
 
 from __future__ import annotations
@@ -71,11 +74,27 @@ def _c64(model: str, extra: list[str], tmp: Path, timeout_s: int, baseline: bool
     return {"summary": summary, "raw": raw}
 
 
+def _profile(model: str, extra: list[str]) -> dict:
+    """Top kernels of batch-1 decode steps and of one 1024-token prefill (engine_bench's profilers)."""
+    sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import engine_bench  # noqa: E402 - the profilers the Llama benchmark uses
+
+    from autodeploy_cli.config.loader import resolve
+    from autodeploy_cli.llm import build_engine
+
+    engine = build_engine(resolve([], [*COMMON, *extra, "max_seq_len=1280", "max_batch_size=8"], model=model))
+    res: dict = {}
+    engine_bench.profile_decode(engine, res)
+    engine_bench.profile_prefill(engine, res)
+    return res
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file for the summary and both raw `ad bench` results")
     p.add_argument("--model", default=MODEL, help="a registry id (stored architecture) or a local HF folder")
-    p.add_argument("--what", default="bs1,c64", help="comma-separated parts: bs1, c64")
+    p.add_argument("--what", default="bs1,c64,profile", help="comma-separated parts: bs1, c64, profile")
     p.add_argument("--no-hf", action="store_true", help="c64 without the HF baseline")
     p.add_argument("--timeout", type=int, default=420, help="seconds per part")
     p.add_argument("--device", default="cuda", help="cuda (the target), or cpu for a smoke run of the script")
@@ -90,12 +109,20 @@ def main() -> int:
             result["bs1"] = _bs1(a.model, a.override, tmp, a.timeout)
         if "c64" in parts:
             result["c64"] = _c64(a.model, a.override, tmp, a.timeout, not a.no_hf)
+    if "profile" in parts:
+        try:
+            result["profile"] = _profile(a.model, a.override)
+        except Exception as e:  # noqa: BLE001 - the timed parts above are kept either way
+            result["profile"] = {"error": f"{type(e).__name__}: {e}"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     for part in ("bs1", "c64"):
         if part in result:
             s = {k: v for k, v in result[part]["summary"].items() if k not in ("log_tail", "model_bytes", "decode")}
             print(part, json.dumps(s))
+    for key, prof in result.get("profile", {}).items():
+        top = prof.get("top", [])[:8] if isinstance(prof, dict) else prof
+        print(key, json.dumps(top)[:2000])
     print(f"wrote {a.out}")
     return 0
 

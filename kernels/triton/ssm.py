@@ -109,10 +109,12 @@ def _ssd_prefill_kernel(x_ptr, dt_ptr, dtb_ptr, a_ptr, b_ptr, c_ptr, d_ptr, y_pt
     tl.store(sp, state.to(state_ptr.dtype.element_ty), mask=m2)
 
 
-def _blocks(P: int, N: int) -> tuple[int, int]:
+def _blocks(P: int, N: int, prefill: bool = False) -> tuple[int, int]:
+    """(P block, N block): the whole state row per program; prefill programs also hold B/C chunk tiles [L, N], so
+    their P block shrinks with N to stay in registers."""
     block_n = max(16, triton.next_power_of_2(N))
-    block_p = max(16, min(64 if block_n <= 128 else 32, triton.next_power_of_2(P)))
-    return block_p, block_n
+    widest = (32 if block_n >= 128 else 64) if prefill else (64 if block_n <= 128 else 32)
+    return max(16, min(widest, triton.next_power_of_2(P))), block_n
 
 
 def _strides(state, x, dt, B, C, y) -> tuple:
@@ -156,7 +158,7 @@ def ssd_prefill(state: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, dt_bias:
     nseq = slots.shape[0]
     if T == 0 or nseq == 0:
         return y
-    bp, bn = _blocks(P, N)
+    bp, bn = _blocks(P, N, prefill=True)
     block_l = 64 if bn <= 128 else 32
     prec = "ieee" if x.dtype == torch.float32 else "tf32"
     init = use_initial_states.to(torch.int8)
