@@ -133,3 +133,33 @@ def test_decode_step_replays_in_a_cuda_graph():
         eager = list(step()) + [ssm_state, conv_state]
         for r, e in zip(replayed, eager):
             torch.testing.assert_close(r.float(), e.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape, group, before", [((5, 64), 16, False), ((7, 16), 16, True)])
+def test_gated_rmsnorm_tiny(device, shape, group, before):
+    from kernels.triton import norm_gated  # noqa: F401
+    from autodeploy_cli.ops import load_ops
+
+    load_ops()
+    g = torch.Generator().manual_seed(0)
+    x, gate, w = (torch.randn(*s, generator=g).to(device) for s in (shape, shape, shape[-1:]))
+    want = ops.torch_rmsnorm_gated(x, gate, w, 1e-5, group, before)
+    torch.testing.assert_close(ops.triton_rmsnorm_gated(x, gate, w, 1e-5, group, before), want, rtol=1e-5, atol=1e-5)
+
+
+@gpu
+@pytest.mark.gpu
+@pytest.mark.parametrize("before", [False, True])
+def test_gated_rmsnorm_model_sizes_bf16(before):
+    """Nemotron-H-8B (8192 channels in 8 groups, fp32 input from the SSM, bf16 weight) and Qwen3-Next (per head of
+    128, bf16): the same rounding as the reference, so results agree to one bf16 ulp."""
+    from kernels.triton import norm_gated  # noqa: F401
+
+    rows, h, group = (64, 8192, 1024) if not before else (64 * 32, 128, 128)
+    x = torch.randn(rows, h, device="cuda", dtype=torch.float32 if not before else torch.bfloat16)
+    gate = torch.randn(rows, h, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(h, device="cuda", dtype=torch.bfloat16)
+    want = ops.torch_rmsnorm_gated(x, gate, w, 1e-5, group, before)
+    got = ops.triton_rmsnorm_gated(x, gate, w, 1e-5, group, before)
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got.float(), want.float(), rtol=1e-2, atol=1e-2)
