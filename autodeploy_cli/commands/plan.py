@@ -165,7 +165,10 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     sliding_layers, window = _sliding(hf, layers)
     attn_layers = _attention_layers(hf, layers)
     kv_layers = layers if attn_layers is None else attn_layers
-    ssm_dtype = getattr(cfg.kv_cache_config, "mamba_ssm_cache_dtype", "auto")
+    from autodeploy_cli.config.schema import effective_mamba_ssm_cache_dtype
+
+    ssm_dtype = effective_mamba_ssm_cache_dtype(getattr(cfg.kv_cache_config, "mamba_ssm_cache_dtype", "auto"),
+                                                getattr(hf, "mamba_ssm_cache_dtype", None))
     state_seq, state_detail = _state_bytes(model, _BYTES[dtype], 4 if ssm_dtype == "float32" else _BYTES[dtype])
 
     if gpu_mem:

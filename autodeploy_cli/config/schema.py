@@ -133,6 +133,15 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
+def effective_mamba_ssm_cache_dtype(option: Optional[str], model_value: Any = None) -> str:
+    """`kv_cache_config.mamba_ssm_cache_dtype` resolved: float32 | auto (= the model dtype). `auto` follows the model
+    config's own `mamba_ssm_cache_dtype` when it names float32 (Nemotron-H's configs do)."""
+    option = option or "auto"
+    if option == "auto" and str(model_value).replace("torch.", "") == "float32":
+        return "float32"
+    return option
+
+
 def effective_max_num_tokens(max_batch_size: int, max_seq_len: int, max_num_tokens: Optional[int]) -> int:
     """Tokens per step: `max_num_tokens`, or by default max_batch_size * max_seq_len capped at max(8192, max_seq_len)."""
     if max_num_tokens is not None:

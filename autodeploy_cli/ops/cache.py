@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from autodeploy_cli.config.schema import effective_max_num_tokens
+from autodeploy_cli.config.schema import effective_mamba_ssm_cache_dtype, effective_max_num_tokens
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.ops.batch import SequenceInfo
 
@@ -179,15 +179,18 @@ class CachedSequenceInterface:
                 self.free() if old == 0 else self.allocate(old)
 
 
-def make_interface(config: Any, device: torch.device, model_dtype: torch.dtype) -> CachedSequenceInterface:
-    """The interface for an ADConfig: limits from max_batch_size / max_seq_len / max_num_tokens / attn_page_size."""
+def make_interface(config: Any, device: torch.device, model_dtype: torch.dtype,
+                   model_ssm_dtype: Any = None) -> CachedSequenceInterface:
+    """The interface for an ADConfig: limits from max_batch_size / max_seq_len / max_num_tokens / attn_page_size;
+    model_ssm_dtype: the HF config's own `mamba_ssm_cache_dtype`, if any (what `auto` follows)."""
     kv = config.kv_cache_config.dtype
     dtypes = {"auto": model_dtype, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
               "fp8": getattr(torch, "float8_e4m3fn", None)}
     kv_dtype = dtypes.get(kv)
     if kv_dtype is None:
         raise ADError(f"`kv_cache_config.dtype: {kv}` is not supported here; use auto, float32, float16 or bfloat16.")
-    ssm = getattr(config.kv_cache_config, "mamba_ssm_cache_dtype", "auto") or "auto"
+    ssm = effective_mamba_ssm_cache_dtype(getattr(config.kv_cache_config, "mamba_ssm_cache_dtype", "auto"),
+                                          model_ssm_dtype)
     if ssm not in ("auto", "float32"):
         raise ADError(f"`kv_cache_config.mamba_ssm_cache_dtype: {ssm}` is not supported; use auto (the model dtype) "
                       "or float32.")

@@ -59,12 +59,15 @@ def test_plan_counts_attention_kv_and_state_slots():
     plan = make_plan(resolve(model="nvidia/Nemotron-H-8B-Base-8K"), "141GB")
     assert plan.attention_layers == 4
     assert plan.kv_bytes_per_token == 4 * 2 * 8 * 128 * 2
-    ssm, conv = 128 * 64 * 128 * 2, (128 * 64 + 2 * 8 * 128) * 3 * 2  # bf16 state (auto) and conv channels
+    # auto follows Nemotron-H's own mamba_ssm_cache_dtype (float32); conv states keep bf16
+    ssm, conv = 128 * 64 * 128 * 4, (128 * 64 + 2 * 8 * 128) * 3 * 2
     assert plan.state_bytes_per_seq == 24 * (ssm + conv)
     budget = plan.rows[0].kv_budget
     assert plan.rows[0].max_seqs == budget // (plan.kv_bytes_per_token * 8192 + plan.state_bytes_per_seq)
-    fp32 = make_plan(resolve(model="nvidia/Nemotron-H-8B-Base-8K",
+    bamba = make_plan(resolve(model="ibm-ai-platform/Bamba-9B"), "141GB")  # no such field: the model dtype
+    assert bamba.attention_layers == 3 and bamba.state_bytes_per_seq == 29 * (128 * 64 * 128 * 2 + 8448 * 3 * 2)
+    fp32 = make_plan(resolve(model="ibm-ai-platform/Bamba-9B",
                              overrides=["kv_cache_config.mamba_ssm_cache_dtype=float32"]), "141GB")
-    assert fp32.state_bytes_per_seq == 24 * (2 * ssm + conv)
+    assert fp32.state_bytes_per_seq == 29 * (128 * 64 * 128 * 4 + 8448 * 3 * 2)
     mamba = make_plan(resolve(model="AntonV/mamba2-2.7b-hf"), "141GB")
     assert mamba.kv_bytes_per_token == 0 and mamba.state_bytes_per_seq == 64 * (80 * 64 * 128 * 2 + 5376 * 3 * 2)

@@ -69,6 +69,14 @@ def test_state_dtype_follows_mamba_ssm_cache_dtype(tiny_dir, ssm_dtype, want):
     assert result.ctx.cache.state_specs["ssm_state_0"].dtype == want
 
 
+def test_auto_follows_the_models_own_ssm_cache_dtype(tiny_dir):
+    """Nemotron-H's config names mamba_ssm_cache_dtype=float32: `auto` keeps its SSM state in float32 on a bf16
+    model, while the conv state stays in the model dtype."""
+    result, _ = built_until_weights(tiny_dir("nemotron_h"), "dtype=bfloat16")
+    _apply(result.model, result.ctx)
+    assert result.ctx.cache.state_specs["ssm_state_0"].dtype == torch.float32
+
+
 def test_backend_errors():
     with pytest.raises(ADError, match="Invalid value `trition` for `transforms.insert_cached_ssm_attention.backend`: "
                                       "choose one of auto, torch, triton. Did you mean `triton`?"):
