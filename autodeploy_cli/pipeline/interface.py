@@ -116,7 +116,8 @@ class PassContext:
         if self.cache is None:
             from autodeploy_cli.ops.cache import make_interface
 
-            hf_ssm = getattr(self.factory.hf_config(), "mamba_ssm_cache_dtype", None)  # Nemotron-H: float32
+            hf = self.factory.hf_config() if self.factory is not None else None
+            hf_ssm = getattr(hf, "mamba_ssm_cache_dtype", None)  # Nemotron-H's configs name float32
             self.cache = make_interface(self.config, self.device, self.factory.model_dtype(), hf_ssm)
         return self.cache
 
