@@ -46,6 +46,32 @@ TINY["deepseek_v3"] = dict(model_type="deepseek_v3", q_lora_rank=24, **MLA)
 YARN = dict(rope_scaling=dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=256, mscale=1.0,
                               mscale_all_dim=0.8, beta_fast=32, beta_slow=1))
 MOE_LAYER = dict(first_k_dense_replace=1)
+# Hybrids with stateful token mixers: SSD chunk size 8 (prompts span several chunks), every layer kind once.
+_HYBRID = {k: COMMON[k] for k in ("vocab_size", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                                  "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
+                                  "tie_word_embeddings")}
+_MAMBA = dict(mamba_n_heads=8, mamba_d_head=16, mamba_n_groups=2, mamba_d_state=16, mamba_d_conv=4, mamba_chunk_size=8)
+TINY.update({
+    # Mamba2, MLP, attention and MoE (the Nemotron 3 Nano kind) layers
+    "nemotron_h": dict(model_type="nemotron_h", layers_block_type=["linear_attention", "mlp", "full_attention", "moe"],
+                       intermediate_size=96, mamba_num_heads=8, mamba_head_dim=16, n_groups=2, ssm_state_size=16,
+                       conv_kernel=4, chunk_size=8, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                       moe_shared_expert_intermediate_size=32, **_HYBRID),
+    "bamba": dict(model_type="bamba", num_hidden_layers=2, attn_layer_indices=[1], intermediate_size=96, **_MAMBA,
+                  **_HYBRID),
+    "granitemoehybrid": dict(model_type="granitemoehybrid", num_hidden_layers=2,
+                             layer_types=["linear_attention", "full_attention"], intermediate_size=96,
+                             shared_intermediate_size=96, num_local_experts=4, num_experts_per_tok=2,
+                             position_embedding_type="rope", **_MAMBA, **_HYBRID),
+    "mamba2": dict(model_type="mamba2", num_hidden_layers=2, hidden_size=64, num_heads=8, head_dim=16, n_groups=2,
+                   state_size=16, conv_kernel=4, chunk_size=8, vocab_size=320, bos_token_id=1, eos_token_id=2,
+                   pad_token_id=0),
+    "qwen3_next": dict(model_type="qwen3_next", num_hidden_layers=2, layer_types=["linear_attention", "full_attention"],
+                       intermediate_size=96, linear_conv_kernel_dim=4, linear_key_head_dim=16, linear_value_head_dim=16,
+                       linear_num_key_heads=2, linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2,
+                       moe_intermediate_size=32, shared_expert_intermediate_size=48, **_HYBRID),
+})
+HYBRIDS = ("nemotron_h", "bamba", "granitemoehybrid", "mamba2", "qwen3_next")
 
 
 def tiny_hf_config(family: str, **overrides: Any):

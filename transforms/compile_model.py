@@ -57,7 +57,7 @@ class CompileModel(BaseTransform):
             model = _compile(gm, opts)
         if backend in ("torch-cudagraph", "torch-opt"):
             iface = ctx.cache
-            if ctx.device.type != "cuda" or iface is None or not iface.caches:
+            if ctx.device.type != "cuda" or iface is None or not (iface.caches or iface.states):
                 note = f"{backend}: no CUDA graphs ({'no KV cache' if ctx.device.type == 'cuda' else 'CPU'})"
             else:
                 from autodeploy_cli.graph.cudagraph import CudaGraphModel, clean_sizes

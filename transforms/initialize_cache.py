@@ -2,6 +2,7 @@
 
 The graph does not change; its cache inputs get real tensors:
     %k_cache_0 : (unallocated)  ->  %k_cache_0 : num_pages x page_size x n_kv x head_dim (zeros, kv dtype)
+    %ssm_state_0 : (unallocated)  ->  %ssm_state_0 : (max_batch_size + 1) x heads x head_dim x state (state slots)
 
 Pool size: on CPU, max_batch_size x max_seq_len tokens (every sequence at full length; resize_kv_cache keeps it).
 On GPU a first pool just big enough for one max_num_tokens forward; resize_kv_cache sizes the final pool from the
@@ -32,11 +33,16 @@ def probe_pool_pages(iface) -> int:
 class InitializeCache(BaseTransform):
     def apply(self, gm: nn.Module, ctx: PassContext) -> TransformInfo:
         iface = ctx.cache
-        if iface is None or not iface.cache_specs:
+        if iface is None or not (iface.cache_specs or iface.state_specs):
             return TransformInfo.untouched("no caches registered")
-        pages = full_pool_pages(iface) if ctx.device.type == "cpu" else probe_pool_pages(iface)
+        # without paged caches the pages are bookkeeping only (no tensors): the full pool costs nothing
+        full = ctx.device.type == "cpu" or not iface.cache_specs
+        pages = full_pool_pages(iface) if full else probe_pool_pages(iface)
         iface.allocate(pages)
         gib = pages * iface.bytes_per_page() / 2**30
-        return TransformInfo(num_matches=len(iface.cache_specs), is_clean=True, has_valid_shapes=True,
-                             note=f"Initialized {len(iface.cache_specs)} caches: {pages} pages x "
-                                  f"{iface.page_size} tokens, {gib:.3f} GiB")
+        note = f"Initialized {len(iface.cache_specs)} caches: {pages} pages x {iface.page_size} tokens, {gib:.3f} GiB"
+        if iface.state_specs:
+            note += (f"; {len(iface.state_specs)} state caches: {iface.num_slots} slots, "
+                     f"{iface.state_bytes() / 2**30:.3f} GiB")
+        return TransformInfo(num_matches=len(iface.cache_specs) + len(iface.state_specs), is_clean=True,
+                             has_valid_shapes=True, note=note)

@@ -3,6 +3,8 @@
 GPU: run one forward of max_num_tokens tokens, measure the free memory, and give the pool
 `free_gpu_memory_fraction` of what is left after a reserve (the anchor's rule), capped at max_batch_size x
 max_seq_len tokens (more pages could never be used at once). CPU: max_batch_size x max_seq_len tokens.
+State slots of stateful mixers (SSM, conv, delta rule) are allocated before the probe, so the free memory it measures
+already excludes them; a model with state slots only (pure Mamba2) keeps the full page count (pages without tensors).
 `max_tokens` caps the pool (e.g. to test preemption). The graph does not change; the cache tensors are replaced:
     %k_cache_0 : 40 x 64 x 8 x 128  ->  %k_cache_0 : 2048 x 64 x 8 x 128
 """
@@ -54,8 +56,10 @@ class ResizeKvCache(BaseTransform):
 
     def apply(self, gm: nn.Module, ctx: PassContext) -> TransformInfo:
         iface = ctx.cache
-        if iface is None or not iface.caches:
+        if iface is None or not (iface.caches or iface.states):
             return TransformInfo.untouched("no allocated caches")
+        if not iface.cache_specs:
+            return TransformInfo.untouched(f"state slots only: {iface.state_bytes() / 2**30:.3f} GiB")
         frac = self.options.free_gpu_memory_fraction
         if not 0 <= frac <= 1:
             raise ADError(f"`kv_cache_config.free_gpu_memory_fraction` must be within [0, 1], got {frac}.")
@@ -76,4 +80,6 @@ class ResizeKvCache(BaseTransform):
                 torch.cuda.empty_cache()
         gib = target * iface.bytes_per_page() / 2**30
         note = f"{before} -> {target} pages ({target * iface.page_size} tokens, {gib:.3f} GiB)"
+        if iface.states:
+            note += f" + state slots {iface.state_bytes() / 2**30:.3f} GiB"
         return TransformInfo(num_matches=int(target != before), is_clean=True, has_valid_shapes=True, note=note)

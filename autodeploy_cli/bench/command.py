@@ -83,6 +83,8 @@ class _Session:
             engine = ours.make_engine(self.cfg)
         self.result.build = ours.build_split(engine.build_result.records, now() - t0)
         self.result.kv_cache_capacity_tokens = getattr(engine, "kv_capacity_tokens", None)
+        if getattr(engine, "iface", None) is not None:  # exact KV / state bytes of the built model
+            self.result.model.update(hardware.cache_bytes(engine.iface))
         # the backends `auto` resolved to on this device
         facts = getattr(getattr(engine.build_result, "ctx", None), "facts", None)
         for key, name in (("attn_backend", "attention_backend"), ("compile_backend", "compile_backend")):

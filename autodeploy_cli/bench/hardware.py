@@ -66,6 +66,13 @@ def _fp8_saving(model: Any, scheme: Any) -> int:
     return saved
 
 
+def cache_bytes(iface: Any) -> dict[str, int]:
+    """The built model's cache facts: KV bytes per cached token (the layers that have a KV cache: attention layers
+    only in a hybrid) and state-slot bytes per sequence (SSM / conv / delta-rule states, read every decode step)."""
+    return {"kv_bytes_per_token": iface.bytes_per_page() // max(1, iface.page_size),
+            "state_bytes_per_seq": iface.bytes_per_slot()}
+
+
 def measure_copy_bandwidth(device: torch.device, max_bytes: int = 1 << 30, reps: int = 20) -> tuple[Optional[float], str]:
     """Device-to-device copy rate in bytes/s, counting read + write (None with a reason on CPU)."""
     if device.type != "cuda":

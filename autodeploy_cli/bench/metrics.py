@@ -140,16 +140,18 @@ def summarize(trace: RunTrace) -> dict[str, Any]:
 
 
 def decode_floor(
-    trace: RunTrace, weight_bytes: int, kv_bytes_per_token: int, bandwidth_bytes_s: Optional[float], reason: str = ""
+    trace: RunTrace, weight_bytes: int, kv_bytes_per_token: int, bandwidth_bytes_s: Optional[float], reason: str = "",
+    state_bytes_per_seq: int = 0,
 ) -> dict[str, Any]:
     """Achieved fraction of the memory-bandwidth floor over the run's decode-only steps.
 
-    A decode step must read every weight once (embedding rows excepted) plus the KV cache of its sequences, so it
-    cannot beat (weight bytes + KV bytes) / bandwidth. fraction = sum of those floors / sum of measured step times.
+    A decode step must read every weight once (embedding rows excepted), the KV cache of its sequences and (hybrid
+    models) the state slots of its sequences, so it cannot beat (weight + KV + state bytes) / bandwidth.
+    fraction = sum of those floors / sum of measured step times.
     """
     steps = [s for s in trace.steps if s.is_decode]
     measured = sum(s.duration_s for s in steps)
-    moved = [weight_bytes + kv_bytes_per_token * s.kv_tokens for s in steps]
+    moved = [weight_bytes + kv_bytes_per_token * s.kv_tokens + state_bytes_per_seq * s.batch for s in steps]
     out: dict[str, Any] = {
         "decode_steps": len(steps),
         "mean_step_ms": measured / len(steps) * 1e3 if steps else None,

@@ -59,6 +59,7 @@ class BenchResult:
             self.model.get("kv_bytes_per_token", 0),
             bw * 1e9 if bw else None,
             "" if bw else self.hardware.get("note", "copy bandwidth not measured"),
+            self.model.get("state_bytes_per_seq", 0),
         )
         return data
 

@@ -10,6 +10,7 @@ shrunk  2 decoder layers, KV heads -> min(KV heads, 2) (attention heads follow t
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -37,10 +38,12 @@ class CheckResult:
 
 
 def _pick_layers(full: Any, n: int = 2) -> list[int]:
-    """Indices of `n` layers covering as many distinct layer kinds as possible (first of each kind)."""
+    """Indices of `n` layers (more for a hybrid with more kinds) covering as many distinct layer kinds as possible
+    (first of each kind)."""
     lists = [getattr(full, a) for a in PER_LAYER_LISTS if isinstance(getattr(full, a, None), (list, tuple))]
     num = full.num_hidden_layers
     kinds = [tuple(lst[i] for lst in lists) for i in range(num)]
+    n = max(n, len(set(kinds))) if any("linear_attention" in k for k in kinds) else n
     chosen: list[int] = []
     for i, kind in enumerate(kinds):
         if kind not in {kinds[j] for j in chosen}:
@@ -60,6 +63,10 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     from autodeploy_cli.models.hf_arch import config_from_values
 
     full = config_from_values(values)
+    if getattr(full, "num_attention_heads", None) is None:  # attention-free (Mamba2): width and depth only
+        kw = {"num_hidden_layers": 2, "hidden_size": 256, "vocab_size": SHRUNK_VOCAB}
+        _shrink_mixers(values, kw)
+        return kw
     heads = int(full.num_attention_heads)
     kv = int(getattr(full, "num_key_value_heads", None) or heads)
     head_dim = int(getattr(full, "head_dim", None) or full.hidden_size // heads)
@@ -89,6 +96,8 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
         lst = getattr(full, attr, None)
         if isinstance(lst, (list, tuple)):
             kw[attr] = [lst[i] for i in picked]
+    kw["num_hidden_layers"] = len(picked)
+    _shrink_mixers(values, kw)
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # keep special ids inside the small vocabulary
         value = getattr(full, key, None)
         remap = (lambda v: v if v < SHRUNK_VOCAB else SHRUNK_VOCAB - 1 - (v % 8))  # noqa: E731
@@ -99,7 +108,28 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def _shrink_mixers(values: dict[str, Any], kw: dict[str, Any]) -> None:
+    """Hybrids: Mamba2 / DeltaNet widths that follow the shrunk hidden size, or shrink on their own."""
+    model_type, hidden = values["model_type"], kw["hidden_size"]
+    if model_type in ("bamba", "granitemoehybrid"):  # mamba heads x head dim == expand x hidden
+        kw["mamba_n_heads"] = int(values.get("mamba_expand", 2)) * hidden // int(values.get("mamba_d_head", 64))
+    if model_type == "bamba" and "layer_types" in kw:  # bamba names its attention layers by index
+        kw["attn_layer_indices"] = [i for i, t in enumerate(kw.pop("layer_types")) if "full" in t]
+    if model_type == "mamba2":
+        kw["num_heads"] = int(values.get("expand", 2)) * hidden // int(values["head_dim"])
+        kw["n_groups"] = math.gcd(int(values.get("n_groups", 1)), kw["num_heads"])
+        kw.pop("layer_types", None)
+    if model_type == "nemotron_h":
+        kw["layers_block_type"] = kw.pop("layer_types", None) or values.get("layers_block_type")
+        kw["mamba_num_heads"] = int(values.get("n_groups", 8))  # one head per group
+    if model_type == "qwen3_next":
+        ratio = int(values["linear_num_value_heads"]) // int(values["linear_num_key_heads"])
+        kw["linear_num_key_heads"], kw["linear_num_value_heads"] = 2, 2 * ratio
+
+
 def describe_shrink(kw: dict[str, Any]) -> str:
+    if "num_attention_heads" not in kw:
+        return f"hidden {kw['hidden_size']}, {kw.get('num_heads')} SSM heads"
     parts = [f"{kw['num_attention_heads']}/{kw['num_key_value_heads']} heads x {kw['head_dim']}",
              f"hidden {kw['hidden_size']}"]
     for key in ("num_local_experts", "num_experts", "n_routed_experts"):

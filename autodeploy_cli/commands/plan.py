@@ -5,11 +5,14 @@ weights of an FP8 checkpoint (quantization_config quant_method fp8, e.g. DeepSee
             every matrix but the embedding, the LM head and the MoE router, plus its fp32 block scales
 KV/token  = sum over layers of 2 (K and V) x KV heads x head_dim x bytes of the KV dtype; multi-head latent
             attention (DeepSeek-V2/V3, Kimi-K2): kv_lora_rank + rope dim per layer (the compressed cache)
+state/seq = per sequence, for stateful mixers (hybrids): Mamba2 SSM state (heads x head_dim x state size, in
+            kv_cache_config.mamba_ssm_cache_dtype) + conv state (conv channels x (kernel - 1), model dtype), Gated
+            DeltaNet state (value heads x key dim x value dim) + conv state; fixed size, whatever the context length
 per GPU   = tensor parallelism over `world_size` GPUs splits the weights and the KV heads (KV heads are replicated
             when there are fewer of them than GPUs; the MLA latent has no head dimension: every GPU holds all of it)
 KV budget = (GPU memory - weights/GPU - activation reserve) x free_gpu_memory_fraction, the reserve being
             max(1 GiB, 5% of GPU memory) as the cache-resize transform keeps
-max seqs  = KV budget / (KV bytes per token per GPU x max_seq_len)
+max seqs  = KV budget / (KV bytes per token per GPU x max_seq_len + state bytes per sequence per GPU)
 
 The recommended world size is the smallest power of two (dividing the attention heads) at which `max_batch_size`
 sequences of `max_seq_len` tokens fit.
@@ -90,6 +93,9 @@ class Plan:
     recommended: Optional[int] = None
     mla: Optional[tuple[int, int]] = None  # (kv_lora_rank, rope dim) of a multi-head latent attention model
     weight_format: str = ""  # e.g. "fp8, 128x128 block scales" for an FP8 checkpoint
+    attention_layers: Optional[int] = None  # hybrids: the layers with a KV cache (None: every layer)
+    state_bytes_per_seq: int = 0  # hybrids: SSM / conv / delta-rule state slots of one sequence
+    state_detail: str = ""
 
 
 def _dtype_name(value: Any) -> Optional[str]:
@@ -99,7 +105,7 @@ def _dtype_name(value: Any) -> Optional[str]:
 
 def _attention_shape(hf: Any) -> tuple[int, int, int, int]:
     """(layers, attention heads, KV heads, head_dim) of a HF config."""
-    heads = int(hf.num_attention_heads)
+    heads = int(getattr(hf, "num_attention_heads", None) or getattr(hf, "num_heads", 1))  # num_heads: Mamba2 (no KV)
     kv = int(getattr(hf, "num_key_value_heads", None) or heads)
     head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
     return int(hf.num_hidden_layers), heads, kv, int(head_dim)
@@ -140,6 +146,39 @@ def _fp8_weight_bytes(model: Any, block: tuple[int, int], elem: int) -> int:
     return total
 
 
+def _attention_layers(hf: Any, layers: int) -> Optional[int]:
+    """Layers with a KV cache when the config names layer kinds with stateful mixers among them, else None."""
+    from autodeploy_cli.models.hybrid_layers import STATEFUL_KINDS
+
+    kinds = getattr(hf, "layer_types", None)
+    if not isinstance(kinds, (list, tuple)) or not any(k in STATEFUL_KINDS for k in kinds):
+        return None
+    return sum(1 for k in kinds[:layers] if "attention" in k and k not in STATEFUL_KINDS)
+
+
+def _state_bytes(model: Any, model_bytes: int, state_bytes: int) -> tuple[int, str]:
+    """(state bytes of one sequence, how they add up) from the HF mixer modules of the meta model."""
+    from autodeploy_cli.export.hf_mixers import find_mixers
+
+    total, parts = 0, []
+    ssm = list(find_mixers(model, "mamba2"))
+    if ssm:
+        m = ssm[0]
+        one = m.num_heads * m.head_dim * m.ssm_state_size * state_bytes + m.conv_dim * (m.conv_kernel_size - 1) * model_bytes
+        total += one * len(ssm)
+        parts.append(f"{len(ssm)} Mamba2 layers x ({m.num_heads} x {m.head_dim} x {m.ssm_state_size} x {state_bytes} "
+                     f"SSM + {m.conv_dim} x {m.conv_kernel_size - 1} x {model_bytes} conv bytes)")
+    gdn = list(find_mixers(model, "gated_deltanet"))
+    if gdn:
+        m = gdn[0]
+        one = (m.num_v_heads * m.head_k_dim * m.head_v_dim * state_bytes
+               + m.conv_dim * (m.conv_kernel_size - 1) * model_bytes)
+        total += one * len(gdn)
+        parts.append(f"{len(gdn)} Gated DeltaNet layers x ({m.num_v_heads} x {m.head_k_dim} x {m.head_v_dim} x "
+                     f"{state_bytes} delta + {m.conv_dim} x {m.conv_kernel_size - 1} x {model_bytes} conv bytes)")
+    return total, " + ".join(parts)
+
+
 def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     """The memory plan of `cfg.model` (meta model; nothing is loaded or allocated)."""
     from autodeploy_cli.models.factory import ModelFactory
@@ -159,6 +198,15 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     kv_values, kv_split = kv_values_per_token(hf)
     block = _fp8_block(hf)
     weight_bytes = params * _BYTES[dtype] if block is None else _fp8_weight_bytes(model, block, _BYTES[dtype])
+    attn_layers = _attention_layers(hf, layers)
+    kv_layers = layers if attn_layers is None else attn_layers
+    if kv_split:  # per-head K/V: only the layers that have attention cache anything (hybrids)
+        kv_values = kv_layers * 2 * kv_heads * head_dim
+    from autodeploy_cli.config.schema import effective_mamba_ssm_cache_dtype
+
+    ssm_dtype = effective_mamba_ssm_cache_dtype(getattr(cfg.kv_cache_config, "mamba_ssm_cache_dtype", "auto"),
+                                                getattr(hf, "mamba_ssm_cache_dtype", None))
+    state_seq, state_detail = _state_bytes(model, _BYTES[dtype], 4 if ssm_dtype == "float32" else _BYTES[dtype])
 
     if gpu_mem:
         mem, source = parse_mem(gpu_mem), f"--gpu-mem {gpu_mem}"
@@ -177,12 +225,14 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
         sliding_window=window, max_seq_len=cfg.max_seq_len, max_batch_size=cfg.max_batch_size,
         gpu_mem=mem, gpu_source=source, free_fraction=float(fraction), reserve=reserve, mla=mla_dims(hf),
         weight_format="" if block is None else f"fp8, {block[0]}x{block[1]} block scales",
+        attention_layers=attn_layers, state_bytes_per_seq=state_seq, state_detail=state_detail,
     )
     for ws in WORLD_SIZES:
         weights = math.ceil(plan.weight_bytes / ws)
-        kv_tok = (layers * 2 * math.ceil(kv_heads / ws) * head_dim if kv_split else kv_values) * _BYTES[kv_dtype]
+        kv_tok = (kv_layers * 2 * math.ceil(kv_heads / ws) * head_dim if kv_split else kv_values) * _BYTES[kv_dtype]
         budget = max(0, int((mem - weights - reserve) * plan.free_fraction))
-        row = WorldSizeRow(ws, weights, kv_tok, budget, budget // (kv_tok * cfg.max_seq_len), heads % ws == 0)
+        per_seq = kv_tok * cfg.max_seq_len + math.ceil(state_seq / ws)
+        row = WorldSizeRow(ws, weights, kv_tok, budget, budget // max(1, per_seq), heads % ws == 0)
         plan.rows.append(row)
         if plan.recommended is None and row.divisible and row.max_seqs >= cfg.max_batch_size:
             plan.recommended = ws
@@ -198,7 +248,9 @@ def _count(n: int) -> str:
 
 
 def _kv_line(plan: Plan, bytes_kv: int) -> str:
-    head = f"  KV cache: {plan.kv_bytes_per_token} bytes of {_SHORT[plan.kv_dtype]} KV per token = {plan.num_layers} layers x "
+    layers = (f"{plan.num_layers} layers" if plan.attention_layers is None
+              else f"{plan.attention_layers} attention layers")
+    head = f"  KV cache: {plan.kv_bytes_per_token} bytes of {_SHORT[plan.kv_dtype]} KV per token = {layers} x "
     if plan.mla is not None:
         return (head + f"({plan.mla[0]} latent + {plan.mla[1]} RoPE key) x {bytes_kv} bytes (compressed MLA cache: "
                 "every GPU holds all of it)")
@@ -219,6 +271,9 @@ def render_plan(plan: Plan) -> list[str]:
         f"  one sequence of max_seq_len={plan.max_seq_len} tokens: {_gb(plan.kv_bytes_per_token * plan.max_seq_len)}"
         f" of KV; max_batch_size={plan.max_batch_size}",
     ]
+    if plan.state_bytes_per_seq:
+        lines.append(f"  state slots: {plan.state_bytes_per_seq:,} bytes ({_gb(plan.state_bytes_per_seq)}) per sequence = "
+                     f"{plan.state_detail}; counted once per sequence beside its KV")
     if plan.sliding_layers:
         lines.append(f"  note: {plan.sliding_layers} of {plan.num_layers} layers use a {plan.sliding_window}-token "
                      "sliding window; the numbers assume a full-length cache in every layer (an upper bound)")

@@ -24,6 +24,8 @@ class KvCacheConfig:
     dtype: str = "auto"  # auto (= model dtype) | float32 | float16 | bfloat16 | fp8
     # shortcut for transforms.resize_kv_cache.free_gpu_memory_fraction (None: keep the transform's value)
     free_gpu_memory_fraction: Optional[float] = None
+    # state slots of recurrent mixers (Mamba2 SSM, delta rule): auto (= model dtype) | float32
+    mamba_ssm_cache_dtype: str = "auto"
 
 
 @dataclass
@@ -126,15 +128,22 @@ BACKEND_CHOICES: dict[str, tuple[str, ...]] = {
     "mla": ("auto", "torch", "triton", "flashinfer"),
     "compile": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
     "quant": ("auto", "torch", "triton"),
+    "ssm": ("auto", "torch", "triton"),
+    "causal_conv": ("auto", "torch", "triton"),
+    "delta_rule": ("auto", "torch", "triton"),
 }
 # (transform, option) -> the op family whose backend the option chooses
 TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
     ("insert_cached_attention", "backend"): "attention",
     ("insert_cached_mla_attention", "backend"): "mla",
     ("compile_model", "backend"): "compile",
+    ("insert_cached_ssm_attention", "backend"): "ssm",
+    ("insert_cached_causal_conv", "backend"): "causal_conv",
+    ("insert_cached_delta_rule", "backend"): "delta_rule",
     **{(name, "backend"): "fused" for name in ("fuse_silu_mul", "fuse_add_rmsnorm", "fuse_rmsnorm", "optimize_rope",
                                                  "optimize_linear")},
     ("fuse_fp8_linear", "backend"): "quant",
+    ("fuse_gated_rmsnorm", "backend"): "fused",
 }
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -142,8 +151,18 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "runtime": ("demollm",),
     "kv_cache_config.dtype": ("auto", "float32", "float16", "bfloat16", "fp8"),
     "quant_config.weight_granularity": ("channel", "tensor"),
+    "kv_cache_config.mamba_ssm_cache_dtype": ("auto", "float32"),
     "benchmark.mode": ("throughput", "latency"),
 }
+
+
+def effective_mamba_ssm_cache_dtype(option: Optional[str], model_value: Any = None) -> str:
+    """`kv_cache_config.mamba_ssm_cache_dtype` resolved: float32 | auto (= the model dtype). `auto` follows the model
+    config's own `mamba_ssm_cache_dtype` when it names float32 (Nemotron-H's configs do)."""
+    option = option or "auto"
+    if option == "auto" and str(model_value).replace("torch.", "") == "float32":
+        return "float32"
+    return option
 
 
 def effective_max_num_tokens(max_batch_size: int, max_seq_len: int, max_num_tokens: Optional[int]) -> int:

@@ -4,7 +4,8 @@ One graph per batch size in the ladder, captured at build time over the sequence
 views of a batch of `bs` always start at the same addresses; `cache_loc` is passed at full capacity so its shape
 does not depend on the pages in use). At run time a decode-only batch of B sequences replays the smallest graph
 with bs >= B: rows B..bs-1 repeat sequence 0 exactly (same token, position and pages, so they write the same
-values to the same cache slot) and their outputs are dropped. Prefill and mixed batches, and batches larger than
+values to the same cache slot) but own the scratch state slot (a state update read twice would run twice), and
+their outputs are dropped. Prefill and mixed batches, and batches larger than
 the largest graph, run the model eagerly.
 """
 
@@ -50,6 +51,8 @@ class CudaGraphModel:
         for name in self.iface.input_names:
             if name in self.iface.caches:
                 t = self.iface.caches[name]
+            elif name in getattr(self.iface, "states", {}):  # per-sequence state slots (stateful mixers)
+                t = self.iface.states[name]
             elif name in self.iface.buffers:
                 t = self.iface.buffers[name]
             elif name == BATCH_INFO:
@@ -78,6 +81,7 @@ class CudaGraphModel:
         f["logits_gather_idx"][B:bs] = np.arange(B, bs)
         for name in ("seq_len", "input_pos", "seq_len_with_cache", "pages_per_seq", "last_page_len"):
             f[name][B:bs] = f[name][0]
+        f["slot_idx"][B:bs] = info.pad_slot  # state updates are not idempotent: padded rows write the scratch slot
         f["cu_seqlen"][B + 1: bs + 1] = B + k
         f["cu_num_pages"][B + 1: bs + 1] = P + k * n0
         f["cache_loc"][P: P + (bs - B) * n0] = np.tile(f["cache_loc"][:n0], bs - B)

@@ -113,9 +113,15 @@ def add_metadata_inputs(gm: fx.GraphModule, iface: CachedSequenceInterface, fiel
         return meta, []
     graph = gm.graph
     inputs = [meta[f] if f in meta else add_graph_input(gm, iface, f) for f in prepare.fields]
+    args = (*inputs, *prepare.constants)
+    for node in graph.nodes:  # a second cache transform of the same backend shares the first one's node
+        if node.op == "call_function" and node.target == prepare.op and node.args == args:
+            outs = {u.args[1]: u for u in node.users if u.target is operator.getitem}
+            if len(outs) == prepare.num_outputs:
+                return meta, [outs[i] for i in range(prepare.num_outputs)]
     last_input = [n for n in graph.nodes if n.op == "placeholder"][-1]
     with graph.inserting_after(last_input):
-        prep_node = graph.call_function(prepare.op, (*inputs, *prepare.constants))
+        prep_node = graph.call_function(prepare.op, args)
     with graph.inserting_after(prep_node):
         outs = [graph.call_function(operator.getitem, (prep_node, i)) for i in range(prepare.num_outputs)]
     refresh_vals([prep_node, *outs])

@@ -89,15 +89,30 @@ class ModelFactory:
         if self._hf_config is None:
             from transformers import AutoConfig
 
-            cfg = None if self.is_local else self._registry_config()
+            from autodeploy_cli.models.hybrid_layers import hybrid_kinds, set_layer_count, wants_kind_shrink
+
+            kwargs = dict(self.config.model_kwargs)
+            shrink = wants_kind_shrink(kwargs)
+            # a hybrid's layer kinds come from the full stack: build it first, then cut it keeping every kind
+            base = {k: v for k, v in kwargs.items() if k != "num_hidden_layers"} if shrink else kwargs
+            cfg = None if self.is_local else self._registry_config(base)
             if cfg is None:
                 cfg = self._load("config", AutoConfig.from_pretrained, self.source,
                                  trust_remote_code=self.config.trust_remote_code)
-            deep_update_config(cfg, dict(self.config.model_kwargs))
+            kinds = hybrid_kinds(cfg) if shrink else None
+            if shrink and kinds is None and not self.is_local:
+                cfg = self._registry_config(kwargs) or cfg  # not a hybrid: num_hidden_layers as before
+            deep_update_config(cfg, kwargs)
+            if kinds is not None:
+                note = set_layer_count(cfg, kinds, int(kwargs["num_hidden_layers"]))
+                if note:
+                    from autodeploy_cli.log import get_logger
+
+                    get_logger().info(note)
             self._hf_config = cfg
         return self._hf_config
 
-    def _registry_config(self) -> Any:
+    def _registry_config(self, overrides: dict[str, Any]) -> Any:
         """A registry hub id with stored architecture values: the HF cache wins, else build from the stored values
         (offline, exact shapes); None for anything else."""
         from model_registry import hf_architecture
@@ -112,7 +127,7 @@ class ModelFactory:
             return AutoConfig.from_pretrained(self.source, local_files_only=True,
                                               trust_remote_code=self.config.trust_remote_code)
         except (OSError, ValueError):
-            return registry_hf_config(self.source, dict(self.config.model_kwargs))
+            return registry_hf_config(self.source, overrides)
 
     def _load(self, what: str, loader: Any, source: str, **kwargs: Any) -> Any:
         """`loader(source, **kwargs)` for a local folder or a hub id: the HF cache first (no network); then, only if

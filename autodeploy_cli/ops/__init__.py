@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused", "mla", "quant")
+OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused", "mla", "quant", "ssm",
+              "causal_conv", "delta_rule", "rmsnorm_gated")
 
 
 def load_ops() -> None:

@@ -21,6 +21,9 @@ MODULES: dict[str, dict[str, str]] = {
     "fused": {"torch": "autodeploy_cli.ops.fused", "triton": "kernels.triton.fused_ops"},
     "mla": {"torch": "kernels.torch.mla", "triton": "kernels.triton.mla_backend",
             "flashinfer": "kernels.flashinfer.mla_backend"},
+    "ssm": {"torch": "kernels.torch.ssm", "triton": "kernels.triton.ssm_backend"},
+    "causal_conv": {"torch": "kernels.torch.causal_conv", "triton": "kernels.triton.causal_conv_backend"},
+    "delta_rule": {"torch": "kernels.torch.delta_rule", "triton": "kernels.triton.delta_rule_backend"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
     "quant": {"torch": "autodeploy_cli.ops.quant", "triton": "kernels.triton.fp8_ops"},
 }
@@ -31,10 +34,16 @@ AUTO: dict[str, tuple[str, str]] = {
     "mla": ("triton", "torch"),
     "compile": ("torch-cudagraph", "torch-simple"),
     "quant": ("triton", "torch"),
+    "ssm": ("triton", "torch"),
+    "causal_conv": ("triton", "torch"),
+    "delta_rule": ("triton", "torch"),
 }
 # the config key a user sets for each family (named in errors)
 CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend",
-              "mla": "mla_backend", "quant": "transforms.fuse_fp8_linear.backend"}
+              "mla": "mla_backend", "quant": "transforms.fuse_fp8_linear.backend",
+              "ssm": "transforms.insert_cached_ssm_attention.backend",
+              "causal_conv": "transforms.insert_cached_causal_conv.backend",
+              "delta_rule": "transforms.insert_cached_delta_rule.backend"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:
@@ -67,6 +76,7 @@ def load(family: str, name: str) -> None:
 # fused-op key -> backend -> op name in the auto_deploy namespace (what the post_load_fusion transforms insert)
 FUSED_OPS: dict[str, dict[str, str]] = {
     "rmsnorm": {"triton": "triton_rmsnorm"},
+    "rmsnorm_gated": {"triton": "triton_rmsnorm_gated"},
     "fused_add_rmsnorm": {"torch": "torch_fused_add_rmsnorm", "triton": "triton_fused_add_rmsnorm"},
     "silu_and_mul": {"torch": "torch_silu_and_mul", "triton": "triton_silu_and_mul"},
     "rope_with_explicit_cos_sin": {"triton": "triton_rope_with_explicit_cos_sin"},

@@ -43,6 +43,8 @@ FIELDS: dict[str, Field] = {
                           "cache_loc[cu_num_pages[b]:cu_num_pages[b+1]]"),
     "last_page_len": Field(torch.int32, "seqs", "[B] tokens in each sequence's last page after this step "
                            "(1..page_size)"),
+    "slot_idx": Field(torch.int32, "seqs", "[B] state slot of each sequence (stateful mixers: SSM, conv, delta "
+                      "rule); two running sequences never share a slot"),
     "cache_loc": Field(torch.int32, "pages", "[P] page ids of all sequences, back to back (ragged by cu_num_pages); "
                        "two sequences never share a page"),
 }
@@ -85,6 +87,7 @@ class SequenceInfo:
         self._batch_info_np = self.batch_info.numpy()
         self.num_seqs = self.num_tokens = self.num_pages_used = self.num_gather = 0
         self.num_prefill = 0
+        self.pad_slot = max_batch_size  # the scratch state slot of padded CUDA-graph rows (see ops/cache.py)
         self._copied: Optional[torch.cuda.Event] = None  # the last H2D copy of the host buffer
         self._feed: Optional[tuple[torch.Tensor, torch.Tensor]] = None  # device-side input_ids fill (feed_tokens)
 
@@ -96,12 +99,14 @@ class SequenceInfo:
     # --- filling -------------------------------------------------------------------------------------------------
     def set_batch(self, tokens: Sequence[Sequence[int]], input_pos: Sequence[int], pages: Sequence[Sequence[int]],
                   num_prefill: int, gather: str | Sequence[int] = "last",
-                  position_ids: Optional[Sequence[Sequence[int]]] = None) -> None:
+                  position_ids: Optional[Sequence[Sequence[int]]] = None,
+                  slots: Optional[Sequence[int]] = None) -> None:
         """Fill the host buffer for one step and copy it to the device (one copy).
 
         tokens[b]: the new token ids of sequence b (prefill sequences first: the first `num_prefill`); input_pos[b]:
         tokens already cached; pages[b]: every page sequence b owns (covering input_pos + len(tokens[b]));
-        gather: "last" (last token of each sequence), "all", or explicit flat indices.
+        gather: "last" (last token of each sequence), "all", or explicit flat indices; slots[b]: the state slot of
+        sequence b (default: slot b).
         """
         if self._copied is not None:  # the previous step's copy may still read the host buffer (overlapped steps)
             self._copied.synchronize()
@@ -132,6 +137,7 @@ class SequenceInfo:
         f["cu_num_pages"][0] = 0
         np.cumsum(n_pages, out=f["cu_num_pages"][1: B + 1])
         f["last_page_len"][:B] = (slwc - 1) % self.page_size + 1
+        f["slot_idx"][:B] = np.arange(B) if slots is None else np.fromiter(slots, np.int32, B)
         f["cache_loc"][:P] = np.fromiter(itertools.chain.from_iterable(pages), np.int32, P)
         if isinstance(gather, str):
             idx = cu[1:] - 1 if gather == "last" else np.arange(T)

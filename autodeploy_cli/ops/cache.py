@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
-from autodeploy_cli.config.schema import effective_max_num_tokens
+from autodeploy_cli.config.schema import effective_mamba_ssm_cache_dtype, effective_max_num_tokens
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.ops.batch import SequenceInfo
 
@@ -28,6 +28,8 @@ class CacheConfig:
     max_seq_len: int
     max_batch_size: int
     max_num_tokens: int
+    # recurrent mixer states (SSM, delta rule): kv_cache_config.mamba_ssm_cache_dtype; None = the activations' dtype
+    mamba_ssm_cache_dtype: Optional[torch.dtype] = None
 
     @property
     def max_pages_per_seq(self) -> int:
@@ -97,8 +99,13 @@ class CachedSequenceInterface:
 
     @property
     def num_slots(self) -> int:
-        """State slots: one per sequence the batch can hold."""
-        return self.info.max_batch_size
+        """State slots: one per sequence the batch can hold, plus the scratch slot (`info.pad_slot`) that the padded
+        rows of a CUDA-graph batch write."""
+        return self.info.max_batch_size + 1
+
+    def state_bytes(self) -> int:
+        """Bytes of every state slot of every layer (allocated once, beside the page pool)."""
+        return self.num_slots * self.bytes_per_slot()
 
     def allocate(self, num_pages: int) -> None:
         """(Re)allocate every cache with `num_pages` pages, and the global buffers once."""
@@ -173,20 +180,27 @@ class CachedSequenceInterface:
 
 
 def make_interface(config: Any, device: torch.device, model_dtype: torch.dtype,
-                   kv_dtype: Optional[str] = None) -> CachedSequenceInterface:
+                   kv_dtype: Optional[str] = None, model_ssm_dtype: Any = None) -> CachedSequenceInterface:
     """The interface for an ADConfig: limits from max_batch_size / max_seq_len / max_num_tokens / attn_page_size.
-    `kv_dtype` overrides kv_cache_config.dtype (the factory's choice: `auto` is fp8 for an FP8-KV checkpoint)."""
+    `kv_dtype` overrides kv_cache_config.dtype (the factory's choice: `auto` is fp8 for an FP8-KV checkpoint);
+    model_ssm_dtype: the HF config's own `mamba_ssm_cache_dtype`, if any (what `auto` follows)."""
     kv = kv_dtype or config.kv_cache_config.dtype
     dtypes = {"auto": model_dtype, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
               "fp8": getattr(torch, "float8_e4m3fn", None)}
     kv_dtype = dtypes.get(kv)
     if kv_dtype is None:
         raise ADError(f"`kv_cache_config.dtype: {kv}` is not supported here; use auto, float32, float16 or bfloat16.")
+    ssm = effective_mamba_ssm_cache_dtype(getattr(config.kv_cache_config, "mamba_ssm_cache_dtype", "auto"),
+                                          model_ssm_dtype)
+    if ssm not in ("auto", "float32"):
+        raise ADError(f"`kv_cache_config.mamba_ssm_cache_dtype: {ssm}` is not supported; use auto (the model dtype) "
+                      "or float32.")
     for key in ("max_batch_size", "max_seq_len", "attn_page_size"):
         if getattr(config, key) < 1:
             raise ADError(f"`{key}` must be at least 1, got {getattr(config, key)}.")
     max_num_tokens = effective_max_num_tokens(config.max_batch_size, config.max_seq_len, config.max_num_tokens)
     info = SequenceInfo(config.max_batch_size, config.max_seq_len, max_num_tokens, config.attn_page_size, device)
     cc = CacheConfig(dtype=kv_dtype, page_size=config.attn_page_size, max_seq_len=config.max_seq_len,
-                     max_batch_size=config.max_batch_size, max_num_tokens=info.max_num_tokens)
+                     max_batch_size=config.max_batch_size, max_num_tokens=info.max_num_tokens,
+                     mamba_ssm_cache_dtype=torch.float32 if ssm == "float32" else None)
     return CachedSequenceInterface(info, cc)

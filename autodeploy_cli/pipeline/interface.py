@@ -123,13 +123,29 @@ class PassContext:
         if self.cache is None:
             from autodeploy_cli.ops.cache import make_interface
 
+            hf = self.factory.hf_config() if self.factory is not None else None
+            hf_ssm = getattr(hf, "mamba_ssm_cache_dtype", None)  # Nemotron-H's configs name float32
             self.cache = make_interface(self.config, self.device, self.factory.model_dtype(),
-                                        kv_dtype=self.factory.kv_cache_dtype())
+                                        kv_dtype=self.factory.kv_cache_dtype(), model_ssm_dtype=hf_ssm)
         return self.cache
 
     def use_cached_probe(self) -> None:
-        """From now on `--verify` probes the graph through the cache interface (a prefill from position 0)."""
-        self.probe = lambda ids, pos: self.cache_interface().run_prefill(self.model, ids, pos)
+        """From now on `--verify` probes the graph through the cache interface (a prefill from position 0).
+
+        While canonical whole-prompt ops remain uncached (e.g. torch_ssm after insert_cached_attention), they would
+        read the flat batch as one sequence, so the probe then runs one sequence per forward."""
+        self.probe = self._cached_probe
+
+    def _cached_probe(self, ids: "torch.Tensor", pos: "torch.Tensor") -> "torch.Tensor":
+        from autodeploy_cli.ops.mixer_interface import has_whole_prompt_ops
+
+        iface = self.cache_interface()
+        if ids.shape[0] > 1 and has_whole_prompt_ops(self.model):
+            import torch
+
+            return torch.cat([iface.run_prefill(self.model, ids[i: i + 1], pos[i: i + 1])
+                              for i in range(ids.shape[0])])
+        return iface.run_prefill(self.model, ids, pos)
 
 
 class BaseTransform:

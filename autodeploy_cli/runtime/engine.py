@@ -28,6 +28,7 @@ from autodeploy_cli.runtime.pages import PageManager
 from autodeploy_cli.runtime.request import (Completion, EngineStats, Request, SamplingParams, StepOutput, StopPolicy,
                                             TokenLogprob, text_prompt_error)
 from autodeploy_cli.runtime.scheduler import Scheduler
+from autodeploy_cli.runtime.slots import SlotManager
 
 __all__ = ["Completion", "Engine", "EngineStats", "SamplingParams", "StepOutput", "text_prompt_error"]
 
@@ -36,7 +37,7 @@ class Engine:
     def __init__(self, model: Any, iface: CachedSequenceInterface, config: Any, tokenizer: Any = None,
                  build_result: Any = None, eos_token_ids: Sequence[int] = (), vocab_size: Optional[int] = None,
                  tokenizer_loader: Optional[Callable[[], Any]] = None):
-        if not iface.caches:
+        if not iface.caches and not iface.states:
             raise ADError("The built model has no KV cache, so the runtime cannot run it. Keep "
                           "`transforms.insert_cached_attention` and `transforms.initialize_cache` enabled.")
         self.model = model
@@ -53,8 +54,10 @@ class Engine:
         self.chunked_prefill = bool(config.enable_chunked_prefill)
         self.pages = PageManager(iface.num_pages, iface.page_size)
         stops = StopPolicy(self.eos_token_ids, self.max_seq_len, self._decode)
+        # state slots of stateful mixers: one per running sequence (the interface's last slot is CUDA-graph scratch)
+        self.slots = SlotManager(iface.num_slots - 1) if iface.state_specs else None
         self.scheduler = Scheduler(self.pages, iface.info.max_batch_size, self.max_num_tokens, self.chunked_prefill,
-                                   stops)
+                                   stops, self.slots)
         self.stats = EngineStats()
         self._rng = random.Random(config.seed)
         self._next_id = 0
@@ -179,7 +182,8 @@ class Engine:
         gather, spans = logprobs.gather_plan(batch)
         self.iface.info.set_batch(
             [r.all_token_ids[r.num_computed: r.num_computed + n] for r, n in batch],
-            [r.num_computed for r, _ in batch], [r.pages for r, _ in batch], num_prefill=num_prefill, gather=gather)
+            [r.num_computed for r, _ in batch], [r.pages for r, _ in batch], num_prefill=num_prefill, gather=gather,
+            slots=[r.slot or 0 for r, _ in batch])
         self._tokens.feed(batch, self.iface.info)
         with torch.no_grad():
             logits = self.iface.forward(self.model)  # [B, vocab]: last token of each sequence (+ scored prompts)

@@ -41,6 +41,7 @@ class Request:
     output_token_ids: list[int] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
     pages: list[int] = field(default_factory=list)
+    slot: Optional[int] = None  # state slot of stateful mixers while running (None: not running, or no states)
     resumed: bool = False  # preempted at least once
     num_preemptions: int = 0
     finished: bool = False

@@ -8,6 +8,8 @@ Every step the scheduler picks, within `max_batch_size` sequences and `max_num_t
   2. waiting requests, first come first served, while tokens, sequences and pages last (new requests join while
      others decode). Without chunked prefill a prompt is scheduled whole or waits; a resumed request may always be
      chunked (its recomputed context can be longer than max_num_tokens).
+A model with stateful mixers also needs a free state slot per admitted request (`slots`); a request holds its
+slot until it finishes or is preempted.
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ from typing import Callable, Optional
 
 from autodeploy_cli.runtime.pages import PageManager
 from autodeploy_cli.runtime.request import PLACEHOLDER, Request, StopPolicy
+from autodeploy_cli.runtime.slots import SlotManager
 
 
 class Scheduler:
     def __init__(self, pages: PageManager, max_batch_size: int, max_num_tokens: int, chunked_prefill: bool,
-                 stops: Optional[StopPolicy] = None):
+                 stops: Optional[StopPolicy] = None, slots: Optional[SlotManager] = None):
         self.pages = pages
+        self.slots = slots
         self.stops = stops
         self.max_batch_size = max_batch_size
         self.max_num_tokens = max_num_tokens
@@ -60,13 +64,20 @@ class Scheduler:
         if error is not None:
             req.error, req.text = error, ""
         self.pages.release(req.pages)
+        self._release_slot(req)
         if req in self.running:
             self.running.remove(req)
         elif req in self.waiting:  # preempted while its last token was in flight
             self.waiting.remove(req)
 
+    def _release_slot(self, req: Request) -> None:
+        if req.slot is not None:
+            self.slots.release(req.slot)
+            req.slot = None
+
     def preempt(self, req: Request) -> None:
         self.pages.release(req.pages)
+        self._release_slot(req)
         self.running.remove(req)
         req.num_computed = 0
         req.resumed = True
@@ -108,8 +119,12 @@ class Scheduler:
             # keep one page per running sequence free so admissions do not immediately force preemptions
             if n > tokens or need > self.pages.num_free - (len(self.running) if self.running else 0):
                 break
+            if self.slots is not None and self.slots.num_free == 0:
+                break  # every state slot belongs to a running sequence
             self.waiting.popleft()
             self.running.append(req)
+            if self.slots is not None:
+                req.slot = self.slots.allocate()
             req.pages += self.pages.allocate(need)
             out.append((req, n))
             tokens, seqs = tokens - n, seqs - 1

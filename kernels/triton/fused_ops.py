@@ -7,6 +7,7 @@ from typing import Optional
 import torch
 
 from kernels.triton import activation, gemv, norm, rope
+from kernels.triton import norm_gated  # noqa: F401 - registers auto_deploy::triton_rmsnorm_gated
 
 
 @torch.library.custom_op("auto_deploy::triton_rmsnorm", mutates_args=())

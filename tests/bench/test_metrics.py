@@ -71,6 +71,28 @@ def test_decode_floor_fraction_counts_weights_and_kv_of_decode_steps_only():
     assert cpu["bandwidth_floor_fraction"] is None and cpu["reason"] == "CPU run"
 
 
+def test_decode_floor_counts_the_state_slots_of_each_sequence():
+    """Hybrids: every decode step also reads the state slots of its sequences (fixed size per sequence)."""
+    trace = RunTrace("ad", steps=[StepRecord(0.01, batch=2, is_decode=True, kv_tokens=10)])
+    d = decode_floor(trace, 1_000_000, 100, 1e9, state_bytes_per_seq=50_000)
+    assert d["mean_bytes_per_step"] == 1_000_000 + 100 * 10 + 2 * 50_000
+
+
+def test_cache_bytes_of_a_hybrid_interface():
+    import torch
+
+    from autodeploy_cli.bench.hardware import cache_bytes
+    from autodeploy_cli.ops.batch import SequenceInfo
+    from autodeploy_cli.ops.cache import CacheConfig, CachedSequenceInterface, CacheSpec, StateSpec
+
+    iface = CachedSequenceInterface(SequenceInfo(2, 32, 32, 4), CacheConfig(torch.bfloat16, 4, 32, 2, 32))
+    iface.add_cache("k_cache_0", CacheSpec((4, 2, 16), torch.bfloat16))  # one attention layer
+    iface.add_cache("v_cache_0", CacheSpec((4, 2, 16), torch.bfloat16))
+    iface.add_state("ssm_state_0", StateSpec((8, 16, 16), torch.float32))
+    iface.add_state("conv_state_0", StateSpec((160, 3), torch.bfloat16))
+    assert cache_bytes(iface) == {"kv_bytes_per_token": 2 * 2 * 16 * 2, "state_bytes_per_seq": 8 * 16 * 16 * 4 + 960}
+
+
 def test_speedups_are_greater_than_one_when_ours_is_better():
     ours = {"output_throughput_tok_s": 10.0, "ttft_ms": {"mean": 10.0}, "per_user_tok_s": {"mean": 4.0}}
     theirs = {"output_throughput_tok_s": 5.0, "ttft_ms": {"mean": 30.0}, "per_user_tok_s": {"mean": 8.0}}

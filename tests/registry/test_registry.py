@@ -14,6 +14,20 @@ REG = load_registry()
 SUPPORTED = [n for n, e in REG.items() if not e.get("unsupported") and not e.get("local_dir")]
 UNSUPPORTED = [n for n, e in REG.items() if e.get("unsupported")]
 SEQ = {"2k": 2048, "4k": 4096, "8k": 8192, "32k": 32768}
+HYBRID_FAMILIES = ("nemotron_h", "bamba", "granitemoehybrid", "mamba2", "qwen3_next")
+_SHAPES = {"model_type", "hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings"}
+_ATTN = _SHAPES | {"intermediate_size", "num_attention_heads", "num_key_value_heads", "max_position_embeddings"}
+HYBRID_FACTS = {  # the shape facts each hybrid family's config.json has (per-layer kinds and mixer sizes included)
+    "nemotron_h": _ATTN | {"hybrid_override_pattern", "mamba_num_heads", "mamba_head_dim", "ssm_state_size",
+                           "n_groups", "conv_kernel", "chunk_size"},
+    "bamba": _ATTN | {"rope_theta", "attn_layer_indices", "mamba_n_heads", "mamba_d_head", "mamba_d_state",
+                      "mamba_d_conv", "mamba_chunk_size"},
+    "granitemoehybrid": _ATTN | {"layer_types", "mamba_n_heads", "mamba_d_head", "mamba_d_state", "mamba_d_conv",
+                                 "mamba_chunk_size", "num_local_experts"},
+    "mamba2": _SHAPES | {"num_heads", "head_dim", "state_size", "n_groups", "conv_kernel", "chunk_size"},
+    "qwen3_next": _ATTN | {"rope_theta", "full_attention_interval", "linear_num_key_heads", "linear_num_value_heads",
+                           "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim", "num_experts"},
+}
 
 
 def test_at_least_100_real_hf_ids_build_offline():
@@ -54,8 +68,8 @@ def test_every_entry_resolves_with_its_layers():
         (seq,) = [f for f in layers if f.startswith("max_seq_len_")]
         assert cfg.max_seq_len == SEQ[seq[len("max_seq_len_"):-len(".yaml")]], name
         values = hf_architecture(name)
-        if values is not None:  # the max_seq_len layer is the model's context capped at 8k
-            assert cfg.max_seq_len == min(values["max_position_embeddings"], 8192), name
+        if values is not None:  # the max_seq_len layer is the model's context capped at 8k (Mamba2: no limit)
+            assert cfg.max_seq_len == min(values.get("max_position_embeddings", 8192), 8192), name
 
 
 def test_user_config_and_overrides_win_over_registry_layers(tmp_path):
@@ -88,7 +102,7 @@ def test_entry_family_matches_its_architecture():
                    "gemma": {"gemma"}, "gemma2": {"gemma2"}, "gemma3": {"gemma3_text"}, "smollm3": {"smollm3"},
                    "granite": {"granite"}, "olmo2": {"olmo2"}, "starcoder2": {"starcoder2"},
                    "internlm3": {"internlm3"}, "exaone4": {"exaone4"}, "deepseek_v2": {"deepseek_v2"},
-                   "deepseek_v3": {"deepseek_v3"}}
+                   "deepseek_v3": {"deepseek_v3"}, **{f: {f} for f in HYBRID_FAMILIES}}
     for name in SUPPORTED:
         assert hf_architecture(name)["model_type"] in model_types[get_entry(name)["family"]], name
 
@@ -108,9 +122,10 @@ def test_architectures_hold_the_shape_facts():
     assert used == {a for a in load_architectures() if not a.startswith("_")}  # no orphan architectures
     for name in SUPPORTED:
         values = hf_architecture(name)
-        missing = required - set(values)
+        family = get_entry(name)["family"]  # hybrids: their own facts (Nemotron-H has no RoPE, Mamba2 no attention)
+        missing = (HYBRID_FACTS[family] if family in HYBRID_FACTS else required) - set(values)
         assert not missing, (name, missing)
-        eps = values.get("rms_norm_eps", values.get("norm_epsilon"))
+        eps = values.get("rms_norm_eps", values.get("norm_epsilon", values.get("layer_norm_epsilon")))
         assert eps in (1e-5, 1e-6), name
 
 

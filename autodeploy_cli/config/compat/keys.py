@@ -28,6 +28,11 @@ BACKEND_ALIASES: dict[str, str] = {
     "TritonWithFlattenedInputs": "triton",
     "FlashInfer": "flashinfer",
     "MultiHeadLatentAttention": "flashinfer_mla",
+    # AutoDeploy's state-space / conv / delta-rule backends -> ad's GPU kernels of the same op family
+    "triton_ssm": "triton",
+    "cuda_causal_conv": "triton",
+    "fla_delta": "triton",
+    "fla_gated_delta": "triton",
 }
 # AutoDeploy's MLA backend names (insert_cached_mla_attention.backend, mla_backend) -> ad's MLA backends
 MLA_BACKEND_ALIASES: dict[str, str] = {
@@ -91,9 +96,13 @@ IGNORED_KV_CACHE: dict[str, tuple[tuple, str]] = {
 for _key in (
     "max_attention_window", "sink_token_length", "host_cache_size", "onboard_blocks", "cross_kv_cache_fraction",
     "secondary_offload_min_priority", "event_buffer_max_size", "use_uvm", "max_gpu_total_bytes",
-    "mamba_ssm_cache_dtype", "attention_dp_events_gather_period_ms",
+    "attention_dp_events_gather_period_ms",
 ):
     IGNORED_KV_CACHE[_key] = ((None,), _KV)
+# kv_cache_config keys ad has too, whose TensorRT-LLM default is null: a null value is dropped (ad's default applies)
+NULL_DEFAULT_KV_CACHE: dict[str, str] = {
+    "mamba_ssm_cache_dtype": "null is ad's `auto` (the model dtype)",
+}
 
 IGNORED_CUDA_GRAPH: dict[str, tuple[tuple, str]] = {
     "max_batch_size": ((None, 0), "ad captures its default ladder of batch sizes up to `max_batch_size`; "
@@ -178,6 +187,9 @@ SHARED_TRANSFORM_OPTIONS: dict[str, frozenset] = {
     "match_attention_layout": frozenset({"attn_layout"}),
     "match_rope_layout": frozenset({"expected_layout"}),
     "insert_cached_attention": frozenset({"backend"}),
+    "insert_cached_ssm_attention": frozenset({"backend"}),
+    "insert_cached_causal_conv": frozenset({"backend"}),
+    "insert_cached_delta_rule": frozenset({"backend"}),
     "compile_model": frozenset({"backend", "cuda_graph_batch_sizes"}),
     "fuse_rmsnorm": frozenset({"backend"}),
 }

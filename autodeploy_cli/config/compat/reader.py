@@ -114,6 +114,8 @@ class AnchorCompat:
                 move_key(self.report, data, kv, key, K.RENAMED_KV_CACHE[key], label, source)
             elif key in K.IGNORED_KV_CACHE:
                 ignore_key(self.report, kv, key, label, K.IGNORED_KV_CACHE[key])
+            elif key in K.NULL_DEFAULT_KV_CACHE and kv[key] is None:
+                ignore_key(self.report, kv, key, label, ((None,), K.NULL_DEFAULT_KV_CACHE[key]))
 
     def _transforms(self, data: dict, source: str) -> None:
         """Options of transforms `ad` registers: map or drop AutoDeploy-only ones, and check backend values.
