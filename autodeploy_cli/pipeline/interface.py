@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from autodeploy_cli.config.schema import ADConfig
     from autodeploy_cli.models.factory import ModelFactory
-    from autodeploy_cli.models.weights import WeightHook
+    from autodeploy_cli.models.weights import WeightHook, WeightSlicer
     from autodeploy_cli.ops.cache import CachedSequenceInterface
 
 
@@ -88,6 +88,8 @@ class BuildFacts:
     moe_experts_implementation: Optional[str] = None  # match_moe_pattern: HF experts implementation matched
     attention_backend: Optional[str] = None  # insert_cached_attention: the resolved backend name
     compile_backend: Optional[str] = None  # compile_model: the resolved backend name
+    # detect_sharding / sharding_transform_executor: every sharding decision (the build report's "sharding" part)
+    sharding: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -106,6 +108,9 @@ class PassContext:
     world_size: int = 1
     cache: "CachedSequenceInterface | None" = None  # the batch/cache interface, created by the first cache_init user
     weight_hooks: dict[str, "WeightHook"] = field(default_factory=dict)  # graph weight -> how to build it at load
+    # graph weight -> this rank's part of the full tensor (sharding_transform_executor; applied after the hooks)
+    weight_slicers: dict[str, "WeightSlicer"] = field(default_factory=dict)
+    sharding_plan: Any = None  # detect_sharding's plan, applied by sharding_transform_executor
     reference_model: "nn.Module | None" = None  # a materialised HF model load_weights may take its tensors from
     probe: Optional[ProbeRunner] = None  # set once the graph takes cache inputs
     facts: BuildFacts = field(default_factory=BuildFacts)
