@@ -86,8 +86,9 @@ class DetectSharding(BaseTransform):
         validate_options(self.options)
         if ctx.world_size < 2:
             return TransformInfo.untouched("world_size 1: nothing to shard")
-        hf_config = ctx.factory.hf_config()
-        check_world_size(hf_config, ctx.world_size, f"`{ctx.config.model}`")
+        hf_config = ctx.factory.hf_config() if ctx.factory is not None else None
+        if hf_config is not None:
+            check_world_size(hf_config, ctx.world_size, f"`{ctx.config.model}`")
         plan = Planner(gm, ctx.rank, ctx.world_size, self.options, hf_config).run()
         if self.options.dist_backend == "trtllm":
             plan.notes.append("dist_backend trtllm: ad has torch.distributed collectives only; they are used")

@@ -111,6 +111,32 @@ def report_failure(message: str, exit_code: int) -> None:
         pass
 
 
+def end_if_peer_failed(wait_s: float = 1.0) -> None:
+    """When this rank's error only follows another rank's failure (a collective lost its peer), end with the
+    other rank's message instead: it is the cause."""
+    if "store" not in _BOARD:
+        return
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            found = _read_failure()
+        except Exception:  # noqa: BLE001 - no store: nothing to learn
+            return
+        if found is not None and found[0] != _STATE.rank:
+            _end_for(*found)
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.1)
+
+
+def _end_for(rank: int, code: int, message: str) -> None:
+    if _STATE.rank == 0:
+        sys.stderr.write(f"ad: error: rank {rank} of {_STATE.world_size} failed: {message}\n")
+        sys.stderr.flush()
+        time.sleep(0.2)  # let the failed rank finish writing its own output
+    os._exit(code or 1)
+
+
 def _read_failure() -> Optional[tuple[int, int, str]]:
     with _BOARD["lock"]:
         if not _BOARD["store"].check([ERROR_KEY]):
@@ -131,9 +157,4 @@ def _watch() -> None:
             return
         if found is None or found[0] == _STATE.rank:
             continue
-        rank, code, message = found
-        if _STATE.rank == 0:
-            sys.stderr.write(f"ad: error: rank {rank} of {_STATE.world_size} failed: {message}\n")
-            sys.stderr.flush()
-            time.sleep(0.2)  # let the failed rank finish writing its own output
-        os._exit(code or 1)
+        _end_for(*found)

@@ -119,6 +119,7 @@ class Session:
                 broadcast.send_stop()
             groups.shutdown()
         else:
+            groups.end_if_peer_failed()  # the cause, if another rank failed first (then this does not return)
             groups.report_failure(*describe(error))
         _restore_wakeup()
         for p in self.children:

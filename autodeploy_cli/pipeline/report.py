@@ -81,6 +81,16 @@ def print_report(report: dict, console: Any) -> None:
         console.print(f"[{style}]{row['kind']} {row['found']}/{row['expected']}[/{style}]"
                       + (f"  {escape(row['detail'])}" if row.get("detail") else "")
                       + (f"  {escape(row['hint'])}" if row.get("hint") else ""))
+    sharding = report.get("sharding")
+    if sharding:
+        console.print(f"sharding: {escape(sharding['summary'])} (rank {sharding['rank']}; every decision in the "
+                      "JSON report)")
+        for row in sharding["decisions"]:
+            if row.get("fallback"):
+                console.print(f"[yellow]  {row['weight']}: {row['style']} ({row['fallback']}: "
+                              f"{escape(row['why'])})[/yellow]")
+        for note in sharding["notes"]:
+            console.print(f"  note: {escape(note)}")
     if report["canonical_ops"]:
         console.print("canonical ops: " + ", ".join(f"{k.split('.', 1)[1]} x{v}" for k, v in report["canonical_ops"].items()))
     if verify:

@@ -106,7 +106,7 @@ def rank_graphs(cfg, world_size: int, through: str = "load_weights") -> tuple[li
             warnings.simplefilter("ignore", FutureWarning)
             ctx.model = copy.deepcopy(base.model)
         ctx.weight_hooks = dict(base.weight_hooks)
-        PipelineRunner(entries[first: names.index(through) + 1]).run(ctx)
+        ctx.records = PipelineRunner(entries[first: names.index(through) + 1]).run(ctx)
         graphs.append(ctx.model)
         ctxs.append(ctx)
     return graphs, ctxs
@@ -114,6 +114,9 @@ def rank_graphs(cfg, world_size: int, through: str = "load_weights") -> tuple[li
 
 def load_reference(graphs: list[fx.GraphModule], ctxs: list, reference: torch.nn.Module) -> None:
     """Give every rank's (meta) graph its slices of `reference`'s weights, as load_weights does."""
+    from autodeploy_cli.graph.core import retarget_device_kwargs
+
     tensors = source_tensors(reference)
     for gm, ctx in zip(graphs, ctxs):
         assign_weights(gm, tensors, ctx.weight_hooks, ctx.weight_slicers, ctx.device)
+        retarget_device_kwargs(gm, ctx.device)

@@ -112,7 +112,12 @@ class Planner:
                     self.claims[node] = claim
                 break
         for key, style, _ in entries:
-            if key not in used and source == "manual":
+            if key in used or source != "manual":
+                continue
+            if style == "mamba":
+                self.plan.notes.append(f"manual tp_plan `{key}: mamba` waits for SSM layers (ad has none yet; this "
+                                       "model has no linear it matches)")
+            else:
                 self.plan.notes.append(f"manual tp_plan `{key}: {style}` matches no linear of this model")
 
     def _style(self, style: str, name: str, key: str, source: str) -> Optional[Claim]:
@@ -196,6 +201,8 @@ class Planner:
         manual = (self.opts.manual_config or {}).get("head_dim")
         if manual:
             return int(manual)
+        if self.hf is None:
+            return None
         text = getattr(self.hf, "get_text_config", lambda: self.hf)()
         hd = getattr(text, "head_dim", None)
         return int(hd) if hd else None

@@ -204,7 +204,9 @@ class Prover:
             return (q, k)
         if name == "auto_deploy.torch_attention":
             return self._attention(node)
-        return self._structural(node)
+        if is_op(node, STRUCTURAL):
+            return self._structural(node)
+        raise Refused(f"`{node.name}` ({name}) is not known to keep the split")
 
     def _binary(self, node: fx.Node) -> Sh:
         a, b = self._split(node, 0), self._split(node, 1)

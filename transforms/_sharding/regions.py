@@ -1,8 +1,9 @@
 """Column -> row regions of the graph and the weight splits that realise them.
 
 A region is a closing linear (row split + all-reduce), the opening linears its input depends on (column split),
-and the body between them. It is found from the closer backwards through ops the prover knows; ops it does not
-know are side inputs (values every rank has in full: rotary cos/sin, position ids). Fused openers (one linear
+and the body between them (the ops on paths from the openers to the closer). It is found from the closer
+backwards, stopping at linears; values that do not depend on an opener are side inputs (every rank has them in
+full: rotary cos/sin, position ids). Fused openers (one linear
 whose output is sliced, chunked or split: QKV, gate/up) are split per part, and a K or V part feeding attention
 with fewer KV heads than ranks keeps one KV head per rank group (rank // (world_size / kv_heads)).
 """
@@ -70,7 +71,7 @@ def find_region(closer: fx.Node, order: dict[fx.Node, int]) -> Optional[Region]:
         seen.add(n)
         if linear_weight(n) is not None:
             openers.append(n)
-        elif body_capable(n):
+        elif n.op == "call_function":  # ops the prover does not know still belong to the block (and refuse it)
             stack.extend(n.all_input_nodes)
     if not openers:
         return None
