@@ -85,6 +85,9 @@ class Plan:
     reserve: int
     rows: list[WorldSizeRow] = field(default_factory=list)
     recommended: Optional[int] = None
+    world_size: int = 1  # the config's
+    configured: Optional[WorldSizeRow] = None  # the row of the config's world size (sharded runs)
+    invalid_world_size: Optional[str] = None  # why the config's world size does not split the model
 
 
 def _dtype_name(value: Any) -> Optional[str]:
@@ -144,14 +147,28 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
         gpu_mem=mem, gpu_source=source, free_fraction=float(fraction), reserve=reserve,
     )
     for ws in WORLD_SIZES:
-        weights = math.ceil(plan.weight_bytes / ws)
-        kv_tok = layers * 2 * math.ceil(kv_heads / ws) * head_dim * _BYTES[kv_dtype]
-        budget = max(0, int((mem - weights - reserve) * plan.free_fraction))
-        row = WorldSizeRow(ws, weights, kv_tok, budget, budget // (kv_tok * cfg.max_seq_len), heads % ws == 0)
+        row = _row(plan, ws)
         plan.rows.append(row)
         if plan.recommended is None and row.divisible and row.max_seqs >= cfg.max_batch_size:
             plan.recommended = ws
+    plan.world_size = cfg.world_size
+    if cfg.world_size > 1:
+        from autodeploy_cli.models.tp_limits import check_world_size
+
+        plan.configured = _row(plan, cfg.world_size)
+        try:
+            check_world_size(hf, cfg.world_size, f"`{cfg.model}`")
+        except ADError as e:
+            plan.invalid_world_size = str(e)
     return plan
+
+
+def _row(plan: Plan, ws: int) -> WorldSizeRow:
+    """Per-rank bytes with tensor parallelism over `ws` ranks (KV heads replicated when fewer than ranks)."""
+    weights = math.ceil(plan.weight_bytes / ws)
+    kv_tok = plan.num_layers * 2 * math.ceil(plan.kv_heads / ws) * plan.head_dim * _BYTES[plan.kv_dtype]
+    budget = max(0, int((plan.gpu_mem - weights - plan.reserve) * plan.free_fraction))
+    return WorldSizeRow(ws, weights, kv_tok, budget, budget // (kv_tok * plan.max_seq_len), plan.num_heads % ws == 0)
 
 
 def _gb(n: int) -> str:
@@ -185,6 +202,15 @@ def render_plan(plan: Plan) -> list[str]:
         note = "" if r.divisible else f"  ({plan.num_heads} heads do not split over {r.world_size} GPUs)"
         lines.append(f"  {r.world_size:>10}  {_gb(r.weights_per_gpu):>12}  {r.kv_per_token_per_gpu:>12,}  "
                      f"{_gb(r.kv_budget):>13}  {r.max_seqs:>28,}{note}")
+    if plan.configured is not None:
+        r = plan.configured
+        kv_heads = -(-plan.kv_heads // r.world_size)
+        rep = f", each shared by {r.world_size // plan.kv_heads} ranks" if plan.kv_heads < r.world_size else ""
+        lines.append(f"  configured world_size {r.world_size}, per rank: {r.weights_per_gpu:,} bytes of weights "
+                     f"({_gb(r.weights_per_gpu)}), {r.kv_per_token_per_gpu:,} bytes of KV per token ({kv_heads} KV "
+                     f"head(s){rep}), {r.max_seqs:,} sequences of {plan.max_seq_len} tokens")
+        if plan.invalid_world_size:
+            lines.append(f"  {plan.invalid_world_size}")
     if plan.recommended is not None:
         lines.append(f"  recommended world size: {plan.recommended} (smallest that holds max_batch_size="
                      f"{plan.max_batch_size} sequences of {plan.max_seq_len} tokens)")

@@ -5,7 +5,8 @@ job (a list of config overrides) rank 0 builds the engine through `autodeploy_cl
 follow), takes the logits of a fixed prefill and the greedy tokens of a few prompts, and saves them all to OUT.pt
 with each build's sharding report. One session serves many jobs, so the processes start once.
 
-AD_TEST_FAIL_RANK=R makes rank R raise inside load_weights (set at import time: spawned ranks import this module too).
+Test hooks, read at import time (spawned ranks import this module too): AD_TEST_FAIL_RANK=R makes rank R raise
+inside load_weights, writing the time it raised to $AD_TEST_FAIL_STAMP; AD_TEST_PID_DIR gets one file per process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ PREFILL_SEED = 0
 
 
 def _inject_failure() -> None:
+    if os.environ.get("AD_TEST_PID_DIR"):
+        (Path(os.environ["AD_TEST_PID_DIR"]) / str(os.getpid())).touch()
     rank = os.environ.get("AD_TEST_FAIL_RANK")
     if rank is None:
         return
@@ -32,6 +35,9 @@ def _inject_failure() -> None:
 
     def apply(self, gm, ctx):
         if ctx.rank == int(rank):
+            import time
+
+            Path(os.environ["AD_TEST_FAIL_STAMP"]).write_text(repr(time.time()))
             raise RuntimeError(f"injected failure on rank {ctx.rank} while loading weights")
         return original(self, gm, ctx)
 

@@ -82,7 +82,7 @@ def body_capable(node: fx.Node) -> bool:
     if node.target is operator.getitem:
         return True
     name = op_name(node)
-    return (is_op(node, UNARY + BINARY + VIEWS + STRUCTURAL) or name in ROPE
+    return (is_op(node, UNARY + BINARY + VIEWS + STRUCTURAL + (aten.cat.default,)) or name in ROPE
             or name in ("auto_deploy.torch_attention", "auto_deploy.torch_rmsnorm"))
 
 
@@ -204,9 +204,24 @@ class Prover:
             return (q, k)
         if name == "auto_deploy.torch_attention":
             return self._attention(node)
+        if is_op(node, aten.cat.default):
+            return self._cat(node)
         if is_op(node, STRUCTURAL):
             return self._structural(node)
         raise Refused(f"`{node.name}` ({name}) is not known to keep the split")
+
+    def _cat(self, node: fx.Node) -> Sh:
+        """cat along another axis (partial rotary: rotated and pass-through halves of each head) keeps the split."""
+        parts = list(node.args[0])
+        nd = _ndim(node)
+        dim = (node.args[1] if len(node.args) > 1 else 0) % nd
+        splits = {self.vals.get(p) if isinstance(p, fx.Node) else None for p in parts}
+        if len(splits) != 1 or None in splits:
+            raise Refused(f"`{node.name}` joins split and unsplit tensors")
+        sh = splits.pop()
+        if not isinstance(sh, Sh) or sh.axis == dim:
+            raise Refused(f"`{node.name}` concatenates along the split axis")
+        return sh
 
     def _binary(self, node: fx.Node) -> Sh:
         a, b = self._split(node, 0), self._split(node, 1)
