@@ -9,13 +9,15 @@ only its parts:
   * checkpoint: read from the safetensors files slice by slice (`sliced_reads`), when every graph weight is found
     there by name; otherwise transformers loads the model on the CPU and each rank copies its slices to its device;
   * random weights: the same seeded init as one rank (so N ranks compute what one rank computes), each rank keeping
-    its slices of the full tensors;
+    its slices of the full tensors; a model too big for one device is initialised module by module instead
+    (`random_init`);
   * a pre-sharded tensor (already of this rank's shape) is taken as it is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import fx
@@ -32,6 +34,11 @@ class LoadWeightsOptions(TransformOptions):
     # sharded graphs: read each rank's slices straight from the checkpoint's safetensors files (false: load the
     # whole model with transformers on the CPU and slice it)
     sliced_reads: bool = True
+    # sharded graphs with random weights: full = the whole seeded model on the device, each rank keeping its slices
+    # (the weights world_size 1 gets); module = module by module, seeded per module (any model size, other values);
+    # auto = full when the model fits in 80% of the device's free memory (always on CPU), else module
+    random_init: str = "auto"
+    choices: ClassVar[dict] = {"random_init": ("auto", "full", "module")}
 
 
 def _tied_aliases(meta: torch.nn.Module, hf_config) -> dict[str, str]:
@@ -61,7 +68,18 @@ def _checkpoint_tensors(gm: fx.GraphModule, ctx: PassContext) -> CheckpointTenso
     return tensors
 
 
-def _load_sharded(gm: fx.GraphModule, ctx: PassContext, sliced_reads: bool) -> tuple[int, str]:
+def _random_mode(ctx: PassContext, mode: str) -> str:
+    if mode != "auto":
+        return mode
+    if ctx.device.type != "cuda":
+        return "full"
+    from autodeploy_cli.models.random_init import model_bytes
+
+    free, _ = torch.cuda.mem_get_info(ctx.device)
+    return "full" if model_bytes(ctx.factory.build_meta_model()) < 0.8 * free else "module"
+
+
+def _load_sharded(gm: fx.GraphModule, ctx: PassContext, sliced_reads: bool, random_init: str) -> tuple[int, str]:
     hooks, slicers = ctx.weight_hooks, ctx.weight_slicers
     if ctx.reference_model is not None:  # `--verify` materialised the full model already
         source, ctx.reference_model = ctx.reference_model, None
@@ -74,6 +92,13 @@ def _load_sharded(gm: fx.GraphModule, ctx: PassContext, sliced_reads: bool) -> t
                 return assign_weights(gm, tensors, direct, slicers, ctx.device), "sliced reads of the checkpoint"
             except KeyError:
                 pass  # a weight hook needs a tensor the files name differently: let transformers load it
+    if ctx.config.skip_loading_weights and _random_mode(ctx, random_init) == "module":
+        from autodeploy_cli.models.random_init import SeededModules
+
+        meta = ctx.factory.build_meta_model()
+        tensors = SeededModules(meta, ctx.device, ctx.config.seed, _tied_aliases(meta, ctx.factory.hf_config()))
+        count = assign_weights(gm, tensors, hooks, slicers, ctx.device)
+        return count, "this rank's slices of a module-by-module seeded init (the model does not fit whole)"
     on = torch.device("cpu") if not ctx.config.skip_loading_weights else ctx.device
     model = ctx.factory.materialize(on)
     count = assign_weights(gm, source_tensors(model), hooks, slicers, ctx.device)
@@ -90,7 +115,7 @@ class LoadWeights(BaseTransform):
     def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         kind = "random init (seeded)" if ctx.config.skip_loading_weights else "checkpoint"
         if ctx.weight_slicers:
-            count, how = _load_sharded(gm, ctx, self.options.sliced_reads)
+            count, how = _load_sharded(gm, ctx, self.options.sliced_reads, self.options.random_init)
             note = f"{count} tensors from {kind} on {ctx.device}: {how} (rank {ctx.rank} of {ctx.world_size})"
         else:
             source, ctx.reference_model = ctx.reference_model or ctx.factory.materialize(ctx.device), None

@@ -142,3 +142,29 @@ def test_plan_reports_per_rank_bytes():
 
 def test_base_overrides_are_the_ones_the_sessions_use():
     assert "device=cpu" in BASE and measure_here  # the helpers of the other tests (kept importable)
+
+
+def test_ctrl_c_ends_every_rank(tiny_dir):
+    import signal
+
+    cmd = [sys.executable, "-m", "autodeploy_cli", "run", "--prompt", "hello",
+           *overrides(tiny_dir("llama"), 2, "max_seq_len=4096", "max_batch_size=1"), *PROMPT_ARGS,
+           "prompt.sp_kwargs.max_tokens=4000"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env(), start_new_session=True, text=True, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    ranks: list[int] = []
+    while len(ranks) < 2 and time.time() < deadline:  # rank 0 (this child) and its spawned rank 1
+        listing = subprocess.run(["ps", "-ww", "-o", "pid=,cmd=", "-g", str(p.pid)], capture_output=True,
+                                 text=True).stdout
+        ranks = [int(line.split()[0]) for line in listing.splitlines()
+                 if "autodeploy_cli" in line or "multiprocessing.spawn" in line]
+        time.sleep(0.5)
+    time.sleep(3)
+    t0 = time.time()
+    os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "ad: interrupted" in err
+    assert time.time() - t0 < 20
+    time.sleep(1)
+    assert len(ranks) == 2 and not any(_alive(pid) for pid in ranks)
