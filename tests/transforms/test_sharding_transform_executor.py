@@ -116,3 +116,11 @@ def test_a_pre_sharded_state_dict_loads_as_it_is(tiny_dir):
         assert torch.equal(t, per_rank[name]), name
     with pytest.raises(ValueError, match=r"expected a tensor of shape \[64, 64\] \(or \[32, 64\] pre-sharded\)"):
         again_ctx[0].weight_slicers["model.layers.0.self_attn.q_proj.weight"](torch.zeros(16, 64))
+
+
+def test_simple_shard_only_gathers_every_linear(tiny_dir):
+    graphs, ctxs, ref = _sharded(tiny_dir("llama"), 2, "transforms.detect_sharding.simple_shard_only=true")
+    report = ctxs[0].facts.sharding
+    assert report["counts"] == {"gather": 15, "vocab-parallel": 1}  # 14 block linears + lm_head
+    assert report["collectives"] == {"all_reduce": 1, "all_gather": 15}
+    _assert_same_logits(graphs, ref, shapes=((2, 5),))

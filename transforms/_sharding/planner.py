@@ -9,7 +9,8 @@ Sources (`sharding_source`, the first to claim a linear wins):
   factory    the HF config's `base_model_tp_plan`, same rules; HF's own styles (colwise_gather_output,
              rowwise_split_input, packed_*, replicated_*) leave the linear to the next source
   heuristic  column -> row for every provable region, lm_head vocabulary-parallel, the rest replicated (or gathered
-             with `shard_all_unprocessed`); `simple_shard_only`: every linear gathered
+             with `shard_all_unprocessed`)
+`simple_shard_only`: every linear gathered, whatever the sources say.
 A colwise/rowwise claim becomes a split only inside a proven region whose openers are all colwise and whose closer
 is rowwise; otherwise the linear is gathered and the report says why (never a wrong result).
 """
@@ -20,7 +21,6 @@ import re
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
 from torch import fx
 
 from autodeploy_cli.graph.core import op_name
@@ -72,7 +72,10 @@ class Planner:
 
     def _run(self) -> None:
         dims = set(self.opts.sharding_dims)
-        for source in self.opts.sharding_source:
+        if self.opts.simple_shard_only:  # every linear column-split + all-gather, whatever the sources say
+            for node in self.linears:
+                self.claims[node] = Claim("gather", "heuristic", "simple_shard_only")
+        for source in [] if self.opts.simple_shard_only else self.opts.sharding_source:
             if source == "manual":
                 self._claim_plan((self.opts.manual_config or {}).get("tp_plan") or {}, "manual")
             elif source == "factory":
@@ -144,10 +147,6 @@ class Planner:
         return Claim("gather", source, key)  # AutoDeploy: anything else falls back to simple shard
 
     def _heuristic(self) -> None:
-        if self.opts.simple_shard_only:
-            for node in self.linears:
-                self.claims.setdefault(node, Claim("gather", "heuristic", "simple_shard_only"))
-            return
         for region in self.regions:
             members = [(o, "colwise") for o in region.openers] + [(region.closer, "rowwise")]
             if all(self.claims[n].style == style for n, style in members if n in self.claims):
@@ -291,8 +290,3 @@ class Planner:
                                                "masked lookup + all-reduce" + (" (tied to lm_head)" if tied else "")})
 
 
-def torch_moe_nodes(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if n.op == "call_function" and op_name(n) in MOE_OPS]
-
-
-__all__ = ["MOE_OPS", "Planner", "plan_regex", "torch_moe_nodes", "torch"]

@@ -19,7 +19,7 @@ from torch import fx
 from autodeploy_cli.graph.core import is_op, op_name
 from autodeploy_cli.graph.match import val
 from transforms._sharding.plan import ArgEdit, WeightSplit
-from transforms._sharding.prove import INT_MAX, ROPE, Prover, Refused, Seg, Sh, body_capable, slice_bounds
+from transforms._sharding.prove import ROPE, Prover, Refused, Seg, Sh, slice_bounds
 
 aten = torch.ops.aten
 LINEAR_OPS = ("aten.linear", "auto_deploy.torch_linear_simple")
@@ -213,6 +213,3 @@ def gather_split(node: fx.Node, ws: int, rank: int, granule: int = 1) -> list[We
         per = -(-per // granule) * granule
     start, stop = min(rank * per, full), min((rank + 1) * per, full)
     return _linear_splits(node, 0, [(start, stop)], pad_to=per)
-
-
-__all__ = ["INT_MAX", "Region", "find_region", "gather_split", "linear_weight", "own_weight", "prove"]
