@@ -22,6 +22,12 @@ from typing import Any, Optional
 
 import torch
 
+
+def _attempt() -> str:
+    """Keys of this launch attempt (torchelastic restarts reuse its store: old keys must not leak into new ranks)."""
+    return f"{os.environ.get('TORCHELASTIC_RUN_ID', '')}.{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
 ERROR_KEY = "ad_failure"
 # device-group collectives wait this long for a slow rank (a rank that fails is caught by the watchdog long before)
 DEFAULT_TIMEOUT_S = 1800
@@ -74,12 +80,14 @@ def init(rank: int, world_size: int, local_rank: int, store: Any, addr: str, por
         backend = "nccl"
     else:
         device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend, store=dist.PrefixStore("ad_pg", store), rank=rank, world_size=world_size,
+    dist.init_process_group(backend, store=dist.PrefixStore(f"ad_pg.{_attempt()}", store), rank=rank,
+                            world_size=world_size,
                             timeout=timedelta(seconds=timeout_s()))
     cpu_group = dist.new_group(backend="gloo", timeout=CPU_TIMEOUT)
     _STATE = RankState(rank, world_size, local_rank, device, cpu_group)
     # the watchdog gets its own store client: the store is not shared across threads
-    _BOARD.update(store=make_store(addr, port, world_size, False), lock=threading.Lock(), stop=threading.Event())
+    board = dist.PrefixStore(f"ad_board.{_attempt()}", make_store(addr, port, world_size, False))
+    _BOARD.update(store=board, lock=threading.Lock(), stop=threading.Event())
     threading.Thread(target=_watch, name="ad-rank-watchdog", daemon=True).start()
     return _STATE
 

@@ -2,8 +2,9 @@
 
 Spawned: this process becomes rank 0 (it owns the tokenizer, the scheduler and all output) and starts ranks
 1..N-1 as child processes (multiprocessing "spawn"), which meet it through a TCP store on a port the OS picked.
-Joined: RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT are set (torchrun, torchelastic): this process
-is the rank the environment names; the launcher started the others (the multi-node path).
+Joined: RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT are set (torchrun, torchelastic; or mpirun's
+OMPI_COMM_WORLD_* with MASTER_ADDR / MASTER_PORT): this process is the rank the environment names; the launcher
+started the others (the multi-node path).
 
 Endings:
 * a rank raises: it writes its message to the store; every rank ends within a second, rank 0 printing
@@ -44,7 +45,11 @@ def device_type_of(device: str) -> str:
 
 def joined_env() -> Optional[dict]:
     """The launcher's environment (torchrun / torchelastic), or None when this process was not launched so."""
-    env = os.environ
+    env = dict(os.environ)
+    if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:  # mpirun: its names, MASTER_ADDR/PORT from the user
+        env.update(RANK=env["OMPI_COMM_WORLD_RANK"], WORLD_SIZE=env.get("OMPI_COMM_WORLD_SIZE", "1"),
+                   LOCAL_RANK=env.get("OMPI_COMM_WORLD_LOCAL_RANK", env["OMPI_COMM_WORLD_RANK"]),
+                   LOCAL_WORLD_SIZE=env.get("OMPI_COMM_WORLD_LOCAL_SIZE", env.get("OMPI_COMM_WORLD_SIZE", "1")))
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return None
     try:
