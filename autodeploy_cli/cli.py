@@ -56,6 +56,12 @@ def build(
 
         print_plan(cfg, gpu_mem)
         return
+    from autodeploy_cli.commands.ranks import on_ranks
+
+    on_ranks(cfg, lambda: _build_and_report(cfg, verify, report))
+
+
+def _build_and_report(cfg, verify: bool, report: Optional[Path]) -> None:
     from autodeploy_cli.pipeline.build import build as run_build
     from autodeploy_cli.pipeline.report import print_report, write_json
 
@@ -86,12 +92,16 @@ def dump_graphs(
 ) -> None:
     """Build the model and write the graph after every transform as NNN_<stage>_<transform>.txt."""
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    from autodeploy_cli.commands.ranks import on_ranks
     from autodeploy_cli.pipeline.build import build as run_build
 
-    with build_progress():
-        result = run_build(cfg, dump_dir=out, force_dump=force)
-    files = sorted(p for p in out.iterdir() if p.suffix == ".txt")
-    typer.echo(f"wrote {len(files)} graph files to {out} ({len(result.records)} pipeline entries)")
+    def dump() -> None:  # rank 0's graphs
+        with build_progress():
+            result = run_build(cfg, dump_dir=out, force_dump=force)
+        files = sorted(p for p in out.iterdir() if p.suffix == ".txt")
+        typer.echo(f"wrote {len(files)} graph files to {out} ({len(result.records)} pipeline entries)")
+
+    on_ranks(cfg, dump)
 
 
 @app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
@@ -107,9 +117,10 @@ def run(
 ) -> None:
     """Build the model and generate completions for prompts with the built-in runtime."""
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config)
+    from autodeploy_cli.commands.ranks import on_ranks
     from autodeploy_cli.commands.run import run_prompts
 
-    run_prompts(cfg, prompts=list(prompt or []), as_json=json_out)
+    on_ranks(cfg, lambda: run_prompts(cfg, prompts=list(prompt or []), as_json=json_out))
 
 
 @app.command(context_settings=EXTRA, epilog=OVERRIDES_HELP)
@@ -144,8 +155,9 @@ def bench(
     explicit = {k: v for k, v in options.items() if v is not None}
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config, {"benchmark": explicit} if explicit else None)
     from autodeploy_cli.bench.command import run_bench
+    from autodeploy_cli.commands.ranks import on_ranks
 
-    run_bench(cfg, overwrite=force)
+    on_ranks(cfg, lambda: run_bench(cfg, overwrite=force))
 
 
 from autodeploy_cli.commands.models import register as _register_models  # noqa: E402  (no torch import)

@@ -77,8 +77,49 @@ def build_engine(cfg: ADConfig, tokenizer: Any = None) -> Any:
     eos_ids: list[int] = []
     for eos in (getattr(text_cfg, "eos_token_id", None), _generation_eos(factory.source)):
         eos_ids += eos if isinstance(eos, (list, tuple)) else ([] if eos is None else [eos])
-    return Engine(result.model, iface, cfg, tokenizer=tokenizer, build_result=result, eos_token_ids=eos_ids,
+    model = result.model
+    if result.ctx.world_size > 1:  # rank 0 drives: every forward goes to the other ranks first
+        from autodeploy_cli.distributed.broadcast import LeaderModel
+
+        model = LeaderModel(model, iface)
+    return Engine(model, iface, cfg, tokenizer=tokenizer, build_result=result, eos_token_ids=eos_ids,
                   vocab_size=getattr(text_cfg, "vocab_size", None), tokenizer_loader=factory.tokenizer)
+
+
+def _follower_build(request: dict) -> tuple[Any, Any]:
+    from autodeploy_cli.pipeline.build import build
+
+    result = build(request["config"], verify=request["verify"], stop_after=request["stop_after"])
+    return result.model, result.ctx.cache
+
+
+def follow() -> None:
+    """What every rank but 0 runs: build what rank 0 builds, run every forward it runs, until it stops."""
+    from autodeploy_cli.distributed.broadcast import serve
+
+    serve(_follower_build)
+
+
+def _start_ranks(cfg: ADConfig) -> Any:
+    """The ranks of a `world_size > 1` model built in this process: this process is rank 0 and drives the others.
+    Under torchrun every process calls LLM(...): ranks other than 0 follow rank 0 and exit when it shuts down."""
+    import atexit
+    import sys
+
+    from autodeploy_cli.distributed import launch
+
+    session = launch.start(cfg, follow)
+    if session.rank != 0:
+        try:
+            follow()
+        except BaseException as e:
+            session.close(e)
+            raise
+        session.close()
+        sys.exit(0)
+    if session.mode != "single":
+        atexit.register(session.close)
+    return session
 
 
 def config_from_kwargs(model: Optional[str], config_files: Sequence[str] = (), **kwargs: Any) -> ADConfig:
@@ -101,7 +142,16 @@ class LLM:
 
     def __init__(self, model: Optional[str] = None, *, config_files: Sequence[str] = (), **kwargs: Any):
         self.config = config_from_kwargs(model, config_files, **kwargs)
-        self.engine = build_engine(self.config)
+        self._session = _start_ranks(self.config)
+        try:
+            self.engine = build_engine(self.config)
+        except BaseException as e:
+            self._session.close(e)
+            raise
+
+    def shutdown(self) -> None:
+        """End the other ranks of a `world_size > 1` model (also done at exit); the model cannot run after."""
+        self._session.close()
 
     @property
     def tokenizer(self) -> Any:

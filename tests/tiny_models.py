@@ -29,6 +29,7 @@ TINY: dict[str, dict[str, Any]] = {
                       shared_expert_intermediate_size=48, decoder_sparse_step=1, **COMMON),
     "qwen3_moe": dict(model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
                       decoder_sparse_step=1, **COMMON),
+    "nemotron": dict(model_type="nemotron", **COMMON),  # relu^2 MLP (up_proj -> down_proj), partial rotary
 }
 TINY["phi3"].pop("head_dim")
 

@@ -37,6 +37,14 @@ _ELEMENTWISE = (aten.tanh.default, aten.mul.Tensor, aten.mul.Scalar, aten.div.Te
                 aten.to.dtype, aten._to_copy.default, aten.alias.default, aten.clone.default)
 
 
+def _last_dim_op(node: fx.Node) -> bool:
+    """A sharded lm_head's logits gather (and the cut of padded vocabulary rows): per token, on the last dim."""
+    name = getattr(node.target, "name", lambda: "")()
+    if name == "auto_deploy::torch_dist_all_gather":
+        return node.args[1] == -1
+    return is_op(node, aten.slice.Tensor) and node.args[1] == -1 and node.args[2] == 0
+
+
 def find_lm_head(gm: fx.GraphModule) -> Optional[fx.Node]:
     """The matmul producing the graph output through element-wise ops only (None if there is no such node)."""
     out = next(n for n in gm.graph.nodes if n.op == "output")
@@ -44,7 +52,7 @@ def find_lm_head(gm: fx.GraphModule) -> Optional[fx.Node]:
     while isinstance(node, fx.Node):
         if is_op(node, _HEAD_OPS) or getattr(node.target, "name", lambda: "")() in _HEAD_OP_NAMES:
             return node
-        if not is_op(node, _ELEMENTWISE):
+        if not (is_op(node, _ELEMENTWISE) or _last_dim_op(node)):
             return None
         tensors = [a for a in node.args if isinstance(a, fx.Node)]
         if len(tensors) != 1:

@@ -50,6 +50,19 @@ def _gpu_pages(iface, model, fraction: float) -> int:
     return int(budget // iface.bytes_per_page())
 
 
+def _same_on_every_rank(pages: int) -> int:
+    """Rank 0 hands out page ids for all ranks: every rank's pool gets the smallest rank's page count."""
+    from autodeploy_cli.distributed import groups
+
+    if not groups.is_distributed():
+        return pages
+    import torch.distributed as dist
+
+    t = torch.tensor([pages], dtype=torch.int64)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN, group=groups.state().cpu_group)
+    return int(t.item())
+
+
 @register("resize_kv_cache")
 class ResizeKvCache(BaseTransform):
     options_cls = ResizeKvCacheOptions
@@ -70,6 +83,7 @@ class ResizeKvCache(BaseTransform):
             target = full
         if self.options.max_tokens is not None:
             target = min(target, -(-self.options.max_tokens // iface.page_size))
+        target = _same_on_every_rank(target)
         if target < 1:
             raise ADError("No GPU memory is left for the KV cache. Lower `max_num_tokens`, `max_batch_size` or "
                           "`max_seq_len`, or raise `kv_cache_config.free_gpu_memory_fraction`.")

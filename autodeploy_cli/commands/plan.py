@@ -96,6 +96,9 @@ class Plan:
     attention_layers: Optional[int] = None  # hybrids: the layers with a KV cache (None: every layer)
     state_bytes_per_seq: int = 0  # hybrids: SSM / conv / delta-rule state slots of one sequence
     state_detail: str = ""
+    world_size: int = 1  # the config's
+    configured: Optional[WorldSizeRow] = None  # the row of the config's world size (sharded runs)
+    invalid_world_size: Optional[str] = None  # why the config's world size does not split the model
 
 
 def _dtype_name(value: Any) -> Optional[str]:
@@ -179,6 +182,27 @@ def _state_bytes(model: Any, model_bytes: int, state_bytes: int) -> tuple[int, s
     return total, " + ".join(parts)
 
 
+def _kv_values(hf: Any, layers: int, kv_heads: int, head_dim: int) -> tuple[int, Optional[int]]:
+    """KV values cached per token (MLA: the compressed latent + RoPE key; else K and V of the attention layers only,
+    hybrids included) and the attention-layer count of a hybrid (None: every layer)."""
+    from autodeploy_cli.models.hf_arch import kv_values_per_token
+
+    kv_values, per_head = kv_values_per_token(hf)
+    attn_layers = _attention_layers(hf, layers)
+    if per_head:
+        kv_values = (layers if attn_layers is None else attn_layers) * 2 * kv_heads * head_dim
+    return kv_values, attn_layers
+
+
+def _state_per_seq(cfg: ADConfig, hf: Any, model: Any, dtype: str) -> tuple[int, str]:
+    """State-slot bytes of one sequence (hybrids), with the SSM state in kv_cache_config.mamba_ssm_cache_dtype."""
+    from autodeploy_cli.config.schema import effective_mamba_ssm_cache_dtype
+
+    ssm_dtype = effective_mamba_ssm_cache_dtype(getattr(cfg.kv_cache_config, "mamba_ssm_cache_dtype", "auto"),
+                                                getattr(hf, "mamba_ssm_cache_dtype", None))
+    return _state_bytes(model, _BYTES[dtype], 4 if ssm_dtype == "float32" else _BYTES[dtype])
+
+
 def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     """The memory plan of `cfg.model` (meta model; nothing is loaded or allocated)."""
     from autodeploy_cli.models.factory import ModelFactory
@@ -193,20 +217,12 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
     kv_dtype = dtype if cfg.kv_cache_config.dtype == "auto" else cfg.kv_cache_config.dtype
     layers, heads, kv_heads, head_dim = _attention_shape(hf)
     sliding_layers, window = _sliding(hf, layers)
-    from autodeploy_cli.models.hf_arch import kv_values_per_token, mla_dims
+    from autodeploy_cli.models.hf_arch import mla_dims
 
-    kv_values, kv_split = kv_values_per_token(hf)
     block = _fp8_block(hf)
     weight_bytes = params * _BYTES[dtype] if block is None else _fp8_weight_bytes(model, block, _BYTES[dtype])
-    attn_layers = _attention_layers(hf, layers)
-    kv_layers = layers if attn_layers is None else attn_layers
-    if kv_split:  # per-head K/V: only the layers that have attention cache anything (hybrids)
-        kv_values = kv_layers * 2 * kv_heads * head_dim
-    from autodeploy_cli.config.schema import effective_mamba_ssm_cache_dtype
-
-    ssm_dtype = effective_mamba_ssm_cache_dtype(getattr(cfg.kv_cache_config, "mamba_ssm_cache_dtype", "auto"),
-                                                getattr(hf, "mamba_ssm_cache_dtype", None))
-    state_seq, state_detail = _state_bytes(model, _BYTES[dtype], 4 if ssm_dtype == "float32" else _BYTES[dtype])
+    kv_values, attn_layers = _kv_values(hf, layers, kv_heads, head_dim)
+    state_seq, state_detail = _state_per_seq(cfg, hf, model, dtype)
 
     if gpu_mem:
         mem, source = parse_mem(gpu_mem), f"--gpu-mem {gpu_mem}"
@@ -228,15 +244,33 @@ def make_plan(cfg: ADConfig, gpu_mem: Optional[str] = None) -> Plan:
         attention_layers=attn_layers, state_bytes_per_seq=state_seq, state_detail=state_detail,
     )
     for ws in WORLD_SIZES:
-        weights = math.ceil(plan.weight_bytes / ws)
-        kv_tok = (kv_layers * 2 * math.ceil(kv_heads / ws) * head_dim if kv_split else kv_values) * _BYTES[kv_dtype]
-        budget = max(0, int((mem - weights - reserve) * plan.free_fraction))
-        per_seq = kv_tok * cfg.max_seq_len + math.ceil(state_seq / ws)
-        row = WorldSizeRow(ws, weights, kv_tok, budget, budget // max(1, per_seq), heads % ws == 0)
+        row = _row(plan, ws)
         plan.rows.append(row)
         if plan.recommended is None and row.divisible and row.max_seqs >= cfg.max_batch_size:
             plan.recommended = ws
+    plan.world_size = cfg.world_size
+    if cfg.world_size > 1:
+        from autodeploy_cli.models.tp_limits import check_world_size
+
+        plan.configured = _row(plan, cfg.world_size)
+        try:
+            check_world_size(hf, cfg.world_size, f"`{cfg.model}`")
+        except ADError as e:
+            plan.invalid_world_size = str(e)
     return plan
+
+
+def _row(plan: Plan, ws: int) -> WorldSizeRow:
+    """Per-rank bytes with tensor parallelism over `ws` ranks (KV heads replicated when fewer than ranks)."""
+    weights = math.ceil(plan.weight_bytes / ws)
+    layers = plan.num_layers if plan.attention_layers is None else plan.attention_layers  # hybrids: attention only
+    if plan.mla is not None:  # the compressed latent is not split by head: every rank holds all of it
+        kv_tok = plan.kv_bytes_per_token
+    else:
+        kv_tok = layers * 2 * math.ceil(plan.kv_heads / ws) * plan.head_dim * _BYTES[plan.kv_dtype]
+    budget = max(0, int((plan.gpu_mem - weights - plan.reserve) * plan.free_fraction))
+    per_seq = kv_tok * plan.max_seq_len + math.ceil(plan.state_bytes_per_seq / ws)  # + state slots (hybrids)
+    return WorldSizeRow(ws, weights, kv_tok, budget, budget // max(1, per_seq), plan.num_heads % ws == 0)
 
 
 def _gb(n: int) -> str:
@@ -285,6 +319,15 @@ def render_plan(plan: Plan) -> list[str]:
         note = "" if r.divisible else f"  ({plan.num_heads} heads do not split over {r.world_size} GPUs)"
         lines.append(f"  {r.world_size:>10}  {_gb(r.weights_per_gpu):>12}  {r.kv_per_token_per_gpu:>12,}  "
                      f"{_gb(r.kv_budget):>13}  {r.max_seqs:>28,}{note}")
+    if plan.configured is not None:
+        r = plan.configured
+        kv_heads = -(-plan.kv_heads // r.world_size)
+        rep = f", each shared by {r.world_size // plan.kv_heads} ranks" if plan.kv_heads < r.world_size else ""
+        lines.append(f"  configured world_size {r.world_size}, per rank: {r.weights_per_gpu:,} bytes of weights "
+                     f"({_gb(r.weights_per_gpu)}), {r.kv_per_token_per_gpu:,} bytes of KV per token ({kv_heads} KV "
+                     f"head(s){rep}), {r.max_seqs:,} sequences of {plan.max_seq_len} tokens")
+        if plan.invalid_world_size:
+            lines.append(f"  {plan.invalid_world_size}")
     if plan.recommended is not None:
         lines.append(f"  recommended world size: {plan.recommended} (smallest that holds max_batch_size="
                      f"{plan.max_batch_size} sequences of {plan.max_seq_len} tokens)")

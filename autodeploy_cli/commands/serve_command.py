@@ -59,7 +59,10 @@ def serve(
         typer.secho(f"ad serve: --backend {backend} ignored: ad serves its own runtime.", err=True)
     from autodeploy_cli.serve.server import ServeOptions, parse_served_names, run_server
 
-    run_server(cfg, ServeOptions(host=host, port=port, max_queue=max_queue, grace_period_s=grace_period,
-                                 served_model_names=parse_served_names(served_model_name), access_log=access_log))
+    from autodeploy_cli.commands.ranks import on_ranks
+
+    opts = ServeOptions(host=host, port=port, max_queue=max_queue, grace_period_s=grace_period,
+                        served_model_names=parse_served_names(served_model_name), access_log=access_log)
+    on_ranks(cfg, lambda: run_server(cfg, opts))  # rank 0 serves; the other ranks follow its steps
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -12,6 +12,8 @@ from autodeploy_cli.errors import ADError
 # name -> fn(source tensors by name) -> tensor; lets transforms that reshape weights before loading
 # (e.g. GEMM fusion, sharding) build their tensors from the checkpoint's
 WeightHook = Callable[[dict[str, torch.Tensor]], torch.Tensor]
+# name -> fn(the full tensor, or a checkpoint tensor read lazily) -> this rank's part of it (sharding)
+WeightSlicer = Callable[[Any], torch.Tensor]
 
 
 def source_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -38,9 +40,14 @@ def _set_tensor(root: nn.Module, name: str, tensor: torch.Tensor, is_param: bool
         owner.register_buffer(leaf, tensor, persistent=name in dict(owner.named_buffers(recurse=False)))
 
 
-def assign_weights(gm: nn.Module, tensors: dict[str, torch.Tensor], hooks: dict[str, WeightHook] | None = None) -> int:
-    """Replace every parameter/buffer of `gm` by the same-named source tensor (no copy). Returns the count."""
-    hooks = hooks or {}
+def assign_weights(gm: nn.Module, tensors: Mapping[str, Any], hooks: dict[str, WeightHook] | None = None,
+                   slicers: dict[str, WeightSlicer] | None = None, device: torch.device | None = None) -> int:
+    """Replace every parameter/buffer of `gm` by the same-named source tensor (no copy). Returns the count.
+
+    With `slicers` (a sharded graph), each weight is this rank's part of its source tensor: copied out of it (so the
+    full tensor can be freed), cast to the graph weight's dtype and moved to `device`. Sources may be read lazily
+    (`CheckpointTensors`): only the rank's part is read."""
+    hooks, slicers = hooks or {}, slicers or {}
     wanted = graph_tensor_names(gm)
     missing = [n for n in wanted if n not in tensors and n not in hooks]
     if missing:
@@ -49,7 +56,21 @@ def assign_weights(gm: nn.Module, tensors: dict[str, torch.Tensor], hooks: dict[
             f"The checkpoint has no tensor for {len(missing)} graph weight(s): {shown}. Check that the "
             "checkpoint matches the model config (and `model_kwargs`)."
         )
+    current = dict(gm.named_parameters(remove_duplicate=False)) | dict(gm.named_buffers(remove_duplicate=False))
     for name, is_param in wanted.items():
         tensor = hooks[name](tensors) if name in hooks else tensors[name]
+        if slicers or not isinstance(tensor, torch.Tensor):
+            tensor = slicers[name](tensor) if name in slicers else tensor
+            tensor = _owned(tensor if isinstance(tensor, torch.Tensor) else tensor[...], current[name].dtype, device)
         _set_tensor(gm, name, tensor, is_param)
     return len(wanted)
+
+
+def _owned(t: torch.Tensor, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
+    """`t` in `dtype` on `device`, never a view into a larger tensor (whose memory it would keep alive)."""
+    if t.is_floating_point() and dtype.is_floating_point:
+        t = t.to(dtype)
+    t = t.to(device) if device is not None else t
+    if t.untyped_storage().nbytes() > t.numel() * t.element_size():
+        t = t.clone()
+    return t

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 
 OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused", "mla", "quant", "ssm",
-              "causal_conv", "delta_rule", "rmsnorm_gated")
+              "causal_conv", "delta_rule", "rmsnorm_gated", "dist")
 
 
 def load_ops() -> None:

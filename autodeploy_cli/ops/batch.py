@@ -169,6 +169,36 @@ class SequenceInfo:
             dst, src = self._feed
             self._dev_views["input_ids"].index_copy_(0, dst, src)
 
+    # --- one step's batch for the other ranks (rank 0 broadcasts it; autodeploy_cli.distributed.broadcast) -------
+    def step_counts(self) -> list[int]:
+        """Sizes of the current batch: [num_seqs, num_tokens, num_pages_used, num_gather, num_prefill]."""
+        return [self.num_seqs, self.num_tokens, self.num_pages_used, self.num_gather, self.num_prefill]
+
+    def _step_parts(self) -> list[torch.Tensor]:
+        parts = [self._host_views[name][: self._count(name)].view(torch.uint8) for name in FIELDS]
+        return parts + [self.batch_info.view(torch.uint8)]
+
+    def pack_step(self) -> torch.Tensor:
+        """The used part of every field and batch_info_host, back to back: one uint8 host tensor."""
+        return torch.cat(self._step_parts())
+
+    def unpack_step(self, counts: Sequence[int], payload: torch.Tensor) -> None:
+        """Make the batch another rank packed (`pack_step`, `step_counts`) this one: host buffer, then one copy."""
+        if self._copied is not None:
+            self._copied.synchronize()
+        self.num_seqs, self.num_tokens, self.num_pages_used, self.num_gather, self.num_prefill = map(int, counts)
+        self._feed = None
+        offset = 0
+        for part in self._step_parts():
+            part.copy_(payload[offset: offset + part.numel()])
+            offset += part.numel()
+        self.copy_to_device()
+
+    @property
+    def token_feed(self) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+        """(dst, src) of the device-side input_ids fill of this step (`feed_tokens`), or None."""
+        return self._feed
+
     # --- reading -------------------------------------------------------------------------------------------------
     def _count(self, name: str) -> int:
         kind = FIELDS[name].size

@@ -65,6 +65,22 @@ def device_notes(cfg: ADConfig, device: Any) -> None:
                              "less accurate than float32 (the CPU default); use it to reproduce GPU numerics.")
 
 
+def _rank_state(cfg: ADConfig, verify: bool, stop_after: str | None) -> Any:
+    """This process's rank; rank 0 of a multi-rank run first tells the other ranks to build the same."""
+    from autodeploy_cli.distributed import broadcast, groups
+    from autodeploy_cli.errors import ADError
+
+    ranks = groups.state()
+    if ranks.world_size != cfg.world_size:
+        raise ADError(
+            f"`world_size: {cfg.world_size}` needs one process per rank, but this process runs "
+            f"{ranks.world_size} rank(s). Use `ad build | run | bench` (they start the ranks), torchrun, or "
+            "`autodeploy_cli.LLM(...)`, which start or join the ranks before building.")
+    if ranks.world_size > 1 and ranks.rank == 0:
+        broadcast.send_build({"config": cfg, "verify": verify, "stop_after": stop_after})
+    return ranks
+
+
 def build(
     cfg: ADConfig,
     dump_dir: str | Path | None = None,
@@ -78,13 +94,15 @@ def build(
 
     check_config(cfg)
     entries = ordered_entries(cfg.transforms)  # the one validation of transform options: typed from here on
-    factory = ModelFactory(cfg)
+    ranks = _rank_state(cfg, verify, stop_after)
+    factory = ModelFactory(cfg, device=ranks.device)
     device_notes(cfg, factory.device)
-    ctx = PassContext(config=cfg, factory=factory, device=factory.device, world_size=cfg.world_size)
+    ctx = PassContext(config=cfg, factory=factory, device=factory.device, rank=ranks.rank,
+                      world_size=cfg.world_size)
     if stop_after is not None:
         names = [n for n, _ in entries]
         entries = entries[: names.index(stop_after) + 1]
-    dump_path = dump_dir or dump_dir_from_env()
+    dump_path = (dump_dir or dump_dir_from_env()) if ranks.rank == 0 else None  # rank 0's graphs only
     dumper = None
     if dump_path:
         dumper = GraphDumper(prepare_dump_dir(dump_path, force=force_dump, from_env=dump_dir is None))
@@ -117,7 +135,8 @@ def build(
                                ctx.facts.moe_experts_implementation) if final is not None else [],
         verify_rows=verifier.rows if verifier else None,
         verify_failure=verifier.first_failure if verifier else None,
-        extra={**({"notes": notes} if notes else {}), **(_quality_extra(ctx, verifier) or {})} or None,
+        extra={**({"notes": notes} if notes else {}), **(_quality_extra(ctx, verifier) or {}),
+               **({"sharding": ctx.facts.sharding} if ctx.facts.sharding else {})} or None,
     )
     return BuildResult(cfg, ctx, records, report, Path(dump_path) if dump_path else None,
                        verifier.first_failure if verifier else None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Callable, ClassVar, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterable, Optional
 
 if TYPE_CHECKING:
     import torch
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from autodeploy_cli.config.schema import ADConfig
     from autodeploy_cli.models.factory import ModelFactory
-    from autodeploy_cli.models.weights import WeightHook
+    from autodeploy_cli.models.weights import WeightHook, WeightSlicer
     from autodeploy_cli.ops.cache import CachedSequenceInterface
 
 
@@ -95,6 +95,8 @@ class BuildFacts:
     # transforms that change the numerics on purpose (FP8 linears, an FP8 KV cache): `--verify` measures them with
     # the quality gate and compares later transforms with their output
     lossy: list[str] = field(default_factory=list)
+    # detect_sharding / sharding_transform_executor: every sharding decision (the build report's "sharding" part)
+    sharding: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -113,6 +115,9 @@ class PassContext:
     world_size: int = 1
     cache: "CachedSequenceInterface | None" = None  # the batch/cache interface, created by the first cache_init user
     weight_hooks: dict[str, "WeightHook"] = field(default_factory=dict)  # graph weight -> how to build it at load
+    # graph weight -> this rank's part of the full tensor (sharding_transform_executor; applied after the hooks)
+    weight_slicers: dict[str, "WeightSlicer"] = field(default_factory=dict)
+    sharding_plan: Any = None  # detect_sharding's plan, applied by sharding_transform_executor
     reference_model: "nn.Module | None" = None  # a materialised HF model load_weights may take its tensors from
     probe: Optional[ProbeRunner] = None  # set once the graph takes cache inputs
     facts: BuildFacts = field(default_factory=BuildFacts)

@@ -94,6 +94,16 @@ def print_report(report: dict, console: Any) -> None:
                       + (f"  {escape(row['hint'])}" if row.get("hint") else ""))
     for note in report.get("notes", []):
         console.print(f"note: {escape(note)}")
+    sharding = report.get("sharding")
+    if sharding:
+        console.print(f"sharding: {escape(sharding['summary'])} (rank {sharding['rank']}; every decision in the "
+                      "JSON report)")
+        for row in sharding["decisions"]:
+            if row.get("fallback"):
+                console.print(f"[yellow]  {row['weight']}: {row['style']} ({row['fallback']}: "
+                              f"{escape(row['why'])})[/yellow]")
+        for note in sharding["notes"]:
+            console.print(f"  note: {escape(note)}")
     if report["canonical_ops"]:
         console.print("canonical ops: " + ", ".join(f"{k.split('.', 1)[1]} x{v}" for k, v in report["canonical_ops"].items()))
     if report.get("quantization"):

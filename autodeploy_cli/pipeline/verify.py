@@ -80,7 +80,8 @@ class Verifier:
                 warnings.simplefilter("ignore", FutureWarning)
                 gm = copy.deepcopy(gm)  # before load_weights: run a copy holding the reference weights
             retarget_device_kwargs(gm, ctx.device)
-            assign_weights(gm, ctx.factory.weight_tensors(ctx.device, self.reference), ctx.weight_hooks)
+            assign_weights(gm, ctx.factory.weight_tensors(ctx.device, self.reference), ctx.weight_hooks,
+                           ctx.weight_slicers, ctx.device)
         with torch.no_grad():
             return gm(self.input_ids, self.position_ids)
 

@@ -52,17 +52,11 @@ def warm_up(engine: Any) -> Any:
         return None
 
 
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0") or 0)
-
-
 def run_server(cfg: ADConfig, opts: ServeOptions) -> None:
-    """Serve until SIGTERM / Ctrl-C; raises ADError when the model cannot be built."""
+    """Serve until SIGTERM / Ctrl-C; raises ADError when the model cannot be built. With world_size > 1 this runs on
+    rank 0 only (commands/ranks.py: the other ranks follow its steps)."""
     from autodeploy_cli.llm import build_engine
 
-    if _rank() != 0:  # a follower rank: its engine follows rank 0's steps, it serves nothing
-        build_engine(cfg)
-        return
     try:
         import uvicorn
 

@@ -21,8 +21,6 @@ from autodeploy_cli.pipeline import registry
 ANCHOR = Path(__file__).resolve().parent.parent / "fixtures" / "anchor"
 FLAT, BASE, OVERRIDE = ANCHOR / "flat_serve.yaml", ANCHOR / "nested_base.yaml", ANCHOR / "nested_override.yaml"
 WITH_EXTRA, TP_PLAN = ANCHOR / "nested_with_extra.yaml", ANCHOR / "tp_plan.yaml"
-SHARDING_WARNING = ("`transforms.detect_sharding` is accepted but not applied: ad has no sharding transform yet, so "
-                    "the weights are not sharded")
 EXTRA_WARNINGS = [
     "`allreduce_strategy: ONESHOT` is ignored: ad's multi-GPU all-reduce is torch.distributed with NCCL.",
     "`kv_cache_config.enable_block_reuse: true` is ignored: ad's KV page manager gives every sequence its own pages "
@@ -79,11 +77,11 @@ def test_nested_file_resolves_its_args_prompt_and_transforms():
     assert cfg.model_kwargs == {"num_hidden_layers": 12, "hidden_size": 1024}
     assert (cfg.world_size, cfg.max_seq_len, cfg.max_batch_size) == (4, 2048, 16)
     assert cfg.transforms["compile_model"]["backend"] == cfg.compile_backend == "torch-compile"
-    assert "detect_sharding" not in cfg.transforms
+    assert cfg.transforms["detect_sharding"]["support_partial_config"] is True  # ad's own sharding option
     assert cfg.transforms["insert_cached_attention"]["backend"] == "triton"
     assert (cfg.prompt.batch_size, cfg.prompt.sp_kwargs.max_tokens) == (8, 150)
     assert (cfg.prompt.sp_kwargs.temperature, cfg.prompt.sp_kwargs.top_k) == (0.8, 50)
-    assert warnings() == [SHARDING_WARNING + "."]
+    assert warnings() == []
 
 
 def test_override_file_wins_where_it_sets_a_value():
@@ -92,7 +90,7 @@ def test_override_file_wins_where_it_sets_a_value():
     assert cfg.max_seq_len == 2048 and cfg.model_kwargs["hidden_size"] == 1024  # only in the base file
     assert cfg.prompt.batch_size == 8
     assert cfg.transforms["compile_model"]["backend"] == cfg.compile_backend == "torch-opt"
-    assert warnings() == [SHARDING_WARNING + "."]
+    assert warnings() == []
 
 
 def test_dotted_overrides_in_both_styles():
@@ -256,17 +254,35 @@ def test_unimplemented_transform_disabled_by_a_later_layer_is_accepted(tmp_path)
     assert notes() == ["`transforms.fuse_nvfp4_moe` (AutoDeploy) is disabled and ad does not implement it; dropped."]
 
 
-def test_manual_tp_plan_is_accepted_and_reported_unapplied():
-    assert "detect_sharding" not in registry.registered_names(), "a sharding transform exists: apply the plan"
+def test_manual_tp_plan_reaches_the_sharding_transform():
     cfg = resolve([TP_PLAN])
     assert cfg.world_size == 2
-    assert "detect_sharding" not in cfg.transforms and "sharding_transform_executor" not in cfg.transforms
-    assert warnings() == [
-        SHARDING_WARNING + "; the manual tp_plan is kept unapplied: in_proj: mamba, out_proj: rowwise, q_proj: "
-        "colwise, k_proj: colwise, v_proj: colwise, o_proj: rowwise, down_proj: rowwise, fc1_latent_proj: gather."
-    ]
-    assert notes() == [
-        "`transforms.sharding_transform_executor` (AutoDeploy) is disabled and ad does not implement it; dropped."]
+    opts = registry.build_options("detect_sharding", cfg.transforms["detect_sharding"])
+    assert opts.support_partial_config is False and opts.manual_config["head_dim"] == 128
+    assert opts.manual_config["tp_plan"] == {
+        "in_proj": "mamba", "out_proj": "rowwise", "q_proj": "colwise", "k_proj": "colwise", "v_proj": "colwise",
+        "o_proj": "rowwise", "down_proj": "rowwise", "fc1_latent_proj": "gather"}
+    assert cfg.transforms["sharding_transform_executor"]["enabled"] is False  # as the file says: plan not applied
+    assert warnings() == [] and notes() == []
+
+
+def test_anchor_only_sharding_options_are_dropped_with_one_warning(tmp_path):
+    f = write(tmp_path, "a.yaml", {"world_size": 2, "transforms": {"detect_sharding": {
+        "allreduce_strategy": "SYMM_MEM", "process_grid": {"ep": 2, "tp": 1}, "sharding_dims": ["ep", "bmm"]}}})
+    cfg = resolve([f])
+    opts = registry.build_options("detect_sharding", cfg.transforms["detect_sharding"])
+    assert (opts.allreduce_strategy, opts.sharding_dims) == ("SYMM_MEM", ["ep", "bmm"])
+    assert warnings() == ["`transforms.detect_sharding.process_grid: {\"ep\": 2, \"tp\": 1}` is ignored: ad's "
+                          "`detect_sharding` has no such option."]
+
+
+def test_sharding_ir_transforms_are_dropped_with_a_warning(tmp_path):
+    f = write(tmp_path, "a.yaml", {"transforms": {"apply_sharding_hints": {"stage": "sharding"}}})
+    cfg = resolve([f])
+    assert "apply_sharding_hints" not in cfg.transforms
+    assert warnings() == ["`transforms.apply_sharding_hints` is ignored: it belongs to AutoDeploy's sharding-IR path; "
+                          "ad shards with `detect_sharding` + `sharding_transform_executor` (on by default when "
+                          "`world_size` > 1)."]
 
 
 def test_manual_tp_plan_with_a_bad_style_names_it():
@@ -303,7 +319,7 @@ def test_print_config_shows_the_resolved_nested_files():
                        "--args.model-kwargs.num-hidden-layers=10")
     assert out["model_kwargs"] == {"num_hidden_layers": 10, "hidden_size": 1024}
     assert (out["world_size"], out["max_batch_size"], out["max_seq_len"]) == (8, 32, 2048)
-    assert "args" not in out and "detect_sharding" not in out["transforms"]
+    assert "args" not in out and out["transforms"]["detect_sharding"]["support_partial_config"] is True
 
 
 def test_run_uses_the_prompt_section_and_bench_the_benchmark_section():

@@ -192,6 +192,10 @@ SHARED_TRANSFORM_OPTIONS: dict[str, frozenset] = {
     "insert_cached_delta_rule": frozenset({"backend"}),
     "compile_model": frozenset({"backend", "cuda_graph_batch_sizes"}),
     "fuse_rmsnorm": frozenset({"backend"}),
+    "detect_sharding": frozenset({
+        "simple_shard_only", "sharding_source", "support_partial_config", "sharding_dims", "manual_config",
+        "shard_all_unprocessed", "allreduce_strategy", "dist_backend", "requires_shape_prop",
+    }),
 }
 
 

@@ -138,8 +138,10 @@ class AnchorCompat:
                 elif K.is_anchor_only_option(name, opt):
                     ignore_key(self.report, entry, opt, label, ((), f"ad's `{name}` has no such option"))
             for opt in list(entry):
-                if opt.endswith("backend"):
+                if opt.endswith("backend") and opt != "dist_backend":
                     check_backend(self.report, entry, opt, f"transforms.{name}.{opt}", name, opt)
+            if name == "detect_sharding":
+                _tp_plan(name, entry)  # a bad style fails at config time, naming the entry
 
     def _prompt(self, data: dict) -> None:
         prompt = data.get("prompt")
@@ -225,14 +227,11 @@ class AnchorCompat:
             if entry.get("enabled", True) is False:
                 del transforms[name]
                 self.report.note(f"`transforms.{name}` (AutoDeploy) is disabled and ad does not implement it; dropped.")
-            elif name in K.SHARDING_TRANSFORMS:
-                plan = _tp_plan(name, entry)
+            elif name in K.SHARDING_TRANSFORMS:  # AutoDeploy's sharding-IR path (hint ops in custom model files)
                 del transforms[name]
-                msg = (f"`transforms.{name}` is accepted but not applied: ad has no sharding transform yet, so the "
-                       "weights are not sharded")
-                if plan:
-                    msg += "; the manual tp_plan is kept unapplied: " + ", ".join(f"{k}: {v}" for k, v in plan.items())
-                self.report.warn(msg + ".")
+                self.report.warn(f"`transforms.{name}` is ignored: it belongs to AutoDeploy's sharding-IR path; ad "
+                                 "shards with `detect_sharding` + `sharding_transform_executor` (on by default when "
+                                 "`world_size` > 1).")
             else:
                 raise ADError(
                     f"Transform `{name}` is a TensorRT-LLM AutoDeploy transform that ad does not implement, and your "

@@ -1,0 +1,1 @@
+"""Helpers of detect_sharding and sharding_transform_executor (not transforms themselves)."""
