@@ -20,6 +20,11 @@ After:
 Per-expert weights are new graph parameters `<experts>.<e>.{gate,up,down}_proj.weight`; weight hooks fill them
 with views of the checkpoint's stacked tensors at load time (no copy). The router (softmax, top-k, normalisation)
 and shared experts stay outside. `ctx.facts.moe_experts_implementation` records the implementation matched.
+
+torch_moe calls made by the export patches (`hf_experts_to_torch_moe`, `llama4_moe_to_torch_moe`) already carry
+their weight lists, as chains of view ops (select / slice / transpose) on the stacked parameters; those chains are
+lifted here into the same per-expert parameters, each filled at load time by replaying its view chain on the
+checkpoint tensor (a view again: no copy), biases included (`<experts>.<e>.<kind>_proj.bias`).
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ from torch import fx, nn
 
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.graph.core import get_attr_value, is_op, op_name
+from autodeploy_cli.graph.inputs import bound_args
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.graph.match import (
-    CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, graph_position, rank,
+    ALIAS_OPS, CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, graph_position, rank,
     record_miss, replace, skip, split_binary, static_shape,
 )
 from autodeploy_cli.pipeline.registry import register
@@ -46,6 +52,11 @@ GROUPED_MM = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
 # without expert parallelism no id is out of range, so both are no-ops here (torch_moe ignores such ids anyway)
 SENTINEL_OPS = (aten.masked_fill.Scalar, aten.masked_fill_.Scalar, aten.clamp.default, aten.clamp_.default)
 THROUGH = CAST_OPS + SENTINEL_OPS
+# the view ops the export patches build per-expert weights with
+EXPERT_VIEW_OPS = (aten.select.int, aten.slice.Tensor, aten.transpose.int, aten.t.default, aten.permute.default,
+                   aten.alias.default)
+LIST_KINDS = {"w1_weight": ("gate", "weight"), "w3_weight": ("up", "weight"), "w2_weight": ("down", "weight"),
+              "w1_bias": ("gate", "bias"), "w3_bias": ("up", "bias"), "w2_bias": ("down", "bias")}
 
 
 @dataclass
@@ -188,39 +199,126 @@ def _expert_params(gm: fx.GraphModule, found: dict, hooks: dict) -> tuple[list, 
     return nodes["gate"], nodes["down"], nodes["up"]
 
 
+def _view_chain(node: Any) -> Optional[tuple[fx.Node, list]]:
+    """(get_attr, [(op, args, kwargs), ...] outwards from it) if `node` is a chain of view ops on a parameter."""
+    steps = []
+    while isinstance(node, fx.Node) and node.op == "call_function" and node.target in EXPERT_VIEW_OPS:
+        steps.append((node.target, tuple(node.args[1:]), dict(node.kwargs)))
+        node = node.args[0]
+    if not (isinstance(node, fx.Node) and node.op == "get_attr"):
+        return None
+    return node, steps[::-1]
+
+
+def _replay(t: torch.Tensor, steps: list) -> torch.Tensor:
+    for op, args, kwargs in steps:
+        t = op(t, *args, **kwargs)
+    return t
+
+
+def _set_arg(node: fx.Node, name: str, value: Any) -> None:
+    schema = node.target._schema  # type: ignore[union-attr]
+    index = [a.name for a in schema.arguments].index(name)
+    if index < len(node.args):
+        node.update_arg(index, value)
+    else:
+        node.update_kwarg(name, value)
+
+
+def lift_expert_views(gm: fx.GraphModule, node: fx.Node, hooks: dict) -> Optional[tuple[list, list]]:
+    """Per-expert parameters (+ weight hooks) for a torch_moe whose weight lists are view chains of stacked
+    parameters. Returns (new get_attr nodes, stacked parameter names), or None when an entry is something else."""
+    args = bound_args(node)
+    gated = bool(args["w3_weight"])
+    plans: dict[str, list] = {}
+    for key in LIST_KINDS:
+        entries = args.get(key)
+        if not entries or all(isinstance(n, fx.Node) and n.op == "get_attr" for n in entries):
+            continue
+        chains = [_view_chain(n) for n in entries]
+        if any(c is None for c in chains):
+            return None
+        plans[key] = chains
+    new_attrs, sources = [], []
+    for key, chains in plans.items():
+        kind, leaf = LIST_KINDS[key]
+        kind = "up" if key.startswith("w1") and not gated else kind  # a non-gated expert's only input projection
+        nodes = []
+        for e, (src, steps) in enumerate(chains):
+            prefix = src.target.rpartition(".")[0]
+            name = f"{prefix}.{e}.{kind}_proj.{leaf}"
+            owner = gm.get_submodule(prefix) if prefix else gm
+            for part in (str(e), f"{kind}_proj"):
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            meta = _replay(get_attr_value(gm, src.target), steps)
+            owner.register_parameter(leaf, nn.Parameter(meta, requires_grad=False))
+            hooks[name] = lambda t, src=src.target, steps=steps: _replay(t[src], steps)  # a view: no copy
+            sources.append(src.target)
+            with gm.graph.inserting_before(node):
+                nodes.append(gm.graph.get_attr(name))
+        old = list(args[key])
+        _set_arg(node, key, nodes)
+        erase_if_unused(gm.graph, old)
+        new_attrs += nodes
+    return new_attrs, sorted(set(sources))
+
+
+def _router_topks(moe: fx.Node, budget: int = 256) -> set:
+    """The top-k nodes of the router feeding a torch_moe: the producers of its expert ids, not looking past its
+    hidden-state input (and the views / casts that lead to it)."""
+    x = moe.args[0]
+    stop = set()
+    while isinstance(x, fx.Node) and x not in stop:
+        stop.add(x)
+        if not (x.op == "call_function" and is_op(x, VIEW_OPS + CAST_OPS + ALIAS_OPS)):
+            break
+        x = x.args[0]
+    seen, todo, found = set(), [moe.args[1]], set()
+    while todo and len(seen) < budget:
+        n = todo.pop(0)
+        if not isinstance(n, fx.Node) or n in seen or n in stop:
+            continue
+        seen.add(n)
+        if _is(n, aten.topk.default):
+            found.add(n)
+        todo += n.all_input_nodes
+    return found
+
+
 @register("match_moe_pattern")
 class MatchMoePattern(BaseTransform):
     options_cls = MatchMoeOptions
 
     def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
-        count, impls, stacked, touched = 0, [], [], []
         hooks = ctx.weight_hooks
-        matched_topk: set = set()
+        moe_op = torch.ops.auto_deploy.torch_moe.default
+        count, impls, stacked, touched = 0, [], [], []
+        for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target == moe_op]:
+            lifted = lift_expert_views(gm, node, hooks)  # torch_moe from an export patch: per-expert views
+            if lifted is None:
+                record_miss(ctx.misses, "moe", node, "torch_moe weight lists are neither parameters nor views")
+            elif lifted[0]:
+                touched += lifted[0]
+                stacked += lifted[1]
+                impls.append("export patch")
+                count += 1
         for node in list(gm.graph.nodes):
             found, why = match_one(node)
             if found is None:
                 if why:
                     record_miss(ctx.misses, "moe", node, why)
                 continue
-            names = _expert_params(gm, found, hooks)
-            with gm.graph.inserting_before(node):
-                lists = [[gm.graph.get_attr(n) for n in group] for group in names]
-                new = gm.graph.call_function(torch.ops.auto_deploy.torch_moe.default,
-                                             (found["x"], found["ids"], found["weights"], *lists))
-            inputs = {found["x"], found["ids"], found["weights"]}
-            block = [n for n in ancestors(node, stop=inputs) if n not in inputs]
-            pos = graph_position(gm.graph)  # in-place ops on the routing (e.g. clamp_ of sorted ids) have no users
-            block += [n for n in descendants(found["ids"]) if pos[n] < pos[new]]
-            replace(node, new)
-            touched += [n for group in lists for n in group] + [new]
-            erase_if_unused(gm.graph, block)  # also the in-place index_put_ of the un-permutation
+            touched += self._replace(gm, node, found, hooks)
             stacked += [found["gate_up"].target, found["down"].target]
             impls.append(found["impl"])
-            matched_topk.add(skip(found["ids"], CAST_OPS))
             count += 1
+        routed = set().union(*[_router_topks(n) for n in gm.graph.nodes if n.op == "call_function"
+                               and n.target == moe_op])
         for node in gm.graph.nodes:  # routers whose experts were not recognised
-            if _is(node, aten.topk.default) and not any(u in matched_topk for u in node.users):
+            if _is(node, aten.topk.default) and node not in routed:
                 record_miss(ctx.misses, "moe", node, "router top-k found but its experts block was not recognised")
         if count:
             gm.graph.eliminate_dead_code()
@@ -229,3 +327,19 @@ class MatchMoePattern(BaseTransform):
                 hooks.pop(name, None)
             ctx.facts.moe_experts_implementation = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
         return TransformInfo.matched(count, touched)
+
+    @staticmethod
+    def _replace(gm: fx.GraphModule, node: fx.Node, found: dict, hooks: dict) -> list[fx.Node]:
+        """Replace one matched HF experts block by torch_moe over per-expert parameters; the new nodes."""
+        names = _expert_params(gm, found, hooks)
+        with gm.graph.inserting_before(node):
+            lists = [[gm.graph.get_attr(n) for n in group] for group in names]
+            new = gm.graph.call_function(torch.ops.auto_deploy.torch_moe.default,
+                                         (found["x"], found["ids"], found["weights"], *lists))
+        inputs = {found["x"], found["ids"], found["weights"]}
+        block = [n for n in ancestors(node, stop=inputs) if n not in inputs]
+        pos = graph_position(gm.graph)  # in-place ops on the routing (e.g. clamp_ of sorted ids) have no users
+        block += [n for n in descendants(found["ids"]) if pos[n] < pos[new]]
+        replace(node, new)
+        erase_if_unused(gm.graph, block)  # also the in-place index_put_ of the un-permutation
+        return [n for group in lists for n in group] + [new]

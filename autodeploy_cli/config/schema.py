@@ -105,12 +105,14 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
 BACKEND_CHOICES: dict[str, tuple[str, ...]] = {
     "attention": ("auto", "torch", "triton", "flashinfer"),
     "fused": ("auto", "torch", "triton"),
+    "moe": ("auto", "torch", "triton"),
     "compile": ("auto", "torch-simple", "torch-compile", "torch-cudagraph", "torch-opt"),
 }
 # (transform, option) -> the op family whose backend the option chooses
 TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {
     ("insert_cached_attention", "backend"): "attention",
     ("compile_model", "backend"): "compile",
+    ("fuse_moe", "backend"): "moe",
     **{(name, "backend"): "fused" for name in ("fuse_silu_mul", "fuse_add_rmsnorm", "fuse_rmsnorm", "optimize_rope",
                                                  "optimize_linear")},
 }

@@ -150,9 +150,9 @@ class ModelFactory:
             )
         return cls
 
-    def _from_config(self) -> nn.Module:
+    def _from_config(self, hf_config: Any = None) -> nn.Module:
         return self._auto_class().from_config(
-            self.hf_config(), dtype=self.model_dtype(), trust_remote_code=self.config.trust_remote_code
+            hf_config or self.hf_config(), dtype=self.model_dtype(), trust_remote_code=self.config.trust_remote_code
         )
 
     def build_meta_model(self) -> nn.Module:
@@ -162,12 +162,21 @@ class ModelFactory:
         return model.eval()
 
     def materialize(self, device: torch.device | None = None) -> nn.Module:
-        """A real HF model on `device`: the checkpoint, or a seeded random init with `skip_loading_weights`."""
-        device = device or self.device
+        """A real HF model on `device`: the checkpoint, or a seeded random init with `skip_loading_weights`.
+        Its experts run a path that works for their shapes (models/hf_experts.py)."""
+        from autodeploy_cli.models.hf_experts import pick_runnable_experts
+
+        model = self._materialize(device or self.device)
+        pick_runnable_experts(model, dict(self.config.model_kwargs).get("_experts_implementation"))
+        return model
+
+    def _materialize(self, device: torch.device) -> nn.Module:
+        # its own copy of the HF config: switching the real model's implementations must not reach the export
+        hf_config = copy.deepcopy(self.hf_config())
         if self.config.skip_loading_weights:
             torch.manual_seed(self.config.seed)
             with torch.device(device):
-                model = self._from_config()
+                model = self._from_config(hf_config)
             return model.eval()
         import importlib.util
 
@@ -176,7 +185,7 @@ class ModelFactory:
         try:
             model = self._auto_class().from_pretrained(
                 self.source,
-                config=self.hf_config(),
+                config=hf_config,
                 dtype=self.model_dtype(),
                 trust_remote_code=self.config.trust_remote_code,
                 **({"device_map": str(device)} if direct and device.type != "cpu" else {}),

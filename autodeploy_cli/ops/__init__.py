@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused")
+OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "moe_fused", "linear", "fused")
 
 
 def load_ops() -> None:

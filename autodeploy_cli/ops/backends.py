@@ -19,16 +19,19 @@ MODULES: dict[str, dict[str, str]] = {
     "attention": {"torch": "kernels.torch.attention", "triton": "kernels.triton.backend",
                   "flashinfer": "kernels.flashinfer.backend"},
     "fused": {"torch": "autodeploy_cli.ops.fused", "triton": "kernels.triton.fused_ops"},
+    "moe": {"torch": "autodeploy_cli.ops.moe_fused", "triton": "kernels.triton.moe"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
 }
 # family -> (backend on CUDA, backend elsewhere) for `auto`
 AUTO: dict[str, tuple[str, str]] = {
     "attention": ("triton", "torch"),
     "fused": ("triton", "torch"),
+    "moe": ("triton", "torch"),
     "compile": ("torch-cudagraph", "torch-simple"),
 }
 # the config key a user sets for each family (named in errors)
-CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend"}
+CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend",
+              "moe": "transforms.fuse_moe.backend"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:
@@ -80,3 +83,18 @@ def fused_op(backend: str, key: str) -> Any:
     load_ops()
     load("fused", backend)
     return getattr(torch.ops.auto_deploy, FUSED_OPS[key][backend]).default
+
+
+# MoE backend -> its fused-MoE op (what fuse_moe inserts; one contract: autodeploy_cli/ops/moe_fused.py)
+MOE_OPS: dict[str, str] = {"torch": "torch_moe_fused", "triton": "triton_moe_fused"}
+
+
+def moe_op(backend: str) -> Any:
+    """The OpOverload of the fused MoE op of `backend` (e.g. "triton" -> auto_deploy::triton_moe_fused)."""
+    import torch
+
+    from autodeploy_cli.ops import load_ops
+
+    load_ops()
+    load("moe", backend)
+    return getattr(torch.ops.auto_deploy, MOE_OPS[backend]).default

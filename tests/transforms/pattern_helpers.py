@@ -39,10 +39,11 @@ class Tiny:
 
 
 @functools.lru_cache(maxsize=None)
-def _export(family: str, attn: str, patch: bool, experts: str | None) -> Tiny:
+def _export(family: str, attn: str, patch: bool, experts: str | None, moe_patch: bool = False,
+            overrides: tuple = ()) -> Tiny:
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_hf_config(family)
+    cfg = tiny_hf_config(family, **dict(overrides))
     if experts:
         cfg._experts_implementation = experts
     torch.manual_seed(0)
@@ -52,15 +53,18 @@ def _export(family: str, attn: str, patch: bool, experts: str | None) -> Tiny:
     cfg._attn_implementation = attn
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    patches = build_patches({"hf_attention_to_torch_attention": patch}, model)
+    patches = build_patches({"hf_attention_to_torch_attention": patch, "hf_experts_to_torch_moe": moe_patch}, model)
     gm = export_to_graph_module(model, 8, 64, [p for _, p in patches])
     run_transforms(gm, CLEANUPS)
     return Tiny(gm, ref, cfg)
 
 
-def export_tiny(family: str, attn: str = "eager", patch: bool = False, experts: str | None = None) -> Tiny:
-    """A fresh copy of the cleaned-up export of a tiny family (cached per process; tests may mutate the copy)."""
-    t = _export(family, attn, patch, experts)
+def export_tiny(family: str, attn: str = "eager", patch: bool = False, experts: str | None = None,
+                moe_patch: bool = False, **overrides: Any) -> Tiny:
+    """A fresh copy of the cleaned-up export of a tiny family (cached per process; tests may mutate the copy).
+    patch / moe_patch: the attention / experts export patches (off: the matchers see HF's own graph);
+    overrides: HF config values over the tiny family's."""
+    t = _export(family, attn, patch, experts, moe_patch, tuple(sorted(overrides.items())))
     return Tiny(copy.deepcopy(t.gm), t.ref, t.config)
 
 
