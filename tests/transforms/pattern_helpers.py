@@ -18,6 +18,7 @@ from autodeploy_cli.pipeline.interface import PassContext
 from autodeploy_cli.pipeline.registry import build_options
 from autodeploy_cli.pipeline.runner import PipelineRunner, TransformRecord
 from autodeploy_cli.graph.core import retarget_device_kwargs
+from autodeploy_cli.models.hf_experts import pick_runnable_experts
 from autodeploy_cli.models.weights import assign_weights, source_tensors
 from tests.tiny_models import tiny_hf_config
 
@@ -50,6 +51,7 @@ def _export(family: str, attn: str, patch: bool, experts: str | None, moe_patch:
     ref_cfg = copy.deepcopy(cfg)
     ref_cfg._attn_implementation = "eager"  # the oracle is HF eager
     ref = AutoModelForCausalLM.from_config(ref_cfg, dtype=torch.float32).eval()
+    pick_runnable_experts(ref, experts)  # grouped_mm cannot run dims that are not multiples of 4 (float32)
     cfg._attn_implementation = attn
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
