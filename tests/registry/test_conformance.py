@@ -44,6 +44,10 @@ def test_shrink_keeps_moe_routing():
     assert shrunk("mistralai/Mixtral-8x7B-Instruct-v0.1")["num_local_experts"] == 4  # top-2
     kw = shrunk("Qwen/Qwen1.5-MoE-A2.7B-Chat")  # 60 experts, top-4, shared expert
     assert (kw["num_experts"], kw["shared_expert_intermediate_size"]) == (8, 128)
+    kw = shrunk("deepseek-ai/DeepSeek-V2-Lite")  # 64 routed experts, top-6
+    assert (kw["n_routed_experts"], kw["moe_intermediate_size"]) == (12, 64)
+    assert shrunk("openai/gpt-oss-20b")["layer_types"] == ["sliding_attention", "full_attention"]
+    assert shrunk("meta-llama/Llama-4-Scout-17B-16E-Instruct")["intermediate_size_mlp"] == 256
 
 
 def test_shrink_keeps_special_token_ids_in_the_small_vocabulary():
@@ -86,7 +90,7 @@ def test_one_entry_per_family_passes_verify_on_cpu(tmp_path):
     result = runner.invoke(app, ["models", "--check", "--one-per-family", "--report", str(report)])
     families = {e["family"] for e in load_registry().values() if not e.get("unsupported")}
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert len(lines) == len(families) == 17
+    assert len(lines) == len(families) == 24
     failed = [line for line in lines if "] PASS " not in line]
     assert not failed, "\n".join(failed)
     assert result.exit_code == 0
