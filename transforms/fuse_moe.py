@@ -1,6 +1,9 @@
-"""fuse_moe: `torch_moe` over per-expert weight lists becomes the fused MoE op over two stacked weight tensors.
+"""fuse_moe: the canonical MoE ops become the fused MoE op over two stacked weight tensors.
 
-Before:
+Before (export patch path: views of transformers' stacked parameters):
+    %g = aten.slice(%experts_gate_up_proj, 1, 0, I)   %u = aten.slice(%experts_gate_up_proj, 1, I, 2I)
+    %y = auto_deploy.torch_moe_stacked(%x, %ids, %w, %g, %experts_down_proj, %u)
+or (matcher path, or a model calling the op): per-expert weight lists
     %y = auto_deploy.torch_moe(%x, %ids, %w, [%experts_0_gate_proj_weight, ...], [%experts_0_down_proj_weight, ...],
                                [%experts_0_up_proj_weight, ...])
 After:
@@ -9,11 +12,12 @@ After:
     experts_w13_weight [E, 2I, h]: expert e's gate rows, then its up rows; experts_w2_weight [E, h, I]
     (non-gated experts: w13 [E, I, h]; biases stack the same way into [E, 2I] / [E, h]).
 
-Memory: when the per-expert weights are equally spaced views of one tensor already laid out like the stacked one
-(transformers' gate_up_proj [E, 2I, h] with the gate half first, down_proj [E, h, I]: the usual case after
-`match_moe_pattern`), the stacked weight is a view of that storage: no copy at all. Otherwise (gpt-oss's transposed
-and interleaved layout, sliced experts) one layer is stacked at a time and its per-expert parameters are dropped
-right after, so the peak grows by one layer's experts, never by the model's.
+Memory: when the experts' weights are already laid out like the stacked ones (transformers' gate_up_proj
+[E, 2I, h] with the gate half first, down_proj [E, h, I]: Mixtral, Qwen-MoE, DeepSeek, ...; per-expert lists that
+are equally spaced views of such a tensor), the fused weight is a view of that storage: no copy at all. Otherwise
+(gpt-oss's transposed and interleaved layout, Llama-4's transposed one, sliced experts) one layer is stacked at a
+time and its source weights are dropped right after, so the peak grows by one layer's experts, never by the
+model's.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from torch import fx, nn
 from autodeploy_cli.config.schema import BACKEND_CHOICES
 from autodeploy_cli.graph.core import get_attr_value
 from autodeploy_cli.graph.inputs import bound_args
+from autodeploy_cli.graph.match import drop_unused_attrs
+from autodeploy_cli.graph.views import replay, view_chain
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.ops.backends import moe_op, resolve
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
@@ -79,12 +85,6 @@ def _owner_prefix(name: str) -> str:
     return ".".join(parts[:idx[-1]]) if idx else ""
 
 
-def _pop(gm: fx.GraphModule, target: str) -> None:
-    owner_name, _, leaf = target.rpartition(".")
-    owner = gm.get_submodule(owner_name) if owner_name else gm
-    delattr(owner, leaf)
-
-
 def _register(gm: fx.GraphModule, prefix: str, leaf: str, tensor: torch.Tensor) -> str:
     owner = gm.get_submodule(prefix) if prefix else gm
     name = leaf
@@ -94,38 +94,67 @@ def _register(gm: fx.GraphModule, prefix: str, leaf: str, tensor: torch.Tensor) 
     return f"{prefix}.{name}" if prefix else name
 
 
-def _lists(node: fx.Node) -> Optional[dict[str, Optional[list[fx.Node]]]]:
-    """The node's weight lists if every entry is a get_attr this node alone uses, else None."""
+def _lists(gm: fx.GraphModule, node: fx.Node) -> Optional[dict[str, Optional[list[torch.Tensor]]]]:
+    """torch_moe: its per-expert tensors, if every entry is a get_attr this node alone uses, else None."""
     args = bound_args(node)
     out = {}
     for key in LISTS:
         entries = args.get(key)
-        if entries is None:
+        if entries is None or (key == "w3_weight" and not entries):
             out[key] = None
             continue
         if not all(isinstance(n, fx.Node) and n.op == "get_attr" and len(n.users) == 1 for n in entries):
             return None
-        out[key] = list(entries)
+        out[key] = [get_attr_value(gm, n.target) for n in entries]
     return out
 
 
-def _fuse_one(gm: fx.GraphModule, node: fx.Node, op, lists: dict) -> bool:
+def _stacked_args(gm: fx.GraphModule, node: fx.Node) -> Optional[dict[str, Optional[list[torch.Tensor]]]]:
+    """torch_moe_stacked: its tensors split per expert (views), if each is a view chain of a parameter."""
     args = bound_args(node)
-    tensors = {k: None if v is None else [get_attr_value(gm, n.target) for n in v] for k, v in lists.items()}
+    out = {}
+    for key in LISTS:
+        if args.get(key) is None:
+            out[key] = None
+            continue
+        chain = view_chain(args[key])
+        if chain is None:
+            return None
+        t = replay(get_attr_value(gm, chain[0].target), chain[1])
+        out[key] = [t[e] for e in range(t.shape[0])]
+    return out
+
+
+def _source_nodes(node: fx.Node) -> list[fx.Node]:
+    """The get_attr and view nodes feeding the weights (erased with the node when nothing else uses them)."""
+    args = bound_args(node)
+    out = []
+    for key in LISTS:
+        for n in (args.get(key) if isinstance(args.get(key), (list, tuple)) else [args.get(key)]):
+            while isinstance(n, fx.Node) and n.op in ("call_function", "get_attr"):
+                out.append(n)
+                n = n.args[0] if n.op == "call_function" and n.args else None
+    return out
+
+
+def _fuse_one(gm: fx.GraphModule, node: fx.Node, op, tensors: dict) -> bool:
+    args = bound_args(node)
     if any(t.device.type == "meta" for v in tensors.values() if v for t in v):
         return False
-    gated = bool(tensors["w3_weight"])
-    prefix = _owner_prefix(lists["w1_weight"][0].target)
-    up = [[a, b] for a, b in zip(tensors["w1_weight"], tensors["w3_weight"])] if gated else \
-        [[a] for a in tensors["w1_weight"]]
-    names = {"w13_weight": _register(gm, prefix, "w13_weight", _stacked(up)),
+    gated = tensors["w3_weight"] is not None
+    first = _source_nodes(node)
+    sources = [n.target for n in first if n.op == "get_attr"]
+    lists_form = node.target == torch.ops.auto_deploy.torch_moe.default
+    prefix = _owner_prefix(sources[0]) if lists_form else sources[0].rpartition(".")[0]
+    rows = (lambda a, b: [[x, y] for x, y in zip(a, b)]) if gated else (lambda a, b: [[x] for x in a])
+    names = {"w13_weight": _register(gm, prefix, "w13_weight", _stacked(rows(tensors["w1_weight"],
+                                                                              tensors["w3_weight"]))),
              "w2_weight": _register(gm, prefix, "w2_weight", _stacked([[w] for w in tensors["w2_weight"]]))}
     if tensors["w1_bias"] is not None:
-        up_b = [[a, b] for a, b in zip(tensors["w1_bias"], tensors["w3_bias"])] if gated else \
-            [[a] for a in tensors["w1_bias"]]
-        names["w13_bias"] = _register(gm, prefix, "w13_bias", _stacked(up_b))
+        names["w13_bias"] = _register(gm, prefix, "w13_bias", _stacked(rows(tensors["w1_bias"], tensors["w3_bias"])))
     if tensors["w2_bias"] is not None:
         names["w2_bias"] = _register(gm, prefix, "w2_bias", _stacked([[b] for b in tensors["w2_bias"]]))
+    tensors.clear()  # no reference to the sources left here: they can be freed once dropped below
     graph = gm.graph
     with graph.inserting_before(node):
         attrs = {k: graph.get_attr(v) for k, v in names.items()}
@@ -137,10 +166,10 @@ def _fuse_one(gm: fx.GraphModule, node: fx.Node, op, lists: dict) -> bool:
     new.meta.update({k: v for k, v in node.meta.items() if k in ("val", "nn_module_stack", "stack_trace")})
     node.replace_all_uses_with(new)
     graph.erase_node(node)
-    for entries in lists.values():
-        for n in entries or ():
+    for n in first:  # producers first in the list: erase consumers before them
+        if not n.users and not getattr(n, "_erased", False):
             graph.erase_node(n)
-            _pop(gm, n.target)
+    drop_unused_attrs(gm, sources)  # free the per-expert or stacked source weights of this layer now
     return True
 
 
@@ -151,15 +180,16 @@ class FuseMoe(BaseTransform):
     def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         backend = resolve("moe", self.options.backend, ctx.device.type)
-        src = torch.ops.auto_deploy.torch_moe.default
-        nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == src]
+        forms = {torch.ops.auto_deploy.torch_moe.default: _lists,
+                 torch.ops.auto_deploy.torch_moe_stacked.default: _stacked_args}
+        nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target in forms]
         if not nodes:
             return TransformInfo.untouched("no torch_moe to fuse")
         op = moe_op(backend)
         fused, kept = 0, 0
         for node in nodes:
-            lists = _lists(node)
-            if lists is not None and _fuse_one(gm, node, op, lists):
+            tensors = forms[node.target](gm, node)
+            if tensors is not None and _fuse_one(gm, node, op, tensors):
                 fused += 1
             else:
                 kept += 1

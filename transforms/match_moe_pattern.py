@@ -21,10 +21,11 @@ Per-expert weights are new graph parameters `<experts>.<e>.{gate,up,down}_proj.w
 with views of the checkpoint's stacked tensors at load time (no copy). The router (softmax, top-k, normalisation)
 and shared experts stay outside. `ctx.facts.moe_experts_implementation` records the implementation matched.
 
-torch_moe calls made by the export patches (`hf_experts_to_torch_moe`, `llama4_moe_to_torch_moe`) already carry
-their weight lists, as chains of view ops (select / slice / transpose) on the stacked parameters; those chains are
-lifted here into the same per-expert parameters, each filled at load time by replaying its view chain on the
-checkpoint tensor (a view again: no copy), biases included (`<experts>.<e>.<kind>_proj.bias`).
+The export patches (`hf_experts_to_torch_moe`, `llama4_moe_to_torch_moe`) already emit the canonical form
+`torch_moe_stacked`, its weights view chains (slice / transpose) of transformers' stacked parameters: one graph
+weight per tensor, not per expert. They stay as they are (fuse_moe fuses them), unless `lift_stacked_experts`
+asks for torch_moe over per-expert parameters, each filled at load time by replaying its view chain on the
+checkpoint tensor and taking expert e (a view again: no copy), biases included (`<experts>.<e>.<kind>_proj.bias`).
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ from torch import fx, nn
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.graph.core import get_attr_value, is_op, op_name
 from autodeploy_cli.graph.inputs import bound_args
+from autodeploy_cli.graph.views import replay, view_chain
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.graph.match import (
-    ALIAS_OPS, CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, graph_position, rank,
-    record_miss, replace, skip, split_binary, static_shape,
+    ALIAS_OPS, CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, graph_position,
+    rank, record_miss, replace, skip, split_binary, static_shape, val,
 )
 from autodeploy_cli.pipeline.registry import register
 
@@ -52,9 +54,6 @@ GROUPED_MM = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
 # without expert parallelism no id is out of range, so both are no-ops here (torch_moe ignores such ids anyway)
 SENTINEL_OPS = (aten.masked_fill.Scalar, aten.masked_fill_.Scalar, aten.clamp.default, aten.clamp_.default)
 THROUGH = CAST_OPS + SENTINEL_OPS
-# the view ops the export patches build per-expert weights with
-EXPERT_VIEW_OPS = (aten.select.int, aten.slice.Tensor, aten.transpose.int, aten.t.default, aten.permute.default,
-                   aten.alias.default)
 LIST_KINDS = {"w1_weight": ("gate", "weight"), "w3_weight": ("up", "weight"), "w2_weight": ("down", "weight"),
               "w1_bias": ("gate", "bias"), "w3_bias": ("up", "bias"), "w2_bias": ("down", "bias")}
 
@@ -62,6 +61,9 @@ LIST_KINDS = {"w1_weight": ("gate", "weight"), "w3_weight": ("up", "weight"), "w
 @dataclass
 class MatchMoeOptions(TransformOptions):
     requires_shape_prop: bool = True  # reads k (top-k) and expert weight shapes
+    # also turn the export patches' torch_moe_stacked into torch_moe over one parameter per expert (E x 3 graph
+    # weights per layer: slow to build for 128+ experts); off: stacked weights stay stacked until fuse_moe
+    lift_stacked_experts: bool = False
 
 
 def _is(node: Any, *ops: Any) -> bool:
@@ -199,70 +201,64 @@ def _expert_params(gm: fx.GraphModule, found: dict, hooks: dict) -> tuple[list, 
     return nodes["gate"], nodes["down"], nodes["up"]
 
 
-def _view_chain(node: Any) -> Optional[tuple[fx.Node, list]]:
-    """(get_attr, [(op, args, kwargs), ...] outwards from it) if `node` is a chain of view ops on a parameter."""
-    steps = []
-    while isinstance(node, fx.Node) and node.op == "call_function" and node.target in EXPERT_VIEW_OPS:
-        steps.append((node.target, tuple(node.args[1:]), dict(node.kwargs)))
-        node = node.args[0]
-    if not (isinstance(node, fx.Node) and node.op == "get_attr"):
+def _expert_hook(src: str, steps: list, e: int):
+    return lambda t: replay(t[src], steps)[e]  # a view of the checkpoint tensor: no copy
+
+
+def _fake_stacked(x: Any, param: torch.Tensor, steps: list) -> Any:
+    """The stacked weight (after its view chain) as a fake tensor of the graph's fake mode, None without one."""
+    from torch._guards import detect_fake_mode
+
+    mode = detect_fake_mode([val(x)]) if val(x) is not None else None
+    if mode is None:
         return None
-    return node, steps[::-1]
+    with mode:
+        return replay(mode.from_tensor(param, static_shapes=True), steps)
 
 
-def _replay(t: torch.Tensor, steps: list) -> torch.Tensor:
-    for op, args, kwargs in steps:
-        t = op(t, *args, **kwargs)
-    return t
-
-
-def _set_arg(node: fx.Node, name: str, value: Any) -> None:
-    schema = node.target._schema  # type: ignore[union-attr]
-    index = [a.name for a in schema.arguments].index(name)
-    if index < len(node.args):
-        node.update_arg(index, value)
-    else:
-        node.update_kwarg(name, value)
-
-
-def lift_expert_views(gm: fx.GraphModule, node: fx.Node, hooks: dict) -> Optional[tuple[list, list]]:
-    """Per-expert parameters (+ weight hooks) for a torch_moe whose weight lists are view chains of stacked
-    parameters. Returns (new get_attr nodes, stacked parameter names), or None when an entry is something else."""
+def lift_stacked(gm: fx.GraphModule, node: fx.Node, hooks: dict) -> Optional[tuple[fx.Node, list, list]]:
+    """torch_moe over per-expert parameters (+ weight hooks) for a torch_moe_stacked whose weights are view chains
+    of stacked parameters: (the new torch_moe node, its get_attr nodes, the stacked parameter names), or None when
+    a weight is something else."""
     args = bound_args(node)
-    gated = bool(args["w3_weight"])
-    plans: dict[str, list] = {}
-    for key in LIST_KINDS:
-        entries = args.get(key)
-        if not entries or all(isinstance(n, fx.Node) and n.op == "get_attr" for n in entries):
-            continue
-        chains = [_view_chain(n) for n in entries]
-        if any(c is None for c in chains):
-            return None
-        plans[key] = chains
-    new_attrs, sources = [], []
-    for key, chains in plans.items():
+    chains = {k: view_chain(args[k]) for k in LIST_KINDS if args.get(k) is not None}
+    if any(c is None for c in chains.values()):
+        return None
+    gated = "w3_weight" in chains
+    lists: dict[str, list] = {}
+    for key, (src, steps) in chains.items():
         kind, leaf = LIST_KINDS[key]
         kind = "up" if key.startswith("w1") and not gated else kind  # a non-gated expert's only input projection
+        prefix = src.target.rpartition(".")[0]
+        stacked_meta = replay(get_attr_value(gm, src.target), steps)
+        fake = _fake_stacked(args["x"], get_attr_value(gm, src.target), steps)
         nodes = []
-        for e, (src, steps) in enumerate(chains):
-            prefix = src.target.rpartition(".")[0]
+        for e in range(stacked_meta.shape[0]):
             name = f"{prefix}.{e}.{kind}_proj.{leaf}"
             owner = gm.get_submodule(prefix) if prefix else gm
             for part in (str(e), f"{kind}_proj"):
                 if not hasattr(owner, part):
                     owner.add_module(part, nn.Module())
                 owner = getattr(owner, part)
-            meta = _replay(get_attr_value(gm, src.target), steps)
-            owner.register_parameter(leaf, nn.Parameter(meta, requires_grad=False))
-            hooks[name] = lambda t, src=src.target, steps=steps: _replay(t[src], steps)  # a view: no copy
-            sources.append(src.target)
+            owner.register_parameter(leaf, nn.Parameter(stacked_meta[e], requires_grad=False))
+            hooks[name] = _expert_hook(src.target, steps, e)
             with gm.graph.inserting_before(node):
                 nodes.append(gm.graph.get_attr(name))
-        old = list(args[key])
-        _set_arg(node, key, nodes)
-        erase_if_unused(gm.graph, old)
-        new_attrs += nodes
-    return new_attrs, sorted(set(sources))
+            if fake is not None:  # shape metadata by indexing one fake tensor (a fake copy per expert is slow)
+                nodes[-1].meta["val"] = fake[e]
+        lists[key] = nodes
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_function(
+            torch.ops.auto_deploy.torch_moe.default,
+            (args["x"], args["selected_experts"], args["routing_weights"], lists["w1_weight"], lists["w2_weight"],
+             lists.get("w3_weight", [])),
+            {"w1_bias": lists.get("w1_bias"), "w2_bias": lists.get("w2_bias"), "w3_bias": lists.get("w3_bias"),
+             "act": args["act"], "routing_on_input": args["routing_on_input"], "alpha": args["alpha"],
+             "limit": args["limit"]})
+    old = [args[k] for k in chains]
+    replace(node, new)
+    erase_if_unused(gm.graph, old)
+    return new, [n for group in lists.values() for n in group], sorted({src.target for src, _ in chains.values()})
 
 
 def _router_topks(moe: fx.Node, budget: int = 256) -> set:
@@ -296,15 +292,17 @@ class MatchMoePattern(BaseTransform):
         hooks = ctx.weight_hooks
         moe_op = torch.ops.auto_deploy.torch_moe.default
         count, impls, stacked, touched = 0, [], [], []
-        for node in [n for n in gm.graph.nodes if n.op == "call_function" and n.target == moe_op]:
-            lifted = lift_expert_views(gm, node, hooks)  # torch_moe from an export patch: per-expert views
+        stacked_op = torch.ops.auto_deploy.torch_moe_stacked.default
+        from_patch = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == stacked_op]
+        impls += ["export patch"] * len(from_patch)  # already canonical: not a match, but the report names it
+        for node in from_patch if self.options.lift_stacked_experts else ():
+            lifted = lift_stacked(gm, node, hooks)  # views of the stacked parameters -> per-expert parameters
             if lifted is None:
-                record_miss(ctx.misses, "moe", node, "torch_moe weight lists are neither parameters nor views")
-            elif lifted[0]:
-                touched += lifted[0]
-                stacked += lifted[1]
-                impls.append("export patch")
-                count += 1
+                record_miss(ctx.misses, "moe", node, "torch_moe_stacked weights are not views of parameters")
+                continue
+            touched += [lifted[0], *(n for n in lifted[1] if "val" not in n.meta)]
+            stacked += lifted[2]
+            count += 1
         for node in list(gm.graph.nodes):
             found, why = match_one(node)
             if found is None:
@@ -316,7 +314,7 @@ class MatchMoePattern(BaseTransform):
             impls.append(found["impl"])
             count += 1
         routed = set().union(*[_router_topks(n) for n in gm.graph.nodes if n.op == "call_function"
-                               and n.target == moe_op])
+                               and n.target in (moe_op, stacked_op)])
         for node in gm.graph.nodes:  # routers whose experts were not recognised
             if _is(node, aten.topk.default) and node not in routed:
                 record_miss(ctx.misses, "moe", node, "router top-k found but its experts block was not recognised")
@@ -325,6 +323,7 @@ class MatchMoePattern(BaseTransform):
             drop_unused_attrs(gm, stacked)
             for name in stacked:
                 hooks.pop(name, None)
+        if impls:
             ctx.facts.moe_experts_implementation = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
         return TransformInfo.matched(count, touched)
 

@@ -1,8 +1,9 @@
 """auto_deploy::torch_moe: a mixture-of-experts block after its router (the router and shared experts stay outside).
 
-Producers: the `hf_experts_to_torch_moe` / `llama4_moe_to_torch_moe` export patches (every layout transformers
-stores experts in) and `match_moe_pattern` (transformers' batched_mm / grouped_mm graphs when the patch is off);
-`match_moe_pattern` also makes the per-expert weights graph parameters. `fuse_moe` later stacks them into the
+Producers: `match_moe_pattern`, from transformers' batched_mm / grouped_mm graphs (export patches off) and from
+`auto_deploy::torch_moe_stacked`, the same op over stacked weight tensors that the `hf_experts_to_torch_moe` /
+`llama4_moe_to_torch_moe` export patches emit (every layout transformers stores experts in); either way the
+per-expert weights become graph parameters. `fuse_moe` later stacks them into the
 fused op family (`ops/moe_fused.py`, kernels/triton/moe.py).
 
 Expert function (per expert e, on a token row h):
@@ -68,6 +69,29 @@ MOE_SCHEMA = (
 )
 
 
+def _reference(x, selected_experts, routing_weights, num_experts, w1, w2, w3, b1, b2, b3, act, routing_on_input,
+               alpha, limit):
+    """The per-expert loop both torch_moe forms share; w*/b* are indexable by expert (lists or stacked tensors)."""
+    gated = w3 is not None
+    check_moe_args(act, gated, num_experts, selected_experts.shape, routing_weights.shape)
+    shape = x.shape
+    xt = x.reshape(-1, shape[-1])
+    ids = selected_experts.reshape(xt.shape[0], -1)
+    weights = routing_weights.reshape(xt.shape[0], -1)
+    out = torch.zeros(xt.shape, dtype=torch.float32, device=x.device)
+    for e in range(num_experts):
+        token, slot = torch.where(ids == e)
+        if token.numel() == 0:
+            continue
+        w = weights[token, slot, None]
+        h = (xt[token] * w).to(x.dtype) if routing_on_input else xt[token]
+        gate = F.linear(h, w1[e], _bias(b1, e))
+        up = F.linear(h, w3[e], _bias(b3, e)) if gated else None
+        y = F.linear(activation(act, gate, up, alpha, limit), w2[e], _bias(b2, e))
+        out.index_add_(0, token, y.float() if routing_on_input else (y * w).float())
+    return out.to(x.dtype).reshape(shape)
+
+
 @torch.library.custom_op("auto_deploy::torch_moe", mutates_args=(), schema=MOE_SCHEMA)
 def torch_moe(x, selected_experts, routing_weights, w1_weight, w2_weight, w3_weight, w1_bias=None, w2_bias=None,
               w3_bias=None, act="silu", routing_on_input=False, alpha=1.702, limit=7.0):
@@ -84,27 +108,36 @@ def torch_moe(x, selected_experts, routing_weights, w1_weight, w2_weight, w3_wei
     This reference loops over experts with a data-dependent gather (a host sync per expert); `fuse_moe` replaces it
     with the fused op family, which is sync-free and CUDA-graph capturable.
     """
-    gated = len(w3_weight) > 0
-    check_moe_args(act, gated, len(w1_weight), selected_experts.shape, routing_weights.shape)
-    shape = x.shape
-    xt = x.reshape(-1, shape[-1])
-    ids = selected_experts.reshape(xt.shape[0], -1)
-    weights = routing_weights.reshape(xt.shape[0], -1)
-    out = torch.zeros(xt.shape, dtype=torch.float32, device=x.device)
-    for e in range(len(w1_weight)):
-        token, slot = torch.where(ids == e)
-        if token.numel() == 0:
-            continue
-        w = weights[token, slot, None]
-        h = (xt[token] * w).to(x.dtype) if routing_on_input else xt[token]
-        gate = F.linear(h, w1_weight[e], _bias(w1_bias, e))
-        up = F.linear(h, w3_weight[e], _bias(w3_bias, e)) if gated else None
-        y = F.linear(activation(act, gate, up, alpha, limit), w2_weight[e], _bias(w2_bias, e))
-        out.index_add_(0, token, y.float() if routing_on_input else (y * w).float())
-    return out.to(x.dtype).reshape(shape)
+    return _reference(x, selected_experts, routing_weights, len(w1_weight), w1_weight, w2_weight,
+                      w3_weight if len(w3_weight) else None, w1_bias, w2_bias, w3_bias, act, routing_on_input,
+                      alpha, limit)
 
 
 @torch_moe.register_fake
 def _torch_moe_fake(x, selected_experts, routing_weights, w1_weight, w2_weight, w3_weight, w1_bias=None,
                     w2_bias=None, w3_bias=None, act="silu", routing_on_input=False, alpha=1.702, limit=7.0):
+    return torch.empty_like(x)
+
+
+STACKED_SCHEMA = (
+    "(Tensor x, Tensor selected_experts, Tensor routing_weights, Tensor w1_weight, Tensor w2_weight, "
+    "Tensor? w3_weight=None, Tensor? w1_bias=None, Tensor? w2_bias=None, Tensor? w3_bias=None, "
+    "str act=\"silu\", bool routing_on_input=False, float alpha=1.702, float limit=7.0) -> Tensor"
+)
+
+
+@torch.library.custom_op("auto_deploy::torch_moe_stacked", mutates_args=(), schema=STACKED_SCHEMA)
+def torch_moe_stacked(x, selected_experts, routing_weights, w1_weight, w2_weight, w3_weight=None, w1_bias=None,
+                      w2_bias=None, w3_bias=None, act="silu", routing_on_input=False, alpha=1.702, limit=7.0):
+    """torch_moe with each weight list given as one stacked tensor (w1/w3 [E, i, h], w2 [E, h, i], biases [E, .]):
+    the form the export patches emit (views of transformers' stacked parameters: one graph node per layer instead of
+    one per expert). `match_moe_pattern` turns it into torch_moe over per-expert parameters."""
+    return _reference(x, selected_experts, routing_weights, w1_weight.shape[0], w1_weight, w2_weight, w3_weight,
+                      w1_bias, w2_bias, w3_bias, act, routing_on_input, alpha, limit)
+
+
+@torch_moe_stacked.register_fake
+def _torch_moe_stacked_fake(x, selected_experts, routing_weights, w1_weight, w2_weight, w3_weight=None,
+                            w1_bias=None, w2_bias=None, w3_bias=None, act="silu", routing_on_input=False, alpha=1.702,
+                            limit=7.0):
     return torch.empty_like(x)

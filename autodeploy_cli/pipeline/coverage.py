@@ -21,7 +21,7 @@ CANONICAL = {
     "rope": ("auto_deploy.torch_rope_with_explicit_cos_sin", "auto_deploy.torch_rope_with_qk_interleaving",
              "auto_deploy.torch_rope_with_complex_freqs"),
     "rmsnorm": ("auto_deploy.torch_rmsnorm",),
-    "moe": ("auto_deploy.torch_moe",),
+    "moe": ("auto_deploy.torch_moe", "auto_deploy.torch_moe_stacked"),
 }
 # source ops that should be gone once every block of a kind is canonical
 SOURCES = {

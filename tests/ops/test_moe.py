@@ -117,3 +117,24 @@ def test_opcheck_with_biases():
               [torch.randn(6, generator=g) for _ in range(3)]]
     args = (torch.randn(4, 8), torch.randint(0, 3, (4, 2)), torch.rand(4, 2), *lists, *biases, "swiglu_oai")
     torch.library.opcheck(MOE.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("gated,bias,on_input", [(True, False, False), (False, True, False), (True, True, True)])
+def test_stacked_form_equals_lists(gated, bias, on_input):
+    g = torch.Generator().manual_seed(5)
+    n, h, i = 4, 16, 8
+    w1, w2 = torch.randn(n, i, h, generator=g), torch.randn(n, h, i, generator=g)
+    w3 = torch.randn(n, i, h, generator=g) if gated else None
+    b1, b2 = (torch.randn(n, i, generator=g), torch.randn(n, h, generator=g)) if bias else (None, None)
+    b3 = torch.randn(n, i, generator=g) if bias and gated else None
+    x = torch.randn(6, h, generator=g)
+    weights, ids = torch.topk(torch.softmax(torch.randn(6, n, generator=g), -1), 2)
+    per = lambda t: None if t is None else list(t.unbind(0))  # noqa: E731
+    want = MOE(x, ids, weights, per(w1), per(w2), per(w3) or [], w1_bias=per(b1), w2_bias=per(b2), w3_bias=per(b3),
+               act="gelu", routing_on_input=on_input)
+    got = torch.ops.auto_deploy.torch_moe_stacked(x, ids, weights, w1, w2, w3, b1, b2, b3, act="gelu",
+                                                  routing_on_input=on_input)
+    torch.testing.assert_close(got, want)
+    args = (x, ids, weights, w1, w2, w3, b1, b2, b3, "gelu", on_input)
+    torch.library.opcheck(torch.ops.auto_deploy.torch_moe_stacked.default, args,
+                          test_utils=("test_schema", "test_faketensor"))

@@ -16,6 +16,7 @@ from tests.transforms.pattern_helpers import (
 
 load_ops()
 MOE = torch.ops.auto_deploy.torch_moe.default
+STACKED = torch.ops.auto_deploy.torch_moe_stacked.default
 aten = torch.ops.aten
 
 
@@ -77,18 +78,30 @@ def test_graph_without_the_pattern_is_unchanged():
     assert ops_in(gm) == before and ctx.facts.moe_experts_implementation is None
 
 
+def test_export_patch_form_stays_stacked_and_is_reported():
+    tiny = export_tiny("gpt_oss", "eager", patch=True, moe_patch=True)
+    assert len(nodes_of(tiny.gm, STACKED)) == 2 and not nodes_of(tiny.gm, MOE)  # one stacked op per layer
+    before = ops_in(tiny.gm)
+    records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"])
+    assert matches(records) == {"match_moe_pattern": 0} and ops_in(tiny.gm) == before  # already canonical
+    assert ctx.facts.moe_experts_implementation == "export patch"
+    assert "moe" not in ctx.misses  # the routers (top-k) are recognised as feeding the experts op
+    args = bound_args(nodes_of(tiny.gm, STACKED)[0])
+    assert args["act"] == "swiglu_oai" and args["w1_bias"] is not None
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
+
+
 @pytest.mark.parametrize("family,overrides,act,biased", [
     ("gpt_oss", {}, "swiglu_oai", True),  # transposed [E, h, 2I], gate/up interleaved, biases
     ("qwen3_moe", {"hidden_size": 60, "moe_intermediate_size": 30}, "silu", False),  # dims not multiple of 8
 ])
-def test_export_patch_views_become_per_expert_parameters(family, overrides, act, biased):
+def test_lifted_stacked_views_become_per_expert_parameters(family, overrides, act, biased):
     tiny = export_tiny(family, "eager", patch=True, moe_patch=True, **overrides)
-    moe = nodes_of(tiny.gm, MOE)
-    assert len(moe) == 2 and "aten.select.int" in ops_in(tiny.gm)  # the patch's per-expert views
-    records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"])
+    opts = {"match_moe_pattern": {"lift_stacked_experts": True}}
+    records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"], options=opts)
     assert matches(records) == {"match_moe_pattern": 2}
     assert ctx.facts.moe_experts_implementation == "export patch"
-    assert "aten.select.int" not in ops_in(tiny.gm)
+    assert not nodes_of(tiny.gm, STACKED)
     moe = nodes_of(tiny.gm, MOE)
     assert all(a.op == "get_attr" for a in moe[0].args[3]) and bound_args(moe[0])["act"] == act
     assert moe[1].args[3][2].target == "model.layers.1.mlp.experts.2.gate_proj.weight"
@@ -108,6 +121,6 @@ def test_export_patch_views_become_per_expert_parameters(family, overrides, act,
                 if "experts" in name and "bias" in name:
                     p.normal_(0, 0.5)
     assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
-    records, _ = run_transforms(tiny.gm, ["match_moe_pattern"], ctx=ctx)
+    records, _ = run_transforms(tiny.gm, ["match_moe_pattern"], ctx=ctx, options=opts)
     assert matches(records) == {"match_moe_pattern": 0}
-    assert "moe" not in ctx.misses  # the routers (top-k) are recognised as feeding torch_moe
+    assert "moe" not in ctx.misses

@@ -7,7 +7,7 @@ call whose weight lists are per-expert views of the stacked parameters, read fro
 (is_transposed; gate|up concatenated, or interleaved as in gpt-oss; biases; gated or not) and its activation.
 No HF experts path is traced, so nothing depends on grouped_mm's alignment rules (dims not multiple of 8 export and
 run) or on data-dependent shapes; the router and shared experts stay as HF wrote them. `match_moe_pattern` then
-makes the per-expert views graph parameters.
+turns it into torch_moe over per-expert parameters.
 
 Experts the op cannot express (a post-expert norm, a custom `_apply_gate` other than gpt-oss's, an activation not
 in ops.moe.ACTIVATIONS) keep HF's batched_mm path, which `match_moe_pattern` may still recognise.
@@ -81,10 +81,6 @@ def _split(t: torch.Tensor, layout: dict, gated: bool) -> tuple[torch.Tensor, Op
     return t[:, :half], t[:, half:]
 
 
-def _per_expert(t: Optional[torch.Tensor]) -> Optional[list[torch.Tensor]]:
-    return None if t is None else [t[e] for e in range(t.shape[0])]
-
-
 def moe_forward(module: nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
                 top_k_weights: torch.Tensor) -> torch.Tensor:
     """The `ad_torch_moe` experts implementation: hidden [T, h], ids / weights [T, k] -> [T, h]."""
@@ -102,14 +98,13 @@ def moe_forward(module: nn.Module, hidden_states: torch.Tensor, top_k_index: tor
     if layout["transposed"]:  # [E, h, rows] -> [E, rows, h]
         up, down = up.transpose(1, 2), down.transpose(1, 2)
     w1, w3 = _split(up, layout, gated)
-    biases: dict[str, Optional[list[torch.Tensor]]] = {"w1_bias": None, "w2_bias": None, "w3_bias": None}
+    biases: dict[str, Optional[torch.Tensor]] = {"w1_bias": None, "w2_bias": None, "w3_bias": None}
     if layout["bias"]:
         b1, b3 = _split(module.gate_up_proj_bias if gated else module.up_proj_bias, layout, gated)
-        biases = {"w1_bias": _per_expert(b1), "w2_bias": _per_expert(module.down_proj_bias),
-                  "w3_bias": _per_expert(b3)}
-    return torch.ops.auto_deploy.torch_moe(
-        hidden_states, top_k_index, top_k_weights, _per_expert(w1), _per_expert(down), _per_expert(w3) or [],
-        **biases, act=layout["act"], alpha=layout["alpha"], limit=layout["limit"])
+        biases = {"w1_bias": b1, "w2_bias": module.down_proj_bias, "w3_bias": b3}
+    return torch.ops.auto_deploy.torch_moe_stacked(
+        hidden_states, top_k_index, top_k_weights, w1, down, w3, **biases, act=layout["act"], alpha=layout["alpha"],
+        limit=layout["limit"])
 
 
 def _configs(model: nn.Module) -> list:

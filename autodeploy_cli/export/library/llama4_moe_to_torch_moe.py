@@ -4,7 +4,7 @@ transformers' Llama4TextMoe computes every expert on every token: the router kee
 them into a [T, E] matrix of -inf, takes the sigmoid (so unselected experts weigh 0), scales each expert's copy of
 the input by its weight and runs all E experts with two bmm's over gate_up_proj [E, h, 2I] / down_proj [E, I, h].
 That is E / k times the work and an [E * T, h] activation. Under this patch the same router math stays in the
-graph (logits, top-k, sigmoid of the kept values) and the experts become one torch_moe with
+graph (logits, top-k, sigmoid of the kept values) and the experts become one torch_moe(_stacked) with
 routing_on_input=True: out[t] = sum_j expert_{ids[t, j]}(w[t, j] * x[t]), which equals HF's sum because an expert
 without biases maps a zero input to zero. The shared expert is added as before.
 """
@@ -28,11 +28,9 @@ def _routed_experts(experts: nn.Module, x: torch.Tensor, ids: torch.Tensor, weig
     gate_up = experts.gate_up_proj.transpose(1, 2)  # [E, h, 2I] -> [E, 2I, h]
     down = experts.down_proj.transpose(1, 2)  # [E, I, h] -> [E, h, I]
     inter = gate_up.shape[1] // 2
-    n = gate_up.shape[0]
     act = activation_name(experts.act_fn) or "silu"
-    return torch.ops.auto_deploy.torch_moe(
-        x, ids, weights, [gate_up[e, :inter] for e in range(n)], [down[e] for e in range(n)],
-        [gate_up[e, inter:] for e in range(n)], act=act, routing_on_input=True)
+    return torch.ops.auto_deploy.torch_moe_stacked(x, ids, weights, gate_up[:, :inter], down, gate_up[:, inter:],
+                                                   act=act, routing_on_input=True)
 
 
 def llama4_moe_forward(self: nn.Module, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
