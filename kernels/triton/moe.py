@@ -263,7 +263,10 @@ def _sum_topk_kernel(y_ptr, ids_ptr, rw_ptr, out_ptr, N, E, stride_yp, stride_ot
         valid = (e >= 0) & (e < E)
         y = tl.load(y_ptr + pair * stride_yp + offs_n, mask=mask_n & _bcast(valid, offs_n), other=0.0)
         y = y.to(tl.float32)
-        acc += y if ROUTE_IN else y * tl.where(valid, tl.load(rw_ptr + pair).to(tl.float32), 0.0)
+        if ROUTE_IN:
+            acc += y
+        else:
+            acc += y * tl.where(valid, tl.load(rw_ptr + pair).to(tl.float32), 0.0)
     tl.store(out_ptr + t * stride_ot + offs_n, acc.to(out_ptr.dtype.element_ty), mask=mask_n)
 
 
