@@ -75,3 +75,24 @@ def _tokens(model_dir, backend: str) -> list[list[int]]:
 def test_triton_moe_backend_tokens_match_torch_on_cpu(tiny_dir):
     model_dir = tiny_dir("qwen3_moe")
     assert _tokens(model_dir, "triton") == _tokens(model_dir, "torch")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("family", ["qwen3_moe", "gpt_oss", "llama4_text"])
+def test_gpu_default_pipeline_cuda_graphs_triton_moe_matches_hf(family, tiny_dir):
+    """float32 on the GPU: triton attention, torch-cudagraph (decode graphs at every batch size) and the Triton MoE
+    give HF generate's greedy tokens."""
+    from tests.e2e.hf_match import hf_greedy
+
+    model_dir = tiny_dir(family)
+    cfg = resolve([], [f"model={model_dir}", "skip_loading_weights=true", "dtype=float32", "device=cuda",
+                       "max_seq_len=64", "max_batch_size=4", "attn_page_size=4"])
+    engine = build_engine(cfg)
+    facts = engine.build_result.ctx.facts
+    assert (facts.attention_backend, facts.compile_backend) == ("triton", "torch-cudagraph")
+    fuse = next(r for r in engine.build_result.records if r.name == "fuse_moe")
+    assert fuse.num_matches == CASES[family][1] and fuse.note == "backend triton"
+    prompts = [[5, 9, 200, 31, 7, 77, 12, 40, 41, 42, 43, 44], [42, 3], [100, 101, 102]]
+    got = [c.token_ids for c in engine.generate(prompts, SamplingParams(max_tokens=6, ignore_eos=True))]
+    assert got == hf_greedy(cfg, prompts, max_new_tokens=6)
