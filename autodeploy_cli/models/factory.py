@@ -150,9 +150,9 @@ class ModelFactory:
             )
         return cls
 
-    def _from_config(self, hf_config: Any = None) -> nn.Module:
+    def _from_config(self) -> nn.Module:
         return self._auto_class().from_config(
-            hf_config or self.hf_config(), dtype=self.model_dtype(), trust_remote_code=self.config.trust_remote_code
+            self.hf_config(), dtype=self.model_dtype(), trust_remote_code=self.config.trust_remote_code
         )
 
     def build_meta_model(self) -> nn.Module:
@@ -166,17 +166,20 @@ class ModelFactory:
         Its experts run a path that works for their shapes (models/hf_experts.py)."""
         from autodeploy_cli.models.hf_experts import pick_runnable_experts
 
-        model = self._materialize(device or self.device)
+        shared = self.hf_config()
+        self._hf_config = copy.deepcopy(shared)  # the real model gets its own config: switching its experts
+        try:  # implementation below must not reach the meta model's (the export's)
+            model = self._materialize(device or self.device)
+        finally:
+            self._hf_config = shared
         pick_runnable_experts(model, dict(self.config.model_kwargs).get("_experts_implementation"))
         return model
 
     def _materialize(self, device: torch.device) -> nn.Module:
-        # its own copy of the HF config: switching the real model's implementations must not reach the export
-        hf_config = copy.deepcopy(self.hf_config())
         if self.config.skip_loading_weights:
             torch.manual_seed(self.config.seed)
             with torch.device(device):
-                model = self._from_config(hf_config)
+                model = self._from_config()
             return model.eval()
         import importlib.util
 
@@ -185,7 +188,7 @@ class ModelFactory:
         try:
             model = self._auto_class().from_pretrained(
                 self.source,
-                config=hf_config,
+                config=self.hf_config(),
                 dtype=self.model_dtype(),
                 trust_remote_code=self.config.trust_remote_code,
                 **({"device_map": str(device)} if direct and device.type != "cpu" else {}),

@@ -89,8 +89,8 @@ def test_broken_rmsnorm_is_named_in_the_report(tiny_dir, monkeypatch):
 
     original = ModelFactory._from_config
 
-    def from_config(self, *args):
-        model = original(self, *args)
+    def from_config(self):
+        model = original(self)
         norm = model.model.layers[0].input_layernorm
         norm.forward = types.MethodType(_broken_rmsnorm, norm)
         return model
