@@ -151,8 +151,9 @@ def sweep(shape: dict, tokens: int) -> list[dict]:
 
     x, ids, w, w13, w2 = layer(shape, tokens)
     configs = [tm.pick_config(tokens * shape["top_k"], shape["experts"], tokens, shape["inter"], shape["hidden"])]
-    configs += [tm.MoeConfig(True, bn, bk, dn, num_warps=nw) for bn, bk, dn, nw in
-                ((4, 512, 2, 4), (8, 512, 4, 4), (16, 512, 8, 4), (8, 1024, 4, 8), (16, 256, 8, 4), (32, 512, 16, 8))]
+    configs += [tm.MoeConfig(True, bn, bk, dn, dk, num_warps=nw) for bn, bk, dn, dk, nw in
+                ((4, 512, 2, 1024, 4), (8, 512, 4, 1024, 4), (16, 512, 4, 1024, 4), (8, 512, 2, 1024, 2),
+                 (8, 1024, 4, 512, 8), (16, 256, 8, 256, 4), (32, 512, 16, 512, 8))]
     configs += [tm.MoeConfig(False, block_n=bn, block_k=bk, block_m=16, num_warps=nw, num_stages=st) for bn, bk, nw, st
                 in ((64, 128, 4, 4), (32, 256, 4, 3), (128, 64, 4, 4), (64, 256, 8, 3))]
     rows = []

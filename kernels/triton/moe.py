@@ -107,7 +107,9 @@ def _pair_up_kernel(x_ptr, ids_ptr, rw_ptr, w_ptr, b_ptr, a_ptr, N, K, E, top_k,
 @triton.jit
 def _pair_down_kernel(a_ptr, ids_ptr, rw_ptr, w_ptr, b_ptr, out_ptr, N, K, E, stride_ap, stride_we, stride_wn,
                       stride_be, stride_ot, HAS_BIAS: tl.constexpr, ROUTE_IN: tl.constexpr, TOP_K: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      ONE_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """ONE_K (BLOCK_K >= K): no K loop, so the unrolled top-k slots are straight-line code and their weight loads
+    are all in flight at once (a decode step has few programs here: one per block of h)."""
     t = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
@@ -118,15 +120,24 @@ def _pair_down_kernel(a_ptr, ids_ptr, rw_ptr, w_ptr, b_ptr, out_ptr, N, K, E, st
         e = tl.where(valid, e, 0)
         mask_n = (offs_n < N) & _bcast(valid, offs_n)
         rows = w_ptr + e * stride_we + offs_n[:, None].to(tl.int64) * stride_wn
-        part = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-        for k0 in range(0, tl.where(valid, K, 0), BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
+        a_row = a_ptr + pair.to(tl.int64) * stride_ap
+        if ONE_K:
+            offs_k = tl.arange(0, BLOCK_K)
             mask_k = offs_k < K
-            av = tl.load(a_ptr + pair.to(tl.int64) * stride_ap + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+            av = tl.load(a_row + offs_k, mask=mask_k, other=0.0).to(tl.float32)
             wt = tl.load(rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0,
                          eviction_policy="evict_first")
-            part += wt.to(tl.float32) * av[None, :]
-        y = tl.sum(part, axis=1)
+            y = tl.sum(wt.to(tl.float32) * av[None, :], axis=1)
+        else:
+            part = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+            for k0 in range(0, tl.where(valid, K, 0), BLOCK_K):
+                offs_k = k0 + tl.arange(0, BLOCK_K)
+                mask_k = offs_k < K
+                av = tl.load(a_row + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+                wt = tl.load(rows + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :], other=0.0,
+                             eviction_policy="evict_first")
+                part += wt.to(tl.float32) * av[None, :]
+            y = tl.sum(part, axis=1)
         if HAS_BIAS:
             y += tl.load(b_ptr + e * stride_be + offs_n, mask=mask_n, other=0.0).to(tl.float32)
         y = y.to(out_ptr.dtype.element_ty).to(tl.float32)  # the expert output in the model dtype, like HF
@@ -273,13 +284,15 @@ def _sum_topk_kernel(y_ptr, ids_ptr, rw_ptr, out_ptr, N, E, stride_yp, stride_ot
 # --- host side ------------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MoeConfig:
-    """Launch parameters: `pairwise` (decode) uses BLOCK_N/BLOCK_K/num_warps for both GEMV kernels (down_block_n for
-    the second); the grouped path uses BLOCK_M/N/K, num_warps and num_stages."""
+    """Launch parameters: `pairwise` (decode) uses block_n/block_k/num_warps for the gate|up GEMV and
+    down_block_n/down_block_k for the down one (down_block_k 0: block_k); the grouped path uses block_m/n/k,
+    num_warps and num_stages."""
 
     pairwise: bool
     block_n: int = 16
     block_k: int = 512
     down_block_n: int = 8
+    down_block_k: int = 0
     block_m: int = 16
     num_warps: int = 4
     num_stages: int = 3
@@ -292,10 +305,11 @@ def pick_config(num_pairs: int, num_experts: int, tokens: int, inter: int, hidde
         block_n = 16
         while block_n > 4 and num_pairs * triton.cdiv(inter, block_n) < 512:
             block_n //= 2
+        down_k = triton.next_power_of_2(inter) if inter <= 1024 else 512  # <= 1024: one tile, no K loop
         down_n = 16
-        while down_n > 2 and tokens * triton.cdiv(hidden, down_n) < 512:
+        while down_n > 2 and (tokens * triton.cdiv(hidden, down_n) < 512 or down_n * down_k > 4096):
             down_n //= 2
-        return MoeConfig(True, block_n, min(512, triton.next_power_of_2(hidden)), down_n, num_warps=4)
+        return MoeConfig(True, block_n, min(512, triton.next_power_of_2(hidden)), down_n, down_k, num_warps=4)
     per_expert = num_pairs / num_experts
     if per_expert <= 16:
         return MoeConfig(False, block_n=64, block_k=128, block_m=16, num_warps=4, num_stages=4)
@@ -315,11 +329,12 @@ def _pairwise(xt, ids, rw, w13, w2, b13, b2, out, act, gated, route_in, alpha, l
         w13.stride(0), w13.stride(1), b13.stride(0) if b13 is not None else 0, a.stride(0), alpha, limit,
         ACT=ACT_IDS[act], GATED=gated, HAS_BIAS=b13 is not None, ROUTE_IN=route_in, BLOCK_N=cfg.block_n,
         BLOCK_K=cfg.block_k, num_warps=cfg.num_warps)
-    block_k = min(cfg.block_k, triton.next_power_of_2(inter))
+    block_k = min(cfg.down_block_k or cfg.block_k, triton.next_power_of_2(inter))
     _pair_down_kernel[(t, triton.cdiv(hidden, cfg.down_block_n))](
         a, ids, rw, w2, b2 if b2 is not None else w2, out, hidden, inter, num_experts, a.stride(0), w2.stride(0),
         w2.stride(1), b2.stride(0) if b2 is not None else 0, out.stride(0), HAS_BIAS=b2 is not None,
-        ROUTE_IN=route_in, TOP_K=k, BLOCK_N=cfg.down_block_n, BLOCK_K=block_k, num_warps=cfg.num_warps)
+        ROUTE_IN=route_in, TOP_K=k, ONE_K=block_k >= inter, BLOCK_N=cfg.down_block_n, BLOCK_K=block_k,
+        num_warps=cfg.num_warps)
 
 
 def _grouped(xt, ids, rw, w13, w2, b13, b2, out, act, gated, route_in, alpha, limit, cfg):

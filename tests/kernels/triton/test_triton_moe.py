@@ -16,6 +16,7 @@ load_ops()
 AD = torch.ops.auto_deploy
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 SMALL = {"pairwise": tm.MoeConfig(True, block_n=8, block_k=16, down_block_n=4),  # ragged blocks at h=24, i=20
+         "pairwise_one_k": tm.MoeConfig(True, block_n=8, block_k=16, down_block_n=4, down_block_k=32),  # no K loop
          "grouped": tm.MoeConfig(False, block_n=16, block_k=16, block_m=16)}
 
 
@@ -23,11 +24,11 @@ def _on(device, *ts):
     return [None if t is None else t.to(device) for t in ts]
 
 
-@pytest.mark.parametrize("path", ["pairwise", "grouped"])
+@pytest.mark.parametrize("path", ["pairwise", "pairwise_one_k", "grouped"])
 @pytest.mark.parametrize("act,gated,bias,on_input", CASES)
 def test_matches_torch_backend(device, path, act, gated, bias, on_input):
     (w13, w2, b13, b2), _, _ = experts(6, 24, 20, gated, bias, seed=5)
-    tokens = 3 if path == "pairwise" else 7
+    tokens = 7 if path == "grouped" else 3
     x = torch.randn(tokens, 24, generator=torch.Generator().manual_seed(2))
     ids, weights = routing(tokens, 6, 2)
     want = AD.torch_moe_fused(x, ids, weights, w13, w2, b13, b2, act=act, gated=gated, routing_on_input=on_input)
@@ -62,6 +63,7 @@ def test_op_dispatches_with_default_configs(device):
 def test_pick_config():
     decode = tm.pick_config(num_pairs=8, num_experts=128, tokens=1, inter=768, hidden=2048)
     assert decode.pairwise and 8 * (768 // decode.block_n) >= 512 and 2048 // decode.down_block_n >= 512
+    assert decode.down_block_k == 1024 and decode.down_block_n * decode.down_block_k <= 4096  # one tile per expert
     assert not tm.pick_config(128, 128, 16, 768, 2048).pairwise  # 16 tokens x top-8: grouped, BLOCK_M 16
     assert tm.pick_config(128, 128, 16, 768, 2048).block_m == 16
     assert tm.pick_config(2048 * 8, 128, 2048, 768, 2048).block_m == 64  # prefill
