@@ -1,8 +1,9 @@
 """Conformance matrix: 11 HF architectures (tiny random-weight configs) become canonical ops.
 
-Path (b), the matchers: the export patches off (attention and experts), attn_implementation eager and sdpa (Gemma2 has no SDPA in HF); every
-layer's attention, RoPE, RMSNorm (and MoE) must become canonical ops (exact counts), no source pattern may be left,
-and the logits must equal HF eager within 1e-4 at two shapes and for a batch of one-token sequences.
+Path (b), the matchers: the export patches off (attention and experts), attn_implementation eager and sdpa (Gemma2
+has no SDPA in HF); every layer's attention, RoPE, RMSNorm (and MoE) must become canonical ops (exact counts), no
+source pattern may be left, and the logits must equal HF eager within 1e-4 at two shapes and for a batch of
+one-token sequences.
 The default path (the export patch on) and `ad build --verify` for every family: test_conformance_build.py.
 A deliberately broken RMSNorm is not matched and the report's hint names it.
 """

@@ -1,6 +1,7 @@
 """Conformance, the default path: `ad build --verify` (whole pipeline, export patch on) for every family of the
 matrix; each transform's logits match HF eager and the report's coverage rows are complete. Three families go
-through the real CLI (one with the patch off and eager attention, one with the batched_mm experts and the experts export patch off)."""
+through the real CLI (one with the patch off and eager attention, one with the batched_mm experts and the experts
+export patch off)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ def test_build_verifies_and_run_matches_hf_generate(family, tiny_dir):
 
 def _tokens(model_dir, backend: str) -> list[list[int]]:
     cfg = resolve([], [f"model={model_dir}", "skip_loading_weights=true", "dtype=float32", "device=cpu",
-                       "max_seq_len=64", "max_batch_size=4", "attn_page_size=4", f"transforms.fuse_moe.backend={backend}"])
+                       "max_seq_len=64", "max_batch_size=4", "attn_page_size=4",
+                       f"transforms.fuse_moe.backend={backend}"])
     engine = build_engine(cfg)
     batch = [[5, 9, 200, 31, 7, 77, 12, 40, 41, 42, 43, 44], [42, 3], [100, 101, 102]]
     sp = SamplingParams(max_tokens=4, ignore_eos=True)
