@@ -10,7 +10,8 @@
   deepseek_v2    softmax + group-limited greedy top-k, routed scaling; shared expert
   dots1          DeepSeek-V3 routing in a GQA model
   llama4_text    top-1 sigmoid applied to the expert input; shared expert
-  nemotron_h_moe non-gated relu^2 experts; shared expert
+  qwen2_moe      softmax top-k; a sigmoid-gated shared expert
+  nemotron_h_moe non-gated relu^2 experts (and non-gated GELU ones); shared expert
   qwen3_moe      with dims that are not multiples of 8 (60 / 30: transformers' grouped_mm cannot run them)
 plus the fused MoE op's backends: triton (the interpreter on CPU) gives the torch backend's tokens.
 """
@@ -31,11 +32,15 @@ from autodeploy_cli.pipeline.build import build  # noqa: E402
 from autodeploy_cli.runtime.engine import SamplingParams  # noqa: E402
 from tests.e2e.hf_match import check_ad_run  # noqa: E402
 
-CASES = {  # family -> (HF config overrides, MoE layers)
-    "olmoe": ({}, 2), "granitemoe": ({}, 2), "phimoe": ({}, 2), "gpt_oss": ({}, 2), "deepseek_v3": ({}, 1),
-    "deepseek_v2": ({}, 1), "dots1": ({}, 1), "llama4_text": ({}, 2), "nemotron_h_moe": ({}, 1),
-    "qwen3_moe": ({"hidden_size": 60, "moe_intermediate_size": 30}, 2),
+CASES = {  # case -> (family, HF config overrides, MoE layers)
+    "olmoe": ("olmoe", {}, 2), "granitemoe": ("granitemoe", {}, 2), "phimoe": ("phimoe", {}, 2),
+    "gpt_oss": ("gpt_oss", {}, 2), "deepseek_v3": ("deepseek_v3", {}, 1), "deepseek_v2": ("deepseek_v2", {}, 1),
+    "dots1": ("dots1", {}, 1), "llama4_text": ("llama4_text", {}, 2), "qwen2_moe": ("qwen2_moe", {}, 2),
+    "nemotron_h_moe": ("nemotron_h_moe", {}, 1),
+    "nemotron_h_moe_gelu": ("nemotron_h_moe", {"mlp_hidden_act": "gelu"}, 1),  # non-gated GELU experts
+    "qwen3_moe_unaligned": ("qwen3_moe", {"hidden_size": 60, "moe_intermediate_size": 30}, 2),
 }
+ACTS = {"gpt_oss": "swiglu_oai", "nemotron_h_moe": "relu2", "nemotron_h_moe_gelu": "gelu"}  # else silu
 FUSED = {"torch": "auto_deploy.torch_moe_fused", "triton": "auto_deploy.triton_moe_fused"}
 
 
@@ -45,9 +50,9 @@ def _ops(gm) -> list[str]:
     return [op_name(n) for n in gm.graph.nodes if n.op == "call_function"]
 
 
-@pytest.mark.parametrize("family", list(CASES))
-def test_build_verifies_and_run_matches_hf_generate(family, tiny_dir):
-    overrides, moe_layers = CASES[family]
+@pytest.mark.parametrize("case", list(CASES))
+def test_build_verifies_and_run_matches_hf_generate(case, tiny_dir):
+    family, overrides, moe_layers = CASES[case]
     model_dir = tiny_dir(family, **overrides)
     cfg = resolve([], [f"model={model_dir}", "skip_loading_weights=true", "dtype=float32", "device=cpu"])
     result = build(cfg, verify=True)
@@ -57,6 +62,8 @@ def test_build_verifies_and_run_matches_hf_generate(family, tiny_dir):
     assert moe["detail"].startswith("experts implementation: export patch")
     ops = _ops(result.model)  # torch-simple on CPU: the final GraphModule
     assert ops.count(FUSED["torch"]) == moe_layers and "auto_deploy.torch_moe" not in ops
+    fused = [n for n in result.model.graph.nodes if n.op == "call_function" and "moe_fused" in str(n.target)]
+    assert {n.kwargs["act"] for n in fused} == {ACTS.get(case, "silu")}
     check_ad_run(model_dir, family, "attn_page_size=4")
 
 
@@ -93,7 +100,7 @@ def test_gpu_default_pipeline_cuda_graphs_triton_moe_matches_hf(family, tiny_dir
     facts = engine.build_result.ctx.facts
     assert (facts.attention_backend, facts.compile_backend) == ("triton", "torch-cudagraph")
     fuse = next(r for r in engine.build_result.records if r.name == "fuse_moe")
-    assert fuse.num_matches == CASES[family][1] and fuse.note == "backend triton"
+    assert fuse.num_matches == CASES[family][2] and fuse.note == "backend triton"
     prompts = [[5, 9, 200, 31, 7, 77, 12, 40, 41, 42, 43, 44], [42, 3], [100, 101, 102]]
     got = [c.token_ids for c in engine.generate(prompts, SamplingParams(max_tokens=6, ignore_eos=True))]
     assert got == hf_greedy(cfg, prompts, max_new_tokens=6)
