@@ -72,9 +72,10 @@ def _dense(xt, ids, weights, w13, w2, b13, b2, act, gated, routing_on_input, alp
 @torch.library.custom_op("auto_deploy::torch_moe_fused", mutates_args=(), schema=FUSED_SCHEMA)
 def torch_moe_fused(x, selected_experts, routing_weights, w13, w2, b13=None, b2=None, act="silu", gated=True,
                     routing_on_input=False, alpha=1.702, limit=7.0):
-    """Reference / CPU backend of the fused family (module docstring). Sync-free: with T * k <= E (decode) each
-    pair gathers its expert's weights; otherwise every expert runs densely on all tokens under a routing mask (E/k
-    times the FLOPs, bounded memory). Accumulates in float32, returns x's shape and dtype."""
+    """Reference / CPU backend of the fused family (module docstring). Ids outside [0, E) are ignored: the
+    expert-parallel contract (a rank passes its expert slice and ids - start). Sync-free: with T * k <= E (decode)
+    each pair gathers its expert's weights; otherwise every expert runs densely on all tokens under a routing mask
+    (E/k times the FLOPs, bounded memory). Accumulates in float32, returns x's shape and dtype."""
     check_moe_args(act, gated, w13.shape[0], selected_experts.shape, routing_weights.shape)
     shape = x.shape
     xt = x.reshape(-1, shape[-1])

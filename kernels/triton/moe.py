@@ -397,6 +397,8 @@ def fused_moe(x: torch.Tensor, selected_experts: torch.Tensor, routing_weights: 
 @torch.library.custom_op("auto_deploy::triton_moe_fused", mutates_args=(), schema=FUSED_SCHEMA)
 def triton_moe_fused(x, selected_experts, routing_weights, w13, w2, b13=None, b2=None, act="silu", gated=True,
                      routing_on_input=False, alpha=1.702, limit=7.0):
+    """The Triton backend of the fused MoE family; ids outside [0, E) are skipped (the expert-parallel contract of
+    autodeploy_cli/ops/moe_fused.py: a rank passes its expert slice and ids - start)."""
     return fused_moe(x, selected_experts, routing_weights, w13, w2, b13, b2, act, gated, routing_on_input, alpha,
                      limit)
 
