@@ -73,6 +73,38 @@ TINY.update({
                        moe_intermediate_size=32, shared_expert_intermediate_size=48, **_HYBRID),
 })
 HYBRIDS = ("nemotron_h", "bamba", "granitemoehybrid", "mamba2", "qwen3_next")
+# MoE routing forms (tests/e2e/test_run_moe_routing.py); MLA families need kv heads == heads
+_MLA = {k: v for k, v in COMMON.items() if k not in ("head_dim", "num_key_value_heads")}
+_GROUPED = dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=32, n_shared_experts=1,
+                first_k_dense_replace=1, n_group=4, topk_group=2)
+TINY.update({
+    # softmax top-k without renormalisation
+    "olmoe": dict(model_type="olmoe", num_experts=4, num_experts_per_tok=2, **COMMON),
+    # top-k of the logits, then softmax over the k kept
+    "granitemoe": dict(model_type="granitemoe", num_local_experts=4, num_experts_per_tok=2, **COMMON),
+    # sparsemixer top-2 (two masked softmaxes)
+    "phimoe": dict(model_type="phimoe", num_local_experts=4, num_experts_per_tok=2, **COMMON),
+    # transposed, interleaved gate|up with biases, clamped SwiGLU; router bias; attention sinks, sliding layers
+    "gpt_oss": dict(model_type="gpt_oss", num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
+                    layer_types=["sliding_attention", "full_attention"],
+                    **{**COMMON, "max_position_embeddings": 131072}),  # YaRN's 32 x 4096
+    # sigmoid scores + correction bias, group-limited top-k, renormalised, routed scaling; a shared expert
+    "deepseek_v3_moe": dict(model_type="deepseek_v3", kv_lora_rank=16, q_lora_rank=24, qk_rope_head_dim=8,
+                        qk_nope_head_dim=16, v_head_dim=16, routed_scaling_factor=2.5, **_GROUPED, **_MLA),
+    # softmax + group-limited greedy top-k (no renormalisation), routed scaling; a shared expert
+    "deepseek_v2_moe": dict(model_type="deepseek_v2", kv_lora_rank=16, q_lora_rank=None, qk_rope_head_dim=8,
+                        qk_nope_head_dim=16, v_head_dim=16, topk_method="group_limited_greedy",
+                        routed_scaling_factor=2.0, **_GROUPED, **_MLA),
+    # DeepSeek-V3 routing in a GQA model (dots.llm1; GLM-4.5 routes the same way)
+    "dots1": dict(model_type="dots1", routed_scaling_factor=2.5, **_GROUPED, **COMMON),
+    # Llama-4: sigmoid of the top-1 logit applied to the expert's input; a shared expert
+    "llama4_text": dict(model_type="llama4_text", num_local_experts=4, num_experts_per_tok=1,
+                        intermediate_size_mlp=96, **COMMON),
+    # non-gated relu^2 experts with a shared expert, attention-only layers (no Mamba)
+    "nemotron_h_moe": dict(model_type="nemotron_h", layers_block_type=["attention", "moe"], n_routed_experts=4,
+                           num_experts_per_tok=2, moe_intermediate_size=32, moe_shared_expert_intermediate_size=48,
+                           **{k: v for k, v in COMMON.items() if k != "num_hidden_layers"}),
+})
 
 
 def tiny_hf_config(family: str, **overrides: Any):

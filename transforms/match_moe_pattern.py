@@ -20,6 +20,12 @@ After:
 Per-expert weights are new graph parameters `<experts>.<e>.{gate,up,down}_proj.weight`; weight hooks fill them
 with views of the checkpoint's stacked tensors at load time (no copy). The router (softmax, top-k, normalisation)
 and shared experts stay outside. `ctx.facts.moe_experts_implementation` records the implementation matched.
+
+The export patches (`hf_experts_to_torch_moe`, `llama4_moe_to_torch_moe`) already emit the canonical form
+`torch_moe_stacked`, its weights view chains (slice / transpose) of transformers' stacked parameters: one graph
+weight per tensor, not per expert. They stay as they are (fuse_moe fuses them), unless `lift_stacked_experts`
+asks for torch_moe over per-expert parameters, each filled at load time by replaying its view chain on the
+checkpoint tensor and taking expert e (a view again: no copy), biases included (`<experts>.<e>.<kind>_proj.bias`).
 """
 
 from __future__ import annotations
@@ -33,10 +39,12 @@ from torch import fx, nn
 
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.graph.core import get_attr_value, is_op, op_name
+from autodeploy_cli.graph.inputs import bound_args
+from autodeploy_cli.graph.views import replay, view_chain
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.graph.match import (
-    CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, graph_position, rank,
-    record_miss, replace, skip, split_binary, static_shape,
+    ALIAS_OPS, CAST_OPS, VIEW_OPS, ancestors, arg, descendants, drop_unused_attrs, erase_if_unused, graph_position,
+    rank, record_miss, replace, skip, split_binary, static_shape, val,
 )
 from autodeploy_cli.pipeline.registry import register
 
@@ -46,11 +54,16 @@ GROUPED_MM = ("aten._grouped_mm", "transformers.grouped_mm_fallback")
 # without expert parallelism no id is out of range, so both are no-ops here (torch_moe ignores such ids anyway)
 SENTINEL_OPS = (aten.masked_fill.Scalar, aten.masked_fill_.Scalar, aten.clamp.default, aten.clamp_.default)
 THROUGH = CAST_OPS + SENTINEL_OPS
+LIST_KINDS = {"w1_weight": ("gate", "weight"), "w3_weight": ("up", "weight"), "w2_weight": ("down", "weight"),
+              "w1_bias": ("gate", "bias"), "w3_bias": ("up", "bias"), "w2_bias": ("down", "bias")}
 
 
 @dataclass
 class MatchMoeOptions(TransformOptions):
     requires_shape_prop: bool = True  # reads k (top-k) and expert weight shapes
+    # also turn the export patches' torch_moe_stacked into torch_moe over one parameter per expert (E x 3 graph
+    # weights per layer: slow to build for 128+ experts); off: stacked weights stay stacked until fuse_moe
+    lift_stacked_experts: bool = False
 
 
 def _is(node: Any, *ops: Any) -> bool:
@@ -188,44 +201,144 @@ def _expert_params(gm: fx.GraphModule, found: dict, hooks: dict) -> tuple[list, 
     return nodes["gate"], nodes["down"], nodes["up"]
 
 
+def _expert_hook(src: str, steps: list, e: int):
+    return lambda t: replay(t[src], steps)[e]  # a view of the checkpoint tensor: no copy
+
+
+def _fake_stacked(x: Any, param: torch.Tensor, steps: list) -> Any:
+    """The stacked weight (after its view chain) as a fake tensor of the graph's fake mode, None without one."""
+    from torch._guards import detect_fake_mode
+
+    mode = detect_fake_mode([val(x)]) if val(x) is not None else None
+    if mode is None:
+        return None
+    with mode:
+        return replay(mode.from_tensor(param, static_shapes=True), steps)
+
+
+def lift_stacked(gm: fx.GraphModule, node: fx.Node, hooks: dict) -> Optional[tuple[fx.Node, list, list]]:
+    """torch_moe over per-expert parameters (+ weight hooks) for a torch_moe_stacked whose weights are view chains
+    of stacked parameters: (the new torch_moe node, its get_attr nodes, the stacked parameter names), or None when
+    a weight is something else."""
+    args = bound_args(node)
+    chains = {k: view_chain(args[k]) for k in LIST_KINDS if args.get(k) is not None}
+    if any(c is None for c in chains.values()):
+        return None
+    gated = "w3_weight" in chains
+    lists: dict[str, list] = {}
+    for key, (src, steps) in chains.items():
+        kind, leaf = LIST_KINDS[key]
+        kind = "up" if key.startswith("w1") and not gated else kind  # a non-gated expert's only input projection
+        prefix = src.target.rpartition(".")[0]
+        stacked_meta = replay(get_attr_value(gm, src.target), steps)
+        fake = _fake_stacked(args["x"], get_attr_value(gm, src.target), steps)
+        nodes = []
+        for e in range(stacked_meta.shape[0]):
+            name = f"{prefix}.{e}.{kind}_proj.{leaf}"
+            owner = gm.get_submodule(prefix) if prefix else gm
+            for part in (str(e), f"{kind}_proj"):
+                if not hasattr(owner, part):
+                    owner.add_module(part, nn.Module())
+                owner = getattr(owner, part)
+            owner.register_parameter(leaf, nn.Parameter(stacked_meta[e], requires_grad=False))
+            hooks[name] = _expert_hook(src.target, steps, e)
+            with gm.graph.inserting_before(node):
+                nodes.append(gm.graph.get_attr(name))
+            if fake is not None:  # shape metadata by indexing one fake tensor (a fake copy per expert is slow)
+                nodes[-1].meta["val"] = fake[e]
+        lists[key] = nodes
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_function(
+            torch.ops.auto_deploy.torch_moe.default,
+            (args["x"], args["selected_experts"], args["routing_weights"], lists["w1_weight"], lists["w2_weight"],
+             lists.get("w3_weight", [])),
+            {"w1_bias": lists.get("w1_bias"), "w2_bias": lists.get("w2_bias"), "w3_bias": lists.get("w3_bias"),
+             "act": args["act"], "routing_on_input": args["routing_on_input"], "alpha": args["alpha"],
+             "limit": args["limit"]})
+    old = [args[k] for k in chains]
+    replace(node, new)
+    erase_if_unused(gm.graph, old)
+    return new, [n for group in lists.values() for n in group], sorted({src.target for src, _ in chains.values()})
+
+
+def _router_topks(moe: fx.Node, budget: int = 256) -> set:
+    """The top-k nodes of the router feeding a torch_moe: the producers of its expert ids, not looking past its
+    hidden-state input (and the views / casts that lead to it)."""
+    x = moe.args[0]
+    stop = set()
+    while isinstance(x, fx.Node) and x not in stop:
+        stop.add(x)
+        if not (x.op == "call_function" and is_op(x, VIEW_OPS + CAST_OPS + ALIAS_OPS)):
+            break
+        x = x.args[0]
+    seen, todo, found = set(), [moe.args[1]], set()
+    while todo and len(seen) < budget:
+        n = todo.pop(0)
+        if not isinstance(n, fx.Node) or n in seen or n in stop:
+            continue
+        seen.add(n)
+        if _is(n, aten.topk.default):
+            found.add(n)
+        todo += n.all_input_nodes
+    return found
+
+
 @register("match_moe_pattern")
 class MatchMoePattern(BaseTransform):
     options_cls = MatchMoeOptions
 
     def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
-        count, impls, stacked, touched = 0, [], [], []
         hooks = ctx.weight_hooks
-        matched_topk: set = set()
+        moe_op = torch.ops.auto_deploy.torch_moe.default
+        count, impls, stacked, touched = 0, [], [], []
+        stacked_op = torch.ops.auto_deploy.torch_moe_stacked.default
+        from_patch = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == stacked_op]
+        impls += ["export patch"] * len(from_patch)  # already canonical: not a match, but the report names it
+        for node in from_patch if self.options.lift_stacked_experts else ():
+            lifted = lift_stacked(gm, node, hooks)  # views of the stacked parameters -> per-expert parameters
+            if lifted is None:
+                record_miss(ctx.misses, "moe", node, "torch_moe_stacked weights are not views of parameters")
+                continue
+            touched += [lifted[0], *(n for n in lifted[1] if "val" not in n.meta)]
+            stacked += lifted[2]
+            count += 1
         for node in list(gm.graph.nodes):
             found, why = match_one(node)
             if found is None:
                 if why:
                     record_miss(ctx.misses, "moe", node, why)
                 continue
-            names = _expert_params(gm, found, hooks)
-            with gm.graph.inserting_before(node):
-                lists = [[gm.graph.get_attr(n) for n in group] for group in names]
-                new = gm.graph.call_function(torch.ops.auto_deploy.torch_moe.default,
-                                             (found["x"], found["ids"], found["weights"], *lists))
-            inputs = {found["x"], found["ids"], found["weights"]}
-            block = [n for n in ancestors(node, stop=inputs) if n not in inputs]
-            pos = graph_position(gm.graph)  # in-place ops on the routing (e.g. clamp_ of sorted ids) have no users
-            block += [n for n in descendants(found["ids"]) if pos[n] < pos[new]]
-            replace(node, new)
-            touched += [n for group in lists for n in group] + [new]
-            erase_if_unused(gm.graph, block)  # also the in-place index_put_ of the un-permutation
+            touched += self._replace(gm, node, found, hooks)
             stacked += [found["gate_up"].target, found["down"].target]
             impls.append(found["impl"])
-            matched_topk.add(skip(found["ids"], CAST_OPS))
             count += 1
+        routed = set().union(*[_router_topks(n) for n in gm.graph.nodes if n.op == "call_function"
+                               and n.target in (moe_op, stacked_op)])
         for node in gm.graph.nodes:  # routers whose experts were not recognised
-            if _is(node, aten.topk.default) and not any(u in matched_topk for u in node.users):
+            if _is(node, aten.topk.default) and node not in routed:
                 record_miss(ctx.misses, "moe", node, "router top-k found but its experts block was not recognised")
         if count:
             gm.graph.eliminate_dead_code()
             drop_unused_attrs(gm, stacked)
             for name in stacked:
                 hooks.pop(name, None)
+        if impls:
             ctx.facts.moe_experts_implementation = sorted(set(impls))[0] if len(set(impls)) == 1 else "mixed"
         return TransformInfo.matched(count, touched)
+
+    @staticmethod
+    def _replace(gm: fx.GraphModule, node: fx.Node, found: dict, hooks: dict) -> list[fx.Node]:
+        """Replace one matched HF experts block by torch_moe over per-expert parameters; the new nodes."""
+        names = _expert_params(gm, found, hooks)
+        with gm.graph.inserting_before(node):
+            lists = [[gm.graph.get_attr(n) for n in group] for group in names]
+            new = gm.graph.call_function(torch.ops.auto_deploy.torch_moe.default,
+                                         (found["x"], found["ids"], found["weights"], *lists))
+        inputs = {found["x"], found["ids"], found["weights"]}
+        block = [n for n in ancestors(node, stop=inputs) if n not in inputs]
+        pos = graph_position(gm.graph)  # in-place ops on the routing (e.g. clamp_ of sorted ids) have no users
+        block += [n for n in descendants(found["ids"]) if pos[n] < pos[new]]
+        replace(node, new)
+        erase_if_unused(gm.graph, block)  # also the in-place index_put_ of the un-permutation
+        return [n for group in lists for n in group] + [new]

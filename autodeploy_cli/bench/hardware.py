@@ -19,9 +19,32 @@ _PACKAGES = ("autodeploy-cli", "torch", "transformers", "triton", "flashinfer-py
 _KV_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
 
 
+def routed_experts(model: torch.nn.Module, cfg: Any) -> Optional[dict[str, Any]]:
+    """The routed experts of a HF MoE model: their total bytes, the expert count and top-k (None for dense models).
+    An experts module is one whose parameters lead with the expert count (transformers' stacked gate_up_proj /
+    down_proj and their biases) or a ModuleList of that many experts; shared experts are dense weights."""
+    num = next((int(v) for a in ("num_local_experts", "num_experts", "n_routed_experts")
+                if isinstance(v := getattr(cfg, a, None), int) and v > 1), 0)
+    top_k = getattr(cfg, "num_experts_per_tok", None)
+    if not num or not isinstance(top_k, int):
+        return None
+    seen: set[int] = set()
+    routed = 0
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] != "experts":  # not shared_experts / shared_expert: those run for every token
+            continue
+        stacked = isinstance(module, torch.nn.ModuleList) and len(module) == num
+        for p in module.parameters():
+            if id(p) not in seen and (stacked or (p.dim() >= 2 and p.shape[0] == num)):
+                seen.add(id(p))
+                routed += p.numel() * p.element_size()
+    return {"routed_expert_bytes": routed, "num_experts": num, "experts_per_token": int(top_k)} if routed else None
+
+
 def model_bytes(factory: Any) -> dict[str, Any]:
     """Bytes one decode step must read: every weight except the embedding table (a gather of one row per token;
-    read in full when tied to the LM head), and the KV-cache bytes per cached token over all layers."""
+    read in full when tied to the LM head), and the KV-cache bytes per cached token over all layers. MoE: only the
+    experts a step touches (`moe`; weight_bytes_per_decode_step is then the batch-1 value, top-k of E)."""
     model = factory.build_meta_model()
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() * p.element_size() for p in unique.values())
@@ -32,15 +55,24 @@ def model_bytes(factory: Any) -> dict[str, Any]:
     emb_bytes = emb.weight.numel() * emb.weight.element_size() if emb is not None else 0
     from autodeploy_cli.models.hf_arch import kv_values_per_token
 
-    kv_values, _ = kv_values_per_token(factory.hf_config())  # MLA: the compressed latent + RoPE key per layer
+    hf = factory.hf_config()
+    text = getattr(hf, "get_text_config", lambda: hf)()
+    kv_values, _ = kv_values_per_token(hf)  # MLA: the compressed latent + RoPE key per layer
     kv_dtype = factory.kv_cache_dtype()  # `auto` is fp8 for a checkpoint with an FP8 KV cache
     kv_elem = _KV_DTYPE_BYTES.get(kv_dtype) or torch.empty((), dtype=factory.model_dtype()).element_size()
+    per_step = total if tied else total - emb_bytes
+    moe = routed_experts(model, text)
+    if moe is not None:
+        moe["dense_weight_bytes_per_decode_step"] = per_step - moe["routed_expert_bytes"]
+        per_step = moe["dense_weight_bytes_per_decode_step"] + moe["routed_expert_bytes"] * min(
+            moe["experts_per_token"], moe["num_experts"]) // moe["num_experts"]
     return {
         "parameters": sum(p.numel() for p in unique.values()),
         "weight_bytes": total,
         "embedding_bytes": emb_bytes,
         "tied_embeddings": tied,
-        "weight_bytes_per_decode_step": total if tied else total - emb_bytes,
+        "weight_bytes_per_decode_step": per_step,
+        "moe": moe,
         "kv_bytes_per_token": kv_values * kv_elem,
         "dtype": str(factory.model_dtype()).replace("torch.", ""),
         "quantization": factory.quant_scheme().describe() if factory.quant_scheme() is not None else None,

@@ -139,19 +139,40 @@ def summarize(trace: RunTrace) -> dict[str, Any]:
     }
 
 
+def expected_experts_touched(num_experts: int, top_k: int, tokens: int) -> float:
+    """Expected distinct experts one MoE layer reads when `tokens` tokens each pick `top_k` distinct experts of
+    `num_experts` uniformly: an expert is missed by one token with probability (E - k) / E, so
+    E * (1 - ((E - k) / E) ** tokens) (= k for one token, -> E for many)."""
+    if num_experts <= 0 or tokens <= 0:
+        return 0.0
+    k = min(top_k, num_experts)
+    return num_experts * (1.0 - ((num_experts - k) / num_experts) ** tokens)
+
+
+def step_weight_bytes(weight_bytes: int, moe: Optional[dict[str, Any]], batch: int) -> float:
+    """Weight bytes one decode step of `batch` sequences reads: every weight for a dense model; for MoE the dense
+    part (`weight_bytes`) plus the routed experts it is expected to touch (hardware.model_bytes()'s `moe`)."""
+    if not moe:
+        return float(weight_bytes)
+    touched = expected_experts_touched(moe["num_experts"], moe["experts_per_token"], batch)
+    return weight_bytes + moe["routed_expert_bytes"] * touched / moe["num_experts"]
+
+
 def decode_floor(
     trace: RunTrace, weight_bytes: int, kv_bytes_per_token: int, bandwidth_bytes_s: Optional[float], reason: str = "",
-    state_bytes_per_seq: int = 0,
+    state_bytes_per_seq: int = 0, moe: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """Achieved fraction of the memory-bandwidth floor over the run's decode-only steps.
 
     A decode step must read every weight once (embedding rows excepted), the KV cache of its sequences and (hybrid
     models) the state slots of its sequences, so it cannot beat (weight + KV + state bytes) / bandwidth.
-    fraction = sum of those floors / sum of measured step times.
+    fraction = sum of those floors / sum of measured step times. MoE (`moe` given, `weight_bytes` = the non-expert
+    part): a step reads only the experts its batch's top-k touches, expected_experts_touched() per layer.
     """
     steps = [s for s in trace.steps if s.is_decode]
     measured = sum(s.duration_s for s in steps)
-    moved = [weight_bytes + kv_bytes_per_token * s.kv_tokens + state_bytes_per_seq * s.batch for s in steps]
+    moved = [step_weight_bytes(weight_bytes, moe, s.batch) + kv_bytes_per_token * s.kv_tokens
+             + state_bytes_per_seq * s.batch for s in steps]
     out: dict[str, Any] = {
         "decode_steps": len(steps),
         "mean_step_ms": measured / len(steps) * 1e3 if steps else None,
@@ -161,6 +182,9 @@ def decode_floor(
         "bandwidth_floor_fraction": None,
         "reason": reason,
     }
+    if moe and steps:
+        out["mean_experts_touched_per_layer"] = sum(
+            expected_experts_touched(moe["num_experts"], moe["experts_per_token"], s.batch) for s in steps) / len(steps)
     if not steps:
         out["reason"] = reason or "no decode-only steps were recorded"
         return out

@@ -53,13 +53,15 @@ class BenchResult:
     def run_metrics(self, trace: RunTrace) -> dict[str, Any]:
         data = summarize(trace)
         bw = self.hardware.get("copy_bandwidth_gb_s")
+        moe = self.model.get("moe")  # MoE: the dense part + the experts each step's batch touches
         data["decode"] = decode_floor(
             trace,
-            self.model.get("weight_bytes_per_decode_step", 0),
+            moe["dense_weight_bytes_per_decode_step"] if moe else self.model.get("weight_bytes_per_decode_step", 0),
             self.model.get("kv_bytes_per_token", 0),
             bw * 1e9 if bw else None,
             "" if bw else self.hardware.get("note", "copy bandwidth not measured"),
             self.model.get("state_bytes_per_seq", 0),
+            moe=moe,
         )
         return data
 

@@ -5,7 +5,8 @@ kept    architecture (model_type), head_dim, the GQA ratio, RoPE type/theta/scal
         soft-capping, multipliers, tied embeddings, MoE top-k and routing options, the kinds of layers (e.g. one
         sliding and one full-attention layer for Gemma 3, one RoPE and one NoPE layer for SmolLM3)
 shrunk  2 decoder layers, KV heads -> min(KV heads, 2) (attention heads follow the ratio), hidden = heads x head_dim,
-        MLP width 256, MoE expert width 64 and experts -> min(experts, max(2 x top-k, 4)), vocabulary 512
+        MLP width 256, MoE expert width 64 and experts -> min(experts, max(2 x top-k, 4)) (whole routing groups),
+        vocabulary 512
 """
 
 from __future__ import annotations
@@ -84,9 +85,13 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     for key in ("num_local_experts", "num_experts", "n_routed_experts"):
         experts = values.get(key)
         if experts:
-            kw[key] = min(int(experts), max(2 * int(values.get("num_experts_per_tok", 1)), 4))
+            groups = int(values.get("n_group") or 1)  # group-limited routing needs whole groups
+            shrunk = min(int(experts), max(2 * int(values.get("num_experts_per_tok", 1)), 4))
+            kw[key] = -(-shrunk // groups) * groups
     if values.get("moe_intermediate_size"):
         kw["moe_intermediate_size"] = SHRUNK_EXPERT_MLP
+    if values.get("intermediate_size_mlp"):  # Llama-4's dense / shared-expert MLP width
+        kw["intermediate_size_mlp"] = SHRUNK_MLP
     if values.get("shared_expert_intermediate_size"):
         kw["shared_expert_intermediate_size"] = SHRUNK_SHARED_EXPERT_MLP
     if values.get("mlp_only_layers"):

@@ -260,14 +260,15 @@ def infer_vals(nodes: Iterable[fx.Node]) -> bool:
     if not nodes:
         return True
     order = graph_position(nodes[0].graph)
+    graph_mode = None  # looked up once: a scan of the placeholders per new weight is quadratic in big graphs
     try:
         for node in sorted(set(nodes), key=lambda n: order[n]):
             leaves = torch.utils._pytree.tree_leaves([val(n) for n in node.all_input_nodes])
             mode = detect_fake_mode([v for v in leaves if isinstance(v, torch.Tensor)])
             if node.op == "get_attr":  # a new weight: a fake copy in the graph's fake mode
                 owner = node.graph.owning_module
-                node.meta["val"] = _fake_mode_of(owner).from_tensor(get_attr_value(owner, node.target),
-                                                                    static_shapes=True)
+                graph_mode = graph_mode or _fake_mode_of(owner)
+                node.meta["val"] = graph_mode.from_tensor(get_attr_value(owner, node.target), static_shapes=True)
                 continue
             if node.op != "call_function" or mode is None:
                 return False

@@ -286,13 +286,26 @@ class ModelFactory:
         return model.eval()
 
     def materialize(self, device: torch.device | None = None) -> nn.Module:
-        """A real HF model on `device`: the checkpoint, or a seeded random init with `skip_loading_weights`."""
+        """A real HF model on `device`: the checkpoint, or a seeded random init with `skip_loading_weights`.
+        Its experts run a path that works for their shapes (models/hf_experts.py)."""
+        from autodeploy_cli.models.hf_experts import pick_runnable_experts
+
         device = device or self.device
         if self.checkpoint_quantized:  # the unquantized reference: the checkpoint's weights dequantized
             from autodeploy_cli.models.quant_weights import dequantized_model
 
             return dequantized_model(self.skeleton(device), self.checkpoint(device), self.quant_scheme(),
                                      self.model_dtype())
+        shared = self.hf_config()
+        self._hf_config = copy.deepcopy(shared)  # the real model gets its own config: switching its experts
+        try:  # implementation below must not reach the meta model's (the export's)
+            model = self._materialize(device)
+        finally:
+            self._hf_config = shared
+        pick_runnable_experts(model, dict(self.config.model_kwargs).get("_experts_implementation"))
+        return model
+
+    def _materialize(self, device: torch.device) -> nn.Module:
         if self.config.skip_loading_weights:
             torch.manual_seed(self.config.seed)
             with torch.device(device):

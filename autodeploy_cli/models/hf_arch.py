@@ -81,9 +81,11 @@ def kv_values_per_token(hf_config: Any) -> tuple[int, bool]:
     mla = mla_dims(cfg)
     if mla is not None:
         return layers * (mla[0] + mla[1]), False
-    heads = int(cfg.num_attention_heads)
+    heads = getattr(cfg, "num_attention_heads", None)
+    if not heads:  # no attention at all (Mamba2): nothing is cached per token
+        return 0, True
     kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // int(heads))
     return layers * 2 * kv_heads * head_dim, True
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib
 
-OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "linear", "fused", "mla", "quant", "ssm",
-              "causal_conv", "delta_rule", "rmsnorm_gated", "dist")
+OP_MODULES = ("attention", "repeat_kv", "rope", "rmsnorm", "moe", "moe_fused", "linear", "fused", "mla", "quant",
+              "ssm", "causal_conv", "delta_rule", "rmsnorm_gated", "dist")
 
 
 def load_ops() -> None:

@@ -24,6 +24,7 @@ MODULES: dict[str, dict[str, str]] = {
     "ssm": {"torch": "kernels.torch.ssm", "triton": "kernels.triton.ssm_backend"},
     "causal_conv": {"torch": "kernels.torch.causal_conv", "triton": "kernels.triton.causal_conv_backend"},
     "delta_rule": {"torch": "kernels.torch.delta_rule", "triton": "kernels.triton.delta_rule_backend"},
+    "moe": {"torch": "autodeploy_cli.ops.moe_fused", "triton": "kernels.triton.moe"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
     "quant": {"torch": "autodeploy_cli.ops.quant", "triton": "kernels.triton.fp8_ops"},
 }
@@ -32,6 +33,7 @@ AUTO: dict[str, tuple[str, str]] = {
     "attention": ("triton", "torch"),
     "fused": ("triton", "torch"),
     "mla": ("triton", "torch"),
+    "moe": ("triton", "torch"),
     "compile": ("torch-cudagraph", "torch-simple"),
     "quant": ("triton", "torch"),
     "ssm": ("triton", "torch"),
@@ -43,7 +45,8 @@ CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend
               "mla": "mla_backend", "quant": "transforms.fuse_fp8_linear.backend",
               "ssm": "transforms.insert_cached_ssm_attention.backend",
               "causal_conv": "transforms.insert_cached_causal_conv.backend",
-              "delta_rule": "transforms.insert_cached_delta_rule.backend"}
+              "delta_rule": "transforms.insert_cached_delta_rule.backend",
+              "moe": "transforms.fuse_moe.backend"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:
@@ -118,3 +121,18 @@ def quant_op(backend: str, key: str) -> Any:
     load_ops()
     load("quant", backend)
     return getattr(torch.ops.auto_deploy, QUANT_OPS[key][backend]).default
+
+
+# MoE backend -> its fused-MoE op (what fuse_moe inserts; one contract: autodeploy_cli/ops/moe_fused.py)
+MOE_OPS: dict[str, str] = {"torch": "torch_moe_fused", "triton": "triton_moe_fused"}
+
+
+def moe_op(backend: str) -> Any:
+    """The OpOverload of the fused MoE op of `backend` (e.g. "triton" -> auto_deploy::triton_moe_fused)."""
+    import torch
+
+    from autodeploy_cli.ops import load_ops
+
+    load_ops()
+    load("moe", backend)
+    return getattr(torch.ops.auto_deploy, MOE_OPS[backend]).default

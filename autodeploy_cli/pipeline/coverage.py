@@ -21,7 +21,7 @@ CANONICAL = {
     "rope": ("auto_deploy.torch_rope_with_explicit_cos_sin", "auto_deploy.torch_rope_with_qk_interleaving",
              "auto_deploy.torch_rope_with_complex_freqs"),
     "rmsnorm": ("auto_deploy.torch_rmsnorm",),
-    "moe": ("auto_deploy.torch_moe",),
+    "moe": ("auto_deploy.torch_moe", "auto_deploy.torch_moe_stacked"),
 }
 # source ops that should be gone once every block of a kind is canonical
 SOURCES = {
@@ -125,6 +125,11 @@ def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
         dense = set(getattr(cfg, "mlp_only_layers", None) or [])
         first = int(getattr(cfg, "first_k_dense_replace", 0) or 0)
         out["moe"] = {i: 1 for i in range(n_layers) if i not in dense and i >= first and (i + 1) % step == 0}
+        moe_layers = getattr(cfg, "moe_layers", None)  # Llama-4 lists its MoE layers
+        if isinstance(moe_layers, (list, tuple)):
+            out["moe"] = {int(i): 1 for i in moe_layers if int(i) < n_layers}
+        if "moe" in layer_types:  # hybrid layer lists (Nemotron-H: attention / mamba / mlp / moe)
+            out["moe"] = {i: 1 for i, t in enumerate(layer_types) if t == "moe"}
     return out
 
 

@@ -101,3 +101,51 @@ def test_speedups_are_greater_than_one_when_ours_is_better():
     assert s["ttft_ms"] == pytest.approx(3.0)
     assert s["per_user_tok_s"] == pytest.approx(0.5)
     assert s["itl_ms"] is None
+
+
+def test_expected_experts_touched_formula():
+    from autodeploy_cli.bench.metrics import expected_experts_touched
+
+    assert expected_experts_touched(128, 8, 1) == pytest.approx(8.0)  # one token: its top-k
+    assert expected_experts_touched(8, 2, 2) == pytest.approx(8 * (1 - 0.75 ** 2))  # 3.5 of Mixtral's 8
+    assert expected_experts_touched(128, 8, 64) == pytest.approx(128 * (1 - (120 / 128) ** 64))  # ~125.9
+    assert expected_experts_touched(128, 8, 64) == pytest.approx(125.94, abs=0.01)
+    assert expected_experts_touched(16, 16, 3) == 16.0 and expected_experts_touched(4, 2, 0) == 0.0
+    # the formula is the exact expectation: enumerate all pairs of 2-of-4 choices for 2 tokens
+    import itertools
+
+    picks = list(itertools.combinations(range(4), 2))
+    mean = sum(len(set(a) | set(b)) for a in picks for b in picks) / len(picks) ** 2
+    assert expected_experts_touched(4, 2, 2) == pytest.approx(mean)
+
+
+def test_moe_decode_floor_counts_only_the_experts_a_step_touches():
+    trace = RunTrace("ad", steps=[StepRecord(0.01, batch=1, is_decode=True, kv_tokens=0),
+                                  StepRecord(0.01, batch=64, is_decode=True, kv_tokens=0)])
+    moe = {"routed_expert_bytes": 128_000_000, "num_experts": 128, "experts_per_token": 8}
+    d = decode_floor(trace, weight_bytes=10_000_000, kv_bytes_per_token=0, bandwidth_bytes_s=1e9, moe=moe)
+    touched_64 = 128 * (1 - (120 / 128) ** 64)
+    expected = [10_000_000 + 8 * 1_000_000, 10_000_000 + touched_64 * 1_000_000]
+    assert d["mean_bytes_per_step"] == pytest.approx(sum(expected) / 2)
+    assert d["mean_experts_touched_per_layer"] == pytest.approx((8 + touched_64) / 2)
+    assert d["floor_ms_per_step"] == pytest.approx(sum(expected) / 2 / 1e9 * 1e3)
+    dense = decode_floor(trace, weight_bytes=10_000_000, kv_bytes_per_token=0, bandwidth_bytes_s=1e9)
+    assert dense["mean_bytes_per_step"] == 10_000_000 and "mean_experts_touched_per_layer" not in dense
+
+
+def test_model_bytes_splits_routed_experts_from_dense_weights(tiny_dir):
+    from autodeploy_cli.bench.hardware import model_bytes
+    from autodeploy_cli.config.loader import resolve
+    from autodeploy_cli.models.factory import ModelFactory
+
+    cfg = resolve([], [f"model={tiny_dir('qwen2_moe')}", "dtype=float32", "device=cpu"])
+    m = model_bytes(ModelFactory(cfg))
+    routed = 2 * 4 * 3 * 32 * 64 * 4  # layers x experts x (gate, up, down) x moe_intermediate x hidden x fp32
+    assert m["moe"]["routed_expert_bytes"] == routed and m["moe"]["num_experts"] == 4
+    assert m["moe"]["experts_per_token"] == 2
+    dense = m["weight_bytes"] - m["embedding_bytes"] - routed  # shared experts (48 wide) stay dense
+    assert m["moe"]["dense_weight_bytes_per_decode_step"] == dense
+    assert m["weight_bytes_per_decode_step"] == dense + routed * 2 // 4
+    llama = model_bytes(ModelFactory(resolve([], [f"model={tiny_dir('llama')}", "dtype=float32", "device=cpu"])))
+    assert llama["moe"] is None
+    assert llama["weight_bytes_per_decode_step"] == llama["weight_bytes"] - llama["embedding_bytes"]

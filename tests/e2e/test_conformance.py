@@ -1,8 +1,9 @@
 """Conformance matrix: 11 HF architectures (tiny random-weight configs) become canonical ops.
 
-Path (b), the matchers: the export patch off, attn_implementation eager and sdpa (Gemma2 has no SDPA in HF); every
-layer's attention, RoPE, RMSNorm (and MoE) must become canonical ops (exact counts), no source pattern may be left,
-and the logits must equal HF eager within 1e-4 at two shapes and for a batch of one-token sequences.
+Path (b), the matchers: the export patches off (attention and experts), attn_implementation eager and sdpa (Gemma2
+has no SDPA in HF); every layer's attention, RoPE, RMSNorm (and MoE) must become canonical ops (exact counts), no
+source pattern may be left, and the logits must equal HF eager within 1e-4 at two shapes and for a batch of
+one-token sequences.
 The default path (the export patch on) and `ad build --verify` for every family: test_conformance_build.py.
 A deliberately broken RMSNorm is not matched and the report's hint names it.
 """
@@ -54,6 +55,7 @@ def test_matchers_make_every_block_canonical(family, attn, tiny_dir):
     experts = ("grouped_mm" if attn == "eager" else "batched_mm") if family in MOE_FAMILIES else None
     overrides = [f"model={tiny_dir(family)}", "skip_loading_weights=true", *PINNED,
                  "transforms.export_to_gm.patches.hf_attention_to_torch_attention=false",
+                 "transforms.export_to_gm.patches.hf_experts_to_torch_moe=false",
                  f"model_kwargs._attn_implementation={attn}"]
     overrides += [f"model_kwargs._experts_implementation={experts}"] if experts else []
     result = build(resolve([], overrides), stop_after=PATTERN_STAGE[-1])

@@ -1,6 +1,7 @@
 """Conformance, the default path: `ad build --verify` (whole pipeline, export patch on) for every family of the
 matrix; each transform's logits match HF eager and the report's coverage rows are complete. Three families go
-through the real CLI (one with the patch off and eager attention, one with the batched_mm experts)."""
+through the real CLI (one with the patch off and eager attention, one with the batched_mm experts and the experts
+export patch off)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ CLI_CASES = {
     "llama": [],
     "gemma2": ["transforms.export_to_gm.patches.hf_attention_to_torch_attention=false",
                "model_kwargs._attn_implementation=eager"],
-    "qwen2_moe": ["model_kwargs._experts_implementation=batched_mm"],
+    "qwen2_moe": ["model_kwargs._experts_implementation=batched_mm",
+                  "transforms.export_to_gm.patches.hf_experts_to_torch_moe=false"],
 }
 
 
@@ -30,7 +32,8 @@ def test_default_build_verifies_and_reports_full_coverage(family, tiny_dir):
     assert "hf_attention_to_torch_attention" in result.ctx.facts.export_patches
     if family in MOE_FAMILIES:
         moe = next(r for r in result.report["coverage"] if r["kind"] == "moe")
-        assert moe["detail"] == "experts implementation: grouped_mm (HF config: grouped_mm)"
+        assert moe["detail"] == "experts implementation: export patch (HF config: grouped_mm)"
+        assert "hf_experts_to_torch_moe" in result.ctx.facts.export_patches
 
 
 @pytest.mark.parametrize("family", list(CLI_CASES))

@@ -44,6 +44,10 @@ def test_shrink_keeps_moe_routing():
     assert shrunk("mistralai/Mixtral-8x7B-Instruct-v0.1")["num_local_experts"] == 4  # top-2
     kw = shrunk("Qwen/Qwen1.5-MoE-A2.7B-Chat")  # 60 experts, top-4, shared expert
     assert (kw["num_experts"], kw["shared_expert_intermediate_size"]) == (8, 128)
+    kw = shrunk("deepseek-ai/DeepSeek-V2-Lite")  # 64 routed experts, top-6
+    assert (kw["n_routed_experts"], kw["moe_intermediate_size"]) == (12, 64)
+    assert shrunk("openai/gpt-oss-20b")["layer_types"] == ["sliding_attention", "full_attention"]
+    assert shrunk("meta-llama/Llama-4-Scout-17B-16E-Instruct")["intermediate_size_mlp"] == 256
 
 
 def test_shrink_keeps_special_token_ids_in_the_small_vocabulary():

@@ -91,8 +91,9 @@ def test_entries_cover_the_issue_families():
                    "DeepSeek-R1-Distill-Llama", "Minitron", "Ministral", "Codestral", "Mixtral", "Qwen2-", "Qwen2.5",
                    "Qwen3-", "Coder", "DeepSeek-R1-Distill-Qwen", "Qwen1.5-MoE", "Qwen3-30B-A3B", "Phi-3", "phi-4",
                    "gemma-2b", "gemma-2-", "gemma-3-", "SmolLM2", "SmolLM3", "granite-3", "OLMo-2", "starcoder2",
-                   "Falcon3", "internlm3", "EXAONE", "DeepSeek-V2-Lite", "Moonlight-16B-A3B", "DeepSeek-V3",
-                   "DeepSeek-R1", "DeepSeek-V3.1", "Kimi-K2"):
+                   "Falcon3", "internlm3", "EXAONE", "gpt-oss-20b", "gpt-oss-120b", "OLMoE", "Phi-3.5-MoE",
+                   "a400m", "a800m", "DeepSeek-V2-Lite", "Moonlight-16B-A3B", "Qwen3-235B-A22B", "Llama-4-Scout",
+                   "DeepSeek-V3", "DeepSeek-R1", "DeepSeek-V3.1", "Kimi-K2"):
         assert needle in ids, needle
 
 
@@ -101,8 +102,9 @@ def test_entry_family_matches_its_architecture():
                    "qwen3": {"qwen3"}, "qwen3_moe": {"qwen3_moe"}, "qwen2_moe": {"qwen2_moe"}, "phi3": {"phi3"},
                    "gemma": {"gemma"}, "gemma2": {"gemma2"}, "gemma3": {"gemma3_text"}, "smollm3": {"smollm3"},
                    "granite": {"granite"}, "olmo2": {"olmo2"}, "starcoder2": {"starcoder2"},
-                   "internlm3": {"internlm3"}, "exaone4": {"exaone4"}, "deepseek_v2": {"deepseek_v2"},
-                   "deepseek_v3": {"deepseek_v3"}, **{f: {f} for f in HYBRID_FAMILIES}}
+                   "internlm3": {"internlm3"}, "exaone4": {"exaone4"}, "gpt_oss": {"gpt_oss"}, "olmoe": {"olmoe"},
+                   "phimoe": {"phimoe"}, "granitemoe": {"granitemoe"}, "deepseek_v2": {"deepseek_v2"},
+                   "deepseek_v3": {"deepseek_v3"}, "llama4_text": {"llama4_text"}, **{f: {f} for f in HYBRID_FAMILIES}}
     for name in SUPPORTED:
         assert hf_architecture(name)["model_type"] in model_types[get_entry(name)["family"]], name
 

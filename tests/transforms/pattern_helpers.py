@@ -18,6 +18,7 @@ from autodeploy_cli.pipeline.interface import PassContext
 from autodeploy_cli.pipeline.registry import build_options
 from autodeploy_cli.pipeline.runner import PipelineRunner, TransformRecord
 from autodeploy_cli.graph.core import retarget_device_kwargs
+from autodeploy_cli.models.hf_experts import pick_runnable_experts
 from autodeploy_cli.models.weights import assign_weights, source_tensors
 from tests.tiny_models import tiny_hf_config
 
@@ -39,28 +40,33 @@ class Tiny:
 
 
 @functools.lru_cache(maxsize=None)
-def _export(family: str, attn: str, patch: bool, experts: str | None) -> Tiny:
+def _export(family: str, attn: str, patch: bool, experts: str | None, moe_patch: bool = False,
+            overrides: tuple = ()) -> Tiny:
     from transformers import AutoModelForCausalLM
 
-    cfg = tiny_hf_config(family)
+    cfg = tiny_hf_config(family, **dict(overrides))
     if experts:
         cfg._experts_implementation = experts
     torch.manual_seed(0)
     ref_cfg = copy.deepcopy(cfg)
     ref_cfg._attn_implementation = "eager"  # the oracle is HF eager
     ref = AutoModelForCausalLM.from_config(ref_cfg, dtype=torch.float32).eval()
+    pick_runnable_experts(ref, experts)  # grouped_mm cannot run dims that are not multiples of 4 (float32)
     cfg._attn_implementation = attn
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
-    patches = build_patches({"hf_attention_to_torch_attention": patch}, model)
+    patches = build_patches({"hf_attention_to_torch_attention": patch, "hf_experts_to_torch_moe": moe_patch}, model)
     gm = export_to_graph_module(model, 8, 64, [p for _, p in patches])
     run_transforms(gm, CLEANUPS)
     return Tiny(gm, ref, cfg)
 
 
-def export_tiny(family: str, attn: str = "eager", patch: bool = False, experts: str | None = None) -> Tiny:
-    """A fresh copy of the cleaned-up export of a tiny family (cached per process; tests may mutate the copy)."""
-    t = _export(family, attn, patch, experts)
+def export_tiny(family: str, attn: str = "eager", patch: bool = False, experts: str | None = None,
+                moe_patch: bool = False, **overrides: Any) -> Tiny:
+    """A fresh copy of the cleaned-up export of a tiny family (cached per process; tests may mutate the copy).
+    patch / moe_patch: the attention / experts export patches (off: the matchers see HF's own graph);
+    overrides: HF config values over the tiny family's."""
+    t = _export(family, attn, patch, experts, moe_patch, tuple(sorted(overrides.items())))
     return Tiny(copy.deepcopy(t.gm), t.ref, t.config)
 
 

@@ -9,12 +9,14 @@ from torch import nn
 
 from autodeploy_cli.ops import load_ops
 from autodeploy_cli.graph.core import op_name
+from autodeploy_cli.graph.inputs import bound_args
 from tests.transforms.pattern_helpers import (
     export_tiny, export_toy, matches, max_rel_err, nodes_of, ops_in, run_transforms, with_weights,
 )
 
 load_ops()
 MOE = torch.ops.auto_deploy.torch_moe.default
+STACKED = torch.ops.auto_deploy.torch_moe_stacked.default
 aten = torch.ops.aten
 
 
@@ -74,3 +76,51 @@ def test_graph_without_the_pattern_is_unchanged():
     records, ctx = run_transforms(gm, ["match_moe_pattern"])
     assert matches(records) == {"match_moe_pattern": 0}
     assert ops_in(gm) == before and ctx.facts.moe_experts_implementation is None
+
+
+def test_export_patch_form_stays_stacked_and_is_reported():
+    tiny = export_tiny("gpt_oss", "eager", patch=True, moe_patch=True)
+    assert len(nodes_of(tiny.gm, STACKED)) == 2 and not nodes_of(tiny.gm, MOE)  # one stacked op per layer
+    before = ops_in(tiny.gm)
+    records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"])
+    assert matches(records) == {"match_moe_pattern": 0} and ops_in(tiny.gm) == before  # already canonical
+    assert ctx.facts.moe_experts_implementation == "export patch"
+    assert "moe" not in ctx.misses  # the routers (top-k) are recognised as feeding the experts op
+    args = bound_args(nodes_of(tiny.gm, STACKED)[0])
+    assert args["act"] == "swiglu_oai" and args["w1_bias"] is not None
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
+
+
+@pytest.mark.parametrize("family,overrides,act,biased", [
+    ("gpt_oss", {}, "swiglu_oai", True),  # transposed [E, h, 2I], gate/up interleaved, biases
+    ("qwen3_moe", {"hidden_size": 60, "moe_intermediate_size": 30}, "silu", False),  # dims not multiple of 8
+])
+def test_lifted_stacked_views_become_per_expert_parameters(family, overrides, act, biased):
+    tiny = export_tiny(family, "eager", patch=True, moe_patch=True, **overrides)
+    opts = {"match_moe_pattern": {"lift_stacked_experts": True}}
+    records, ctx = run_transforms(tiny.gm, ["match_moe_pattern"], options=opts)
+    assert matches(records) == {"match_moe_pattern": 2}
+    assert ctx.facts.moe_experts_implementation == "export patch"
+    assert not nodes_of(tiny.gm, STACKED)
+    moe = nodes_of(tiny.gm, MOE)
+    assert all(a.op == "get_attr" for a in moe[0].args[3]) and bound_args(moe[0])["act"] == act
+    assert moe[1].args[3][2].target == "model.layers.1.mlp.experts.2.gate_proj.weight"
+    stacked = {n for n, _ in tiny.gm.named_parameters() if n.endswith(("gate_up_proj", "experts.down_proj"))}
+    assert stacked == set()
+    inter = overrides.get("moe_intermediate_size", 96 if family == "gpt_oss" else 32)
+    runnable = with_weights(tiny.gm, tiny.ref, ctx)
+    up = runnable.get_parameter("model.layers.0.mlp.experts.3.up_proj.weight")
+    src = tiny.ref.model.layers[0].mlp.experts.gate_up_proj
+    assert up.shape == (inter, overrides.get("hidden_size", 64))
+    assert up.untyped_storage().data_ptr() == src.untyped_storage().data_ptr()  # a view: no copy
+    if biased:
+        bias = runnable.get_parameter("model.layers.0.mlp.experts.3.up_proj.bias")
+        assert torch.equal(bias, tiny.ref.model.layers[0].mlp.experts.gate_up_proj_bias[3, 1::2])
+        with torch.no_grad():  # HF initialises expert biases to zero; make them count
+            for name, p in tiny.ref.named_parameters():
+                if "experts" in name and "bias" in name:
+                    p.normal_(0, 0.5)
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
+    records, _ = run_transforms(tiny.gm, ["match_moe_pattern"], ctx=ctx, options=opts)
+    assert matches(records) == {"match_moe_pattern": 0}
+    assert "moe" not in ctx.misses
