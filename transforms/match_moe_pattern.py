@@ -62,8 +62,9 @@ LIST_KINDS = {"w1_weight": ("gate", "weight"), "w3_weight": ("up", "weight"), "w
 class MatchMoeOptions(TransformOptions):
     requires_shape_prop: bool = True  # reads k (top-k) and expert weight shapes
     # also turn the export patches' torch_moe_stacked into torch_moe over one parameter per expert (E x 3 graph
-    # weights per layer: slow to build for 128+ experts); off: stacked weights stay stacked until fuse_moe
-    lift_stacked_experts: bool = False
+    # weights per layer: slow to build for 128+ experts); off: stacked weights stay stacked until fuse_moe;
+    # None (default): lift only when world_size > 1 (expert parallelism slices the per-expert lists)
+    lift_stacked_experts: Optional[bool] = None
 
 
 def _is(node: Any, *ops: Any) -> bool:
@@ -295,7 +296,8 @@ class MatchMoePattern(BaseTransform):
         stacked_op = torch.ops.auto_deploy.torch_moe_stacked.default
         from_patch = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == stacked_op]
         impls += ["export patch"] * len(from_patch)  # already canonical: not a match, but the report names it
-        for node in from_patch if self.options.lift_stacked_experts else ():
+        lift = self.options.lift_stacked_experts
+        for node in from_patch if (lift if lift is not None else ctx.world_size > 1) else ():
             lifted = lift_stacked(gm, node, hooks)  # views of the stacked parameters -> per-expert parameters
             if lifted is None:
                 record_miss(ctx.misses, "moe", node, "torch_moe_stacked weights are not views of parameters")
