@@ -95,6 +95,18 @@ def _load_kv_tile(cache_ptr, loc_ptr, page_base, kpos, kv_len, kvh, offs_d, D, P
 
 # --------------------------------------------------------------------------------------------- prefill / mixed
 @triton.jit
+def _online_softmax_step(m_i, l_i, acc, s, v, PREC: tl.constexpr):
+    """One key block of the online softmax (scores `s` in log2 units): the running max m_i, the running sum l_i
+    and the accumulator acc rescaled to the new max, then this block's p @ v added. Shared by prefill and decode."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    alpha = tl.exp2(m_i - m_new)
+    p = tl.exp2(s - m_new[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu_seqlen_ptr, loc_ptr, cu_pages_ptr,
                     cu_qblocks_ptr, sinks_ptr, B, scale_log2, cap, window, v_scale,
                     stride_qt, stride_qh, stride_ot, stride_oh, stride_page, stride_tok, stride_head,
@@ -158,12 +170,7 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu
             if HAS_WINDOW:
                 visible = visible & ((q_pos[:, None] - kpos[None, :]) < window)
             s = tl.where(visible, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-            m_i = m_new
+            m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, PREC)
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]  # rows past the sequence end: 0, not NaN
         if KV_FP8:
             out = out * v_scale
@@ -266,12 +273,7 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
         else:
             s = s * scale_log2
         s = tl.where((kpos < end)[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
-        m_i = m_new
+        m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, PREC)
     if KV_FP8:
         acc = acc * v_scale
     # partial results: unnormalised acc, running max (log2 domain) and sum, per (token, head, split)

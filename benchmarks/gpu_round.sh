@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One GPU call of a round: `bash benchmarks/gpu_round.sh PHASE [budget_s]` on the H200 machine (see
+# ../shared/gpu/README.md). Every step has its own time cap and writes its log / JSON as it goes; at the end
+# everything is packed into $OUT/results.tgz (the device tool returns at most 8 files) plus $OUT/summary.txt.
+#   tests    the whole `-m gpu` suite (JUnit XML + log)
+#   kernels  MoE / MLA / FP8 kernel benches
+#   engine   engine-level targets: MoE, FP8, hybrid, MLA end to end, serving
+set -u
+phase=${1:-tests}
+budget=${2:-560}
+start=$(date +%s)
+W=${OUT:-/tmp/out}/w
+mkdir -p "$W"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  > "$W/pip.log" 2>&1 || { echo "wheel install failed" >> "$W/summary.txt"; }
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1
+{ echo "commit $(cat .gpu_head 2>/dev/null || echo unknown)"; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv;
+  python3 -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__)"; } > "$W/env.txt" 2>&1
+
+left() { echo $(( budget - ($(date +%s) - start) )); }
+step() {  # step NAME CAP_S COMMAND...: run with min(cap, time left - 25 s), log to $W/NAME.log
+  local name=$1 cap=$2; shift 2
+  local t=$(( $(left) - 25 )); [ "$t" -gt "$cap" ] && t=$cap
+  if [ "$t" -lt 20 ]; then echo "$name: skipped (no time left)" >> "$W/summary.txt"; return; fi
+  local t0=$(date +%s)
+  timeout -k 10 "$t" "$@" > "$W/$name.log" 2>&1
+  echo "$name: rc=$? in $(( $(date +%s) - t0 )) s (cap $t s)" >> "$W/summary.txt"
+}
+
+case "$phase" in
+  tests)
+    step gpu_tests 600 python3 -m pytest -m gpu -q -p no:cacheprovider --timeout 150 -rfEs --junitxml="$W/gpu_tests.xml" \
+      tests/kernels tests/e2e tests/pipeline tests/distributed/test_one_gpu.py tests/ops tests/bench tests/transforms
+    ;;
+  kernels)
+    step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
+    step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
+    step fp8_kernels 150 python3 benchmarks/fp8_bench.py --what kernels --out "$W/fp8_kernels.json"
+    ;;
+  engine)
+    step moe_engine 190 python3 benchmarks/moe_bench.py --what engine --out "$W/moe_engine.json"
+    step fp8_engine 150 python3 benchmarks/fp8_bench.py --what bf16,fp8 --out "$W/fp8_engine.json"
+    step hybrid 120 python3 benchmarks/hybrid_bench.py --what bs1,c64 --out "$W/hybrid.json"
+    step mla_e2e 90 python3 benchmarks/mla_bench.py --what e2e --out "$W/mla_e2e.json"
+    ;;
+  serve)
+    step serve 400 python3 benchmarks/serve_bench.py --out "$W/serve"
+    ;;
+  *) echo "unknown phase $phase" >> "$W/summary.txt" ;;
+esac
+tail -n 30 "$W"/gpu_tests.log >> "$W/summary.txt" 2>/dev/null
+cp "$W/summary.txt" "${OUT:-/tmp/out}/summary.txt"
+tar czf "${OUT:-/tmp/out}/results.tgz" -C "$W" . && rm -rf "$W"
