@@ -107,13 +107,16 @@ class _Session:
         trace = self.result.runs.setdefault("ad", RunTrace("ad", _describe_ours(self.cfg, self.result.conditions)))
         self.stage = "ad"
         task = progress.add_task("ad: warm-up", total=len(requests))
+        bench = self.cfg.benchmark
+        sampling = None if bench.temperature == 0 else (
+            lambda n: ours.sampling_params(n, bench.temperature, bench.top_p, bench.seed))
         if self.plan.warmup:
             t0 = now()
-            ours.run_engine(engine, requests[:c], c, RunTrace("ad-warmup"))
+            ours.run_engine(engine, requests[:c], c, RunTrace("ad-warmup"), sampling=sampling)
             trace.warmup_s = now() - t0
         progress.update(task, description="ad")
         hardware.reset_peak_memory(self.factory.device)
-        ours.run_engine(engine, requests, c, trace, on_done=lambda: progress.advance(task))
+        ours.run_engine(engine, requests, c, trace, on_done=lambda: progress.advance(task), sampling=sampling)
         trace.peak_memory_bytes, trace.peak_memory_note = hardware.peak_memory(self.factory.device)
         if "hf" in self.plan.baselines and (self.factory.quant_scheme() is not None or
                                             self.factory.kv_cache_dtype() == "fp8"):

@@ -34,12 +34,14 @@ def make_engine(cfg: ADConfig) -> Any:
     return build_engine(cfg)
 
 
-def sampling_params(max_tokens: int) -> Any:
-    """Greedy, exactly `max_tokens` tokens (EOS ignored), so every run does the same work."""
+def sampling_params(max_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> Any:
+    """Exactly `max_tokens` tokens (EOS ignored), so every run does the same work; greedy unless a temperature is
+    given (benchmark.temperature / top_p: sampled runs, seeded)."""
     from autodeploy_cli.runtime.engine import SamplingParams
 
     # token ids in and out: a benchmark of a hub id needs no tokenizer (none may be stored offline)
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True, detokenize=False)
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, ignore_eos=True,
+                          detokenize=False, seed=seed if temperature > 0 else None)
 
 
 def build_split(records: Iterable[Any], total_s: float) -> dict[str, Any]:

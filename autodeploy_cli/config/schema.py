@@ -76,6 +76,8 @@ class BenchmarkConfig:
     baseline: List[str] = field(default_factory=list)  # hf | hf-compile
     output: Optional[str] = None  # JSON result file
     warmup: bool = True  # run the workload's shapes once before timing (ours and every baseline)
+    temperature: float = 0.0  # > 0: our run samples (seeded by `seed`; top_p below), else greedy
+    top_p: float = 1.0
     url: Optional[str] = None  # an OpenAI-compatible server to benchmark over HTTP (streamed) instead of building
 
 

@@ -23,6 +23,7 @@ from autodeploy_cli.config.schema import effective_max_num_tokens
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.ops.cache import CachedSequenceInterface
 from autodeploy_cli.runtime import logprobs, sampler
+from autodeploy_cli.runtime.device_sampler import DeviceSampler
 from autodeploy_cli.runtime.overlap import InFlight, TokenPipeline
 from autodeploy_cli.runtime.pages import PageManager
 from autodeploy_cli.runtime.request import (Completion, EngineStats, Request, SamplingParams, StepOutput, StopPolicy,
@@ -65,6 +66,7 @@ class Engine:
         self._finished: dict[int, Completion] = {}
         self._warned_cap = False
         self._tokens = TokenPipeline(iface.device, iface.info.max_batch_size, self.max_seq_len)
+        self._sampler = DeviceSampler(iface.device, iface.info.max_batch_size)
 
     @property
     def tokenizer(self) -> Any:
@@ -116,7 +118,7 @@ class Engine:
         self._next_id += 1
         ids = [int(t) for t in prompt_token_ids]
         seed = sp.seed if sp.seed is not None else self._rng.getrandbits(63)
-        req = Request(rid, ids, sp, prompt=prompt, generator=torch.Generator().manual_seed(seed))
+        req = Request(rid, ids, sp, prompt=prompt, generator=torch.Generator().manual_seed(seed), seed=seed)
         error = self._request_error(ids, sp)
         if error:
             self._errors.append(self._fail(req, error))
@@ -199,9 +201,20 @@ class Engine:
             return None
         same = spans is None and len(rows) == len(batch)
         picked = logits if same else logits[torch.tensor(rows, device=logits.device)]
-        if all(r.sampling.temperature == 0 and not self._needs_host(r) for r in ready):
-            return self._tokens.launch(picked, ready, self.scheduler.reserve_token)
-        return self._sample_on_host(picked, ready)
+        if any(self._needs_host(r) for r in ready):
+            return self._sample_on_host(picked, ready)
+        params = [r.sampling for r in ready]
+        if self._sampler.wants(params):  # temperature / top-k / top-p on the device: the overlap stays
+            tokens = self._sampler.sample(picked, params, [self._device_generator(r) for r in ready])
+        else:
+            tokens = picked.argmax(dim=-1)
+        return self._tokens.launch(tokens, ready, self.scheduler.reserve_token)
+
+    def _device_generator(self, r: Request) -> torch.Generator:
+        """The request's generator on the model's device (seeded like its host one), made on first use."""
+        if r.device_generator is None:
+            r.device_generator = torch.Generator(device=self.iface.device).manual_seed(r.seed)
+        return r.device_generator
 
     # --- logprobs and min_tokens: host-sampled steps, so greedy steps without them keep the overlap ---------------
     @staticmethod

@@ -2,7 +2,7 @@
 the host one step later (read while the next step runs), so the GPU does not wait for the host between steps.
 This module owns every token in flight: which requests have one, where it sits, and which device row holds it.
 
-    launch(logits, ready, reserve)  step N: argmax on the device, async copy to pinned memory; each request that
+    launch(tokens, ready, reserve)  step N: tokens chosen on the device, async copy to pinned memory; each request that
                                     continues gets a PLACEHOLDER slot (reserve) for the token
     feed(batch, info)               step N+1: input_ids of placeholder slots <- step N's device tokens (index_copy)
     take()                          after launching N+1: wait for step N only, return its tokens for the host
@@ -57,8 +57,8 @@ class TokenPipeline:
         """r has a sampled token on the device that the host has not read."""
         return self._unread.get(id(r), 0) > 0
 
-    def launch(self, logits: torch.Tensor, ready: list[Request], reserve: Callable[[Request], None]) -> InFlight:
-        tokens_dev = logits.argmax(dim=-1)
+    def launch(self, tokens_dev: torch.Tensor, ready: list[Request], reserve: Callable[[Request], None]) -> InFlight:
+        """Step N's tokens ([R] int64 on the device: argmax, or sampled there) go in flight."""
         event = None
         if self._tokens is not None:
             tokens_host = self._tokens[self._flip][: len(ready)]

@@ -48,7 +48,9 @@ class Request:
     finish_reason: Optional[str] = None
     error: Optional[str] = None
     text: Optional[str] = None
-    generator: Any = None  # torch.Generator for sampling
+    generator: Any = None  # torch.Generator for sampling on the host (logprobs / min_tokens steps)
+    seed: int = 0  # the request's seed (its device generator is made from it on first use)
+    device_generator: Any = None  # torch.Generator on the model's device (sampling without a host sync)
     logprobs: list["TokenLogprob"] = field(default_factory=list)  # per output token (when sampling.logprobs is set)
     prompt_logprobs: list[Optional["TokenLogprob"]] = field(default_factory=list)  # per prompt token, [0] = None
 

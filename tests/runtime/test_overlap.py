@@ -34,7 +34,7 @@ def test_launch_feed_take():
     c = _req(2, [1, 2, 3, 4, 5, 6, 7], max_tokens=9, computed=7)  # position 7 is the last of max_seq_len 8
     logits = torch.zeros(3, 10)
     logits[0, 4] = logits[1, 2] = logits[2, 9] = 1.0
-    pipe.inflight = pipe.launch(logits, [a, b, c], _reserve)
+    pipe.inflight = pipe.launch(logits.argmax(-1), [a, b, c], _reserve)
     assert a.all_token_ids == [5, 6, 7, PLACEHOLDER] and pipe.inflight.rows[id(a)] == 0
     assert b.all_token_ids == [8, 9] and c.all_token_ids == [1, 2, 3, 4, 5, 6, 7]
     assert pipe.inflight.held == [True, False, False] and pipe.inflight.positions == [3, 2, 7]
@@ -52,6 +52,6 @@ def test_launch_feed_take():
 def test_finished_requests_leave_no_work():
     pipe = TokenPipeline(torch.device("cpu"), max_batch_size=2, max_seq_len=16)
     a = _req(0, [5], max_tokens=5, computed=1)
-    pipe.inflight = pipe.launch(torch.eye(2, 6)[:1], [a], _reserve)
+    pipe.inflight = pipe.launch(torch.eye(2, 6)[:1].argmax(-1), [a], _reserve)
     a.finished = True  # it stopped on the previous token: this step ran past its end
     assert not pipe.busy()
