@@ -32,6 +32,24 @@ case "$phase" in
     step gpu_tests 600 python3 -m pytest -m gpu -q -p no:cacheprovider --timeout 150 -rfEs --junitxml="$W/gpu_tests.xml" \
       tests/kernels tests/e2e tests/pipeline tests/distributed/test_one_gpu.py tests/ops tests/bench tests/transforms
     ;;
+  rest)  # the failures of a first pass (short tracebacks) and the tests it did not reach, then the key benches
+    step gpu_failed 100 python3 -m pytest -m gpu -q -p no:cacheprovider --timeout 60 --tb=short -rfE \
+      tests/kernels/triton/test_fp8_kv_cache.py tests/kernels/triton/test_triton_mixers.py
+    step gpu_rest 330 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 120 --tb=short -rfE \
+      tests/pipeline tests/e2e/test_mla_gpu.py tests/e2e/test_run_moe_routing.py tests/e2e/test_gpu_hybrid.py \
+      tests/e2e/test_run_fp8.py tests/distributed/test_one_gpu.py tests/ops tests/bench tests/transforms
+    step moe_engine 140 python3 benchmarks/moe_bench.py --what engine --skip-hf --out "$W/moe_engine.json"
+    ;;
+  final)  # the first passes' failures again, then the targets that fit in what is left
+    step gpu_fixed 170 python3 -m pytest -m gpu -q -p no:cacheprovider --timeout 90 --tb=short -rfE \
+      tests/kernels/triton/test_fp8_kv_cache.py tests/kernels/triton/test_triton_mixers.py \
+      tests/pipeline/test_verify_generation.py tests/e2e/test_mla_gpu.py tests/e2e/test_gpu_hybrid.py \
+      tests/e2e/test_run_fp8.py tests/distributed/test_one_gpu.py tests/bench/test_bench_gpu.py \
+      "tests/e2e/test_run_moe_routing.py::test_gpu_default_pipeline_cuda_graphs_triton_moe_matches_hf"
+    step fp8_engine 170 python3 benchmarks/fp8_bench.py --what bf16,fp8 --out "$W/fp8_engine.json"
+    step hybrid 110 python3 benchmarks/hybrid_bench.py --what bs1 --no-hf --timeout 100 --out "$W/hybrid.json"
+    step mla_kernels 70 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"

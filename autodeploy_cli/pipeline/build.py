@@ -33,10 +33,14 @@ class BuildResult:
 
 
 def _final_graph(model: Any) -> fx.GraphModule | None:
-    if isinstance(model, fx.GraphModule):
-        return model
-    inner = getattr(model, "graph_module", None) or getattr(model, "_orig_mod", None)
-    return inner if isinstance(inner, fx.GraphModule) else None
+    """The GraphModule inside the compiled model: CUDA-graph runners wrap it (`.model`), torch.compile too
+    (`_orig_mod`), and torch-opt wraps one in the other."""
+    for _ in range(4):
+        if isinstance(model, fx.GraphModule):
+            return model
+        model = getattr(model, "graph_module", None) or getattr(model, "_orig_mod", None) or getattr(
+            model, "model", None)
+    return None
 
 
 def _quality_extra(ctx: PassContext, verifier: Any) -> dict | None:

@@ -121,4 +121,7 @@ class FlashInferPagedAttention(AttentionDescriptor):
             return "attention sinks are not supported by the FlashInfer wrappers; use attn_backend=triton"
         if attn.v_head_dim != attn.head_dim:
             return f"v head dim {attn.v_head_dim} differs from the q/k head dim {attn.head_dim}"
+        if attn.k_scale is not None and attn.head_dim < 64:  # measured on the H200: "Invalid configuration"
+            return (f"FlashInfer's prefill kernels over an FP8 KV cache need head_dim >= 64 (this model has "
+                    f"{attn.head_dim}); use attn_backend=triton, or a bf16 KV cache")
         return None

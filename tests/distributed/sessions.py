@@ -22,7 +22,8 @@ def overrides(model_dir: Path, world_size: int, *extra: str) -> list[str]:
 
 
 def env(**extra: str) -> dict:
-    out = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "AUTO_DEPLOY_LOG_LEVEL": "WARNING",
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep carried packages
+    out = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1", "AUTO_DEPLOY_LOG_LEVEL": "WARNING",
            "HF_HUB_OFFLINE": "1"}
     out.update(extra)
     return out

@@ -28,7 +28,8 @@ def run(backend, seqs, k_scale, v_scale, n=4, n_kv=2, d=16, dtype=torch.float32,
     """Output of the second step (new tokens) of `seqs`, and the caches, with `backend`'s cached op."""
     ad = _ops(backend)
     g = torch.Generator().manual_seed(seed)
-    info = SequenceInfo(max_batch_size=len(seqs), max_seq_len=max(p + s for p, s in seqs) + PS, max_num_tokens=256,
+    info = SequenceInfo(max_batch_size=len(seqs), max_seq_len=max(p + s for p, s in seqs) + PS,
+                        max_num_tokens=max(256, sum(p + s for p, s in seqs)),
                         page_size=PS, device=torch.device(device))
     pages_per = [-(-(p + s) // PS) for p, s in seqs]
     perm = torch.randperm(sum(pages_per) + 2, generator=g).tolist()
