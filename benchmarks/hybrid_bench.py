@@ -36,7 +36,8 @@ def _ad_bench(args: list[str], out: Path, timeout_s: int) -> tuple[dict | None, 
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout_s,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                  p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)})  # keep carried wheels
         log = (proc.stdout + proc.stderr)[-4000:]
     except subprocess.TimeoutExpired as e:
         log = f"timed out after {timeout_s}s\n{(e.stdout or b'')[-2000:]!r}"

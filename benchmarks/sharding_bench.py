@@ -38,7 +38,8 @@ CASES: dict[str, dict[str, Any]] = {
 
 
 def _env() -> dict:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "NCCL_NVLS_ENABLE": "0", "AUTO_DEPLOY_LOG_LEVEL": "WARNING"}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep carried wheels
+    return {**os.environ, "PYTHONPATH": path, "NCCL_NVLS_ENABLE": "0", "AUTO_DEPLOY_LOG_LEVEL": "WARNING"}
 
 
 def ad_bench(case: dict, world_size: int, out: Path, timeout: int) -> dict[str, Any]:
