@@ -28,7 +28,7 @@ from autodeploy_cli.runtime.overlap import InFlight, TokenPipeline
 from autodeploy_cli.runtime.pages import PageManager
 from autodeploy_cli.runtime.request import (Completion, EngineStats, Request, SamplingParams, StepOutput, StopPolicy,
                                             TokenLogprob, text_prompt_error)
-from autodeploy_cli.runtime.scheduler import Scheduler
+from autodeploy_cli.runtime.scheduler import Scheduler, request_error
 from autodeploy_cli.runtime.slots import SlotManager
 
 __all__ = ["Completion", "Engine", "EngineStats", "SamplingParams", "StepOutput", "text_prompt_error"]
@@ -85,25 +85,8 @@ class Engine:
 
     # --- requests ----------------------------------------------------------------------------------------------
     def _request_error(self, ids: list[int], sp: SamplingParams) -> Optional[str]:
-        if not ids:
-            return "empty prompt: give at least one token"
-        reason = sampler.validate(sp) or sampler.validate_logprobs(sp, self.vocab_size)
-        if reason:
-            return f"invalid sampling parameters: {reason}"
-        if self.vocab_size is not None and (min(ids) < 0 or max(ids) >= self.vocab_size):
-            return f"prompt token ids must be in [0, {self.vocab_size}) (the model's vocabulary)"
-        n = len(ids)
-        if n > self.max_seq_len:
-            return (f"prompt has {n} tokens, more than max_seq_len={self.max_seq_len}; shorten it or raise "
-                    "`max_seq_len`")
-        if not self.chunked_prefill and n > self.max_num_tokens:
-            return (f"prompt has {n} tokens, more than max_num_tokens={self.max_num_tokens} per step; set "
-                    "`enable_chunked_prefill=true` or raise `max_num_tokens`")
-        longest = min(n + sp.max_tokens - 1, self.max_seq_len)
-        if self.pages.pages_for(longest) > self.pages.num_pages:
-            return (f"the request may reach {longest} tokens but the KV cache holds {self.kv_capacity_tokens}; "
-                    "lower max_tokens or give the cache more room (transforms.resize_kv_cache)")
-        return None
+        return request_error(ids, sp, self.vocab_size, self.max_seq_len, self.max_num_tokens, self.chunked_prefill,
+                             self.pages)
 
     def check_request(self, prompt_token_ids: Sequence[int], sampling: SamplingParams) -> Optional[str]:
         """Why add_request would fail this request (None: it would run). Reads only fixed limits, so a front end may

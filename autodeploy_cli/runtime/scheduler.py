@@ -18,7 +18,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from autodeploy_cli.runtime.pages import PageManager
-from autodeploy_cli.runtime.request import PLACEHOLDER, Request, StopPolicy
+from autodeploy_cli.runtime.request import PLACEHOLDER, Request, SamplingParams, StopPolicy
 from autodeploy_cli.runtime.slots import SlotManager
 
 
@@ -129,3 +129,28 @@ class Scheduler:
             out.append((req, n))
             tokens, seqs = tokens - n, seqs - 1
         return out
+
+
+def request_error(ids: list[int], sp: SamplingParams, vocab_size: Optional[int], max_seq_len: int,
+                  max_num_tokens: int, chunked_prefill: bool, pages: PageManager) -> Optional[str]:
+    """Why a request can never run here (None: it can be admitted): checked when it arrives, so it fails alone."""
+    from autodeploy_cli.runtime import sampler
+
+    if not ids:
+        return "empty prompt: give at least one token"
+    reason = sampler.validate(sp) or sampler.validate_logprobs(sp, vocab_size)
+    if reason:
+        return f"invalid sampling parameters: {reason}"
+    if vocab_size is not None and (min(ids) < 0 or max(ids) >= vocab_size):
+        return f"prompt token ids must be in [0, {vocab_size}) (the model's vocabulary)"
+    n = len(ids)
+    if n > max_seq_len:
+        return f"prompt has {n} tokens, more than max_seq_len={max_seq_len}; shorten it or raise `max_seq_len`"
+    if not chunked_prefill and n > max_num_tokens:
+        return (f"prompt has {n} tokens, more than max_num_tokens={max_num_tokens} per step; set "
+                "`enable_chunked_prefill=true` or raise `max_num_tokens`")
+    longest = min(n + sp.max_tokens - 1, max_seq_len)
+    if pages.pages_for(longest) > pages.num_pages:
+        return (f"the request may reach {longest} tokens but the KV cache holds {pages.num_pages * pages.page_size}; "
+                "lower max_tokens or give the cache more room (transforms.resize_kv_cache)")
+    return None
