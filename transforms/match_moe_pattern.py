@@ -297,7 +297,8 @@ class MatchMoePattern(BaseTransform):
         from_patch = [n for n in gm.graph.nodes if n.op == "call_function" and n.target == stacked_op]
         impls += ["export patch"] * len(from_patch)  # already canonical: not a match, but the report names it
         lift = self.options.lift_stacked_experts
-        for node in from_patch if (lift if lift is not None else ctx.world_size > 1) else ():
+        sharded = max(ctx.world_size, getattr(ctx.config, "world_size", 1) or 1) > 1
+        for node in from_patch if (lift if lift is not None else sharded) else ():
             lifted = lift_stacked(gm, node, hooks)  # views of the stacked parameters -> per-expert parameters
             if lifted is None:
                 record_miss(ctx.misses, "moe", node, "torch_moe_stacked weights are not views of parameters")

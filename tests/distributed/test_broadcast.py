@@ -24,7 +24,9 @@ def test_a_packed_step_rebuilds_the_same_batch():
     for name in [*FIELDS, "batch_info_host"]:
         assert torch.equal(got.arg(name), sent.arg(name)), name
     assert got.arg("input_ids").tolist() == [[5, 6, 7, 8, 9, 41, 42]]
-    assert sent.pack_step().numel() == 7 * 8 * 2 + 3 * 8 + 4 * (3 * 5 + 2 * 4 + 5) + 7 * 8  # used parts only
+    # used parts only: 2 int64 token fields + the gather rows, 6 int32 fields per sequence (slot_idx among them), 2 of
+    # B+1, the pages, and batch_info_host
+    assert sent.pack_step().numel() == 7 * 8 * 2 + 3 * 8 + 4 * (3 * 6 + 2 * 4 + 5) + 7 * 8
 
 
 def test_the_leader_model_reads_through_to_the_wrapped_model():
