@@ -123,7 +123,8 @@ def _drive(model: Callable, iface: Any, seqs: list[_Seq], chunk: int, compare: C
             break
         batch, num_prefill = _step_batch(active, info.max_num_tokens, chunk)
         info.set_batch([s.context[s.fed: s.fed + n] for s, n in batch], [s.fed for s, _ in batch],
-                       [s.pages for s, _ in batch], num_prefill=num_prefill)
+                       [s.pages for s, _ in batch], num_prefill=num_prefill,
+                       slots=[seqs.index(s) for s, _ in batch])  # a sequence keeps its state slot, as at run time
         with torch.no_grad():
             logits = iface.forward(model).float()  # [B, vocab]: the last token of each sequence
         steps += 1
