@@ -10,7 +10,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.errors import ADError, shown
 
 Layer = tuple[str, dict]  # (source description, data)
 
@@ -118,13 +118,13 @@ def parse_overrides(args: Sequence[str]) -> dict:
             key, raw = body, "true"
         else:
             raise ADError(
-                f"Cannot read the override `{item}`: write it as `key.sub=value` or `--key.sub-name=value` "
+                f"Cannot read the override `{shown(item)}`: write it as `key.sub=value` or `--key.sub-name=value` "
                 "(for example `max_seq_len=1024` or `--model-kwargs.num-hidden-layers=2`)."
             )
         if dashed:
             key = key.replace("-", "_")
         if not key or key.startswith(".") or key.endswith("."):
-            raise ADError(f"The override `{item}` has an empty key; write it as `key.sub=value`.")
+            raise ADError(f"The override `{shown(item)}` has an empty key; write it as `key.sub=value`.")
         set_path(out, key, parse_value(raw))
         i += 1
     return out

@@ -62,7 +62,7 @@ def _check_shapes(data: Any, root: type, prefix: str) -> None:
         section = isinstance(tp, type) and dataclasses.is_dataclass(tp)
         if value is None:
             if origin is not typing.Union and (section or origin in (dict, list)):
-                raise ADError(f"`{dotted}` cannot be null: give {describe_type(tp) if not section else 'its keys'} "
+                raise ADError(f"`{shown(dotted)}` cannot be null: give {describe_type(tp) if not section else 'its keys'} "
                               "or remove the line to keep the default.")
             continue
         if (section or inner is dict) and not isinstance(value, dict):
@@ -86,11 +86,11 @@ def _type_error(full_key: str, data: dict) -> ADError:
     got = get_path(data, full_key, None)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         names = [f.name for f in dataclasses.fields(tp)]
-        return ADError(f"`{full_key}` is a section of keys, not a single value (got `{shown(got)}`): set its keys, e.g. "
+        return ADError(f"`{shown(full_key)}` is a section of keys, not a single value (got `{shown(got)}`): set its keys, e.g. "
                        f"`{full_key}.{names[0]}=...` (its keys: {', '.join(names)}).")
     if tp is None:
-        return ADError(f"Wrong type for config key `{full_key}`: give a value of the type its documentation names.")
-    return ADError(f"Wrong type for config key `{full_key}`: got `{shown(got)}` ({describe_value(got)}); it expects "
+        return ADError(f"Wrong type for config key `{shown(full_key)}`: give a value of the type its documentation names.")
+    return ADError(f"Wrong type for config key `{shown(full_key)}`: got `{shown(got)}` ({describe_value(got)}); it expects "
                    f"{describe_type(tp)}, e.g. `{full_key}={example_of(tp)}`.")
 
 
@@ -120,9 +120,9 @@ def validate_schema(data: dict) -> ADConfig:
         full_key = str(getattr(e, "full_key", "") or getattr(e, "key", ""))
         parent, _, leaf = full_key.rpartition(".")
         valid = _schema_keys(parent)
-        where = f"under `{parent}`" if parent else "at the top level"
+        where = f"under `{shown(parent)}`" if parent else "at the top level"
         raise ADError(
-            f"Unknown config key `{full_key}`.{did_you_mean(leaf, valid)} Valid keys {where}: "
+            f"Unknown config key `{shown(full_key)}`.{did_you_mean(leaf, valid)} Valid keys {where}: "
             f"{', '.join(valid)}. Fix or remove it in your --config file or override."
         ) from None
     except ValidationError as e:
@@ -148,7 +148,7 @@ def check_transform_entries(transforms: dict[str, Any]) -> None:
     and every other option are validated against the transform registry when the pipeline is built."""
     for name, entry in transforms.items():
         if entry is not None and not isinstance(entry, dict):
-            raise ADError(f"`transforms.{name}` must be a mapping of options, got {entry!r}.")
+            raise ADError(f"`transforms.{shown(name)}` must be a mapping of options, got {entry!r}.")
         for (tname, option), family in TRANSFORM_BACKENDS.items():
             value = (entry or {}).get(option) if tname == name else None
             allowed = BACKEND_CHOICES[family]
