@@ -106,6 +106,44 @@ TINY.update({
                            **{k: v for k, v in COMMON.items() if k != "num_hidden_layers"}),
 })
 
+# Older dense forms (issue 21): ALiBi, absolute positions, parallel blocks, LayerNorm with bias, MQA, local layers.
+# Each in its own config names, sized like COMMON (hidden 64, 4 heads of 16, 2 layers, vocabulary 320).
+SPECIAL = dict(vocab_size=320, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+TINY.update({
+    # ALiBi
+    "bloom": dict(model_type="bloom", hidden_size=64, n_head=4, n_layer=2, **SPECIAL),
+    "mpt": dict(model_type="mpt", d_model=64, n_heads=4, n_layers=2, expansion_ratio=2, max_seq_len=256, **SPECIAL),
+    "falcon_alibi": dict(model_type="falcon", hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
+                         alibi=True, multi_query=False, parallel_attn=False, bias=True, **SPECIAL),
+    # RoPE, multi-query (one KV head), parallel attention + MLP
+    "falcon": dict(model_type="falcon", hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
+                   multi_query=True, parallel_attn=True, alibi=False, **SPECIAL),
+    # learned absolute positions (GPT-2: tied head, Conv1D linears; OPT: offset 2; GPT-Neo: local/global layers)
+    "gpt2": dict(model_type="gpt2", n_embd=64, n_head=4, n_layer=2, n_inner=96, n_positions=256, **SPECIAL),
+    "opt": dict(model_type="opt", hidden_size=64, num_attention_heads=4, num_hidden_layers=2, ffn_dim=96,
+                word_embed_proj_dim=64, max_position_embeddings=256, **SPECIAL),
+    "gpt_neo": dict(model_type="gpt_neo", hidden_size=64, num_heads=4, num_layers=2, window_size=4,
+                    attention_types=[[["global", "local"], 1]], max_position_embeddings=256, **SPECIAL),
+    # sinusoidal absolute positions (XGLM: computed from position_ids; CTRL: a table at init)
+    "xglm": dict(model_type="xglm", d_model=64, attention_heads=4, num_layers=2, ffn_dim=96,
+                 max_position_embeddings=256, **SPECIAL),
+    "ctrl": dict(model_type="ctrl", n_embd=64, n_head=4, n_layer=2, dff=96, n_positions=256, **SPECIAL),
+    # parallel blocks with partial rotary (GPT-J: untied head; GPT-NeoX: untied, parallel residual)
+    "gptj": dict(model_type="gptj", n_embd=64, n_head=4, n_layer=2, rotary_dim=8, n_positions=256, **SPECIAL),
+    "gpt_neox": dict(model_type="gpt_neox", hidden_size=64, num_attention_heads=4, num_hidden_layers=2,
+                     intermediate_size=96, rotary_pct=0.25, **SPECIAL),
+    # multi-query attention with learned positions
+    "gpt_bigcode": dict(model_type="gpt_bigcode", n_embd=64, n_head=4, n_layer=2, n_positions=256,
+                        multi_query=True, **SPECIAL),
+    # 3-D baddbmm attention + RoPE whose output feeds a view
+    "gpt_neox_japanese": dict(model_type="gpt_neox_japanese", hidden_size=64, num_attention_heads=4,
+                              num_hidden_layers=2, intermediate_multiple_size=1, **SPECIAL),
+    # refused: a short causal convolution between attention layers (no cached form yet); GPT-1's masked product
+    "lfm2": dict(model_type="lfm2", hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                 num_hidden_layers=2, intermediate_size=96, layer_types=["conv", "full_attention"], **SPECIAL),
+    "openai-gpt": dict(model_type="openai-gpt", n_embd=64, n_head=4, n_layer=2, n_positions=256, **SPECIAL),
+})
+
 
 def tiny_hf_config(family: str, **overrides: Any):
     """A transformers config object for `family`."""

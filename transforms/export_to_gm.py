@@ -13,6 +13,7 @@ from torch import nn
 
 from autodeploy_cli.export.capture import export_to_graph_module
 from autodeploy_cli.export.patches import build_patches
+from autodeploy_cli.graph.positions import check_position_tables
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 
@@ -32,5 +33,6 @@ class ExportToGM(BaseTransform):
         ctx.facts.export_patches = [name for name, _ in patches]
         cfg = ctx.config
         ctx.model = export_to_graph_module(gm, cfg.max_batch_size, cfg.max_seq_len, [p for _, p in patches])
+        check_position_tables(ctx.model, cfg.max_seq_len)
         return TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True,
                              note=f"patches: {', '.join(ctx.facts.export_patches) or 'none'}")

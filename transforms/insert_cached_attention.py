@@ -33,6 +33,7 @@ from autodeploy_cli.config.schema import BACKEND_CHOICES
 from autodeploy_cli.ops.attention_interface import AttentionNodeInfo, get_attention_backend
 from autodeploy_cli.ops.backends import resolve
 from autodeploy_cli.graph.core import is_op
+from autodeploy_cli.graph.match import module_path
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.pipeline.registry import register
 from autodeploy_cli.graph.inputs import (
@@ -56,14 +57,27 @@ def _layer_number(node: fx.Node, default: int) -> int:
     return default
 
 
+_EXPRESSIBLE = ("causal masks, sliding windows (`sliding_window`), ALiBi position biases (`alibi_slopes`), "
+                "soft-capping (`logit_cap`) and sinks")
+
+
 def _node_info(node: fx.Node, layer_idx: int, kv_scales: Optional[dict] = None) -> AttentionNodeInfo:
     a = bound_args(node)
-    where = f"attention node `{node.name}` (layer {layer_idx})"
+    path = module_path(node)
+    where = f"The attention of layer {layer_idx} ({path + ', ' if path else ''}node `{node.name}`)"
     if a["attn_mask"] is not None:
-        raise ADError(f"The {where} has an explicit attention mask, which cached attention cannot apply. Disable "
-                      "`transforms.insert_cached_attention` to run without a KV cache, or report the model.")
+        why = node.meta.get("ad_mask_reason", "the model builds this mask in its own code (not transformers' causal "
+                                              "mask builder), e.g. from the activations")
+        raise ADError(f"{where} takes an explicit attention mask that cached attention cannot apply: {why}. Cached "
+                      f"attention expresses {_EXPRESSIBLE}; a KV cache keeps keys and values only, so a mask that "
+                      "is none of these (padding, a mask computed from the activations, a custom pattern) has no "
+                      "cached form and ad cannot deploy this model. It would need that mask as an option of "
+                      "`auto_deploy::torch_attention` and of the cached backends (for a per-key bias: a cache "
+                      "beside the keys).")
     if not a["is_causal"]:
-        raise ADError(f"The {where} is not causal; cached attention supports causal decoder attention only.")
+        raise ADError(f"{where} is not causal (every token sees the tokens after it: an encoder or prefix-LM "
+                      "layer). A KV cache serves causal decoding only, so ad cannot deploy this model; it builds "
+                      "causal decoder-only LMs.")
     q, k, v = (x.meta.get("val") for x in (a["q"], a["k"], a["v"]))
     if q is None or k is None or v is None:
         raise RuntimeError(f"{where}: q/k/v have no shape metadata (run shape propagation first)")
@@ -75,7 +89,8 @@ def _node_info(node: fx.Node, layer_idx: int, kv_scales: Optional[dict] = None) 
     return AttentionNodeInfo(
         layer_idx=layer_idx, n_heads=int(q.shape[head]), n_kv_heads=int(k.shape[head]), head_dim=int(k.shape[hd]),
         v_head_dim=int(v.shape[hd]), dtype=q.dtype, scale=a["scale"], sinks=a["sinks"],
-        sliding_window=a["sliding_window"], logit_cap=a["logit_cap"], k_scale=k_scale, v_scale=v_scale)
+        sliding_window=a["sliding_window"], logit_cap=a["logit_cap"], k_scale=k_scale, v_scale=v_scale,
+        alibi_slopes=a.get("alibi_slopes"))
 
 
 @register("insert_cached_attention")
@@ -96,7 +111,7 @@ class InsertCachedAttention(BaseTransform):
         kv_scales = ctx.factory.kv_scales() if fp8_kv else None  # k/v scales matter only to an FP8 cache
         infos = [_node_info(n, i, kv_scales) for i, n in enumerate(nodes)]
         for info in infos:
-            reason = backend.unsupported_reason(info)
+            reason = backend.refusal(info)
             if reason:
                 raise ADError(f"The `{backend.name}` attention backend cannot run layer {info.layer_idx}: {reason}. "
                               "Choose another with `attn_backend=<name>`.")
@@ -114,7 +129,8 @@ class InsertCachedAttention(BaseTransform):
                     q, k, v = (graph.call_function(torch.ops.aten.transpose.int, (x, 1, 2)) for x in (q, k, v))
                 new = graph.call_function(
                     backend.cached_op(),
-                    (q, k, v, *meta.values(), *prep_outs, *caches, *buffers, *backend.constants(info)))
+                    (q, k, v, *meta.values(), *prep_outs, *caches, *buffers, *backend.constants(info)),
+                    backend.constant_kwargs(info))
                 out = new
                 if a["layout"] != backend.layout:
                     out = graph.call_function(torch.ops.aten.transpose.int, (new, 1, 2))

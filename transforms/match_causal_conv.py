@@ -1,7 +1,9 @@
 """match_causal_conv: a depthwise causal conv1d written with aten ops becomes `auto_deploy::torch_causal_conv1d`.
 
 The export patches emit torch_causal_conv1d for the mixers they know; this matcher catches the same conv where it
-appears unpatched (HF's `causal_conv1d_fn` reference, an nn.Conv1d with padding K - 1 then a trim):
+appears unpatched (HF's `causal_conv1d_fn` reference, an nn.Conv1d with padding K - 1 then a trim), over a
+transposed [b, s, C] input as below or over a channels-first [b, C, s] input (LFM2's gated short conv; the op's
+input is then transposed to [b, s, C] first):
 
 Before:
     %t = aten.transpose(%x, 1, 2)                                 # [b, C, s]
@@ -45,38 +47,44 @@ def _swaps_last_two(node: object) -> bool:
     return sorted(d % 3 for d in node.args[1:3]) == [1, 2]
 
 
-def _trims_to_seq(sl: fx.Node, x: fx.Node) -> bool:
-    """`sl` keeps the first s positions of dim 2, s = x's dim 1 (the same size node, int or symbol)."""
+def _trims_to_seq(sl: fx.Node, src: fx.Node, seq_dim: int) -> bool:
+    """`sl` keeps the first s positions of dim 2, s = src's dim `seq_dim` (the same size node, int or symbol)."""
     dim, start, end = arg(sl, 1, "dim", 0), arg(sl, 2, "start"), arg(sl, 3, "end")
     if dim % 3 != 2 or start not in (None, 0) or arg(sl, 4, "step", 1) != 1:
         return False
-    if isinstance(end, fx.Node) and is_op(end, aten.sym_size.int) and end.args[0] is x and end.args[1] % 3 == 1:
+    if isinstance(end, fx.Node) and is_op(end, aten.sym_size.int) and end.args[0] is src \
+            and end.args[1] % 3 == seq_dim:
         return True
-    out, src = val(sl), val(x)
-    return out is not None and src is not None and str(out.shape[2]) == str(src.shape[1])
+    out, ref = val(sl), val(src)
+    return out is not None and ref is not None and str(out.shape[2]) == str(ref.shape[seq_dim])
 
 
 def _causal_conv(conv: fx.Node) -> Optional[tuple]:
-    """(x [b, s, C], weight, bias, slice node) if `conv` is a depthwise causal conv over a transposed input, else
-    None; a reason string when it looks like one but a check fails."""
+    """(x, x_is_channels_first, weight, bias, slice node) if `conv` is a depthwise causal conv, else None; a reason
+    string when it looks like one but a check fails. x is [b, s, C] (the conv reads its transpose: Mamba2) or
+    [b, C, s] (the conv reads it directly: LFM2's gated short conv)."""
     t = skip(arg(conv, 0, "input"), CAST_OPS)
     w, bias = arg(conv, 1, "weight"), arg(conv, 2, "bias")
     ws = static_shape(w)
-    if not _swaps_last_two(t) or ws is None or len(ws) != 3:
+    if not isinstance(t, fx.Node) or rank(t) != 3 or ws is None or len(ws) != 3:
         return None
+    channels_first = not _swaps_last_two(t)
+    x = t if channels_first else t.args[0]
     C, K = ws[0], ws[2]
     stride, padding, dilation, groups = (arg(conv, i, n, d) for i, n, d in
                                          ((3, "stride", [1]), (4, "padding", [0]), (5, "dilation", [1]), (6, "groups", 1)))
     if ws[1] != 1 or groups != C or list(stride) != [1] or list(dilation) != [1] or list(padding) != [K - 1]:
         return "not a depthwise stride-1 conv padded by K - 1"
     users = list(conv.users)
-    if len(users) != 1 or not is_op(users[0], aten.slice.Tensor) or not _trims_to_seq(users[0], t.args[0]):
+    if len(users) != 1 or not is_op(users[0], aten.slice.Tensor) or \
+            not _trims_to_seq(users[0], x, 2 if channels_first else 1):
         return "the output is not trimmed to the first s positions (not causal)"
-    return t.args[0], w, bias, users[0]
+    return x, channels_first, w, bias, users[0]
 
 
-def _rewrite(gm: fx.GraphModule, conv: fx.Node, x: fx.Node, w: fx.Node, bias, sl: fx.Node) -> list[fx.Node]:
-    """Insert the canonical op (and a cast / transpose where needed); returns the new nodes."""
+def _rewrite(gm: fx.GraphModule, conv: fx.Node, x: fx.Node, channels_first: bool, w: fx.Node, bias,
+             sl: fx.Node) -> list[fx.Node]:
+    """Insert the canonical op (and a cast / transposes where needed); returns the new nodes."""
     graph = gm.graph
     end, act = sl, None
     nxt = list(sl.users)
@@ -87,8 +95,11 @@ def _rewrite(gm: fx.GraphModule, conv: fx.Node, x: fx.Node, w: fx.Node, bias, sl
     created = []
     with graph.inserting_before(conv):
         src = x
+        if channels_first:  # the canonical op takes [b, s, C]
+            src = graph.call_function(aten.transpose.int, (x, 1, 2))
+            created.append(src)
         if dtype(arg(conv, 0, "input")) not in (None, dtype(x)):  # the conv ran in another dtype: keep it
-            src = graph.call_function(aten.to.dtype, (x, dtype(arg(conv, 0, "input"))))
+            src = graph.call_function(aten.to.dtype, (src, dtype(arg(conv, 0, "input"))))
             created.append(src)
         new = graph.call_function(torch.ops.auto_deploy.torch_causal_conv1d.default, (src, w, bias, act))
         created.append(new)

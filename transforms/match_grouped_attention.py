@@ -17,7 +17,7 @@ import torch
 from torch import fx
 
 from autodeploy_cli.ops import load_ops
-from autodeploy_cli.graph.attention_mask import erase_dropped_masks, sdpa_to_torch_attention
+from autodeploy_cli.graph.attention_mask import erase_dropped_masks, mask_cache_for, sdpa_to_torch_attention
 from autodeploy_cli.graph.core import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.graph.match import replace
@@ -44,7 +44,7 @@ class MatchGroupedAttention(BaseTransform):
     def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
         load_ops()
         attention = torch.ops.auto_deploy.torch_attention.default
-        count, cache, touched = 0, {}, []
+        count, cache, touched = 0, mask_cache_for(ctx), []
         for node in list(gm.graph.nodes):
             is_sdpa = is_op(node, aten.scaled_dot_product_attention.default)
             if not (is_sdpa or (is_op(node, attention) and node.kwargs.get("layout", "bsnd") == "bnsd")):

@@ -187,7 +187,25 @@ def _emit(gm: fx.GraphModule, ropes: list[_Rope], before: fx.Node) -> list[fx.No
     for rope, out in zip(ropes, outs):  # outside the insert point: `before` itself is erased here
         replace(rope.out, out)
         _drop_empty_cat(out)
+        _views_to_reshapes(out)
     return new + [node, *outs]
+
+
+def _views_to_reshapes(out: fx.Node, depth: int = 3) -> None:
+    """HF's views after its RoPE relied on the strides of its own elementwise result (GPT-NeoX-Japanese:
+    cat([rope(x), x_pass]).view(b * n, s, d) after a permute); the op's output may be laid out differently, so
+    views within a few shape-keeping steps become reshapes (a view where the strides allow, a copy otherwise)."""
+    todo, seen = [(out, 0)], set()
+    while todo:
+        node, d = todo.pop()
+        for user in node.users:
+            if user in seen:
+                continue
+            seen.add(user)
+            if is_op(user, aten.view.default):
+                user.target = aten.reshape.default
+            elif d < depth and is_op(user, (aten.cat.default,) + ALIAS_OPS):
+                todo.append((user, d + 1))
 
 
 def _drop_empty_cat(out: fx.Node) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
-from autodeploy_cli.graph.attention_mask import erase_dropped_masks, sdpa_to_torch_attention
+from autodeploy_cli.graph.attention_mask import erase_dropped_masks, mask_cache_for, sdpa_to_torch_attention
 from autodeploy_cli.graph.core import is_op
 from autodeploy_cli.pipeline.interface import BaseTransform, PassContext, TransformInfo, TransformOptions
 from autodeploy_cli.graph.match import replace
@@ -35,7 +35,7 @@ class MatchSdpaToTorchAttention(BaseTransform):
     options_cls = MatchSdpaOptions
 
     def apply(self, gm: fx.GraphModule, ctx: PassContext) -> TransformInfo:
-        count, cache, touched = 0, {}, []
+        count, cache, touched = 0, mask_cache_for(ctx), []
         for node in list(gm.graph.nodes):
             if not is_op(node, aten.scaled_dot_product_attention.default):
                 continue

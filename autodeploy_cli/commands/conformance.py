@@ -4,9 +4,9 @@ Shrinking keeps what the transforms care about and cuts what only costs time:
 kept    architecture (model_type), head_dim, the GQA ratio, RoPE type/theta/scaling, partial rotary, sliding window,
         soft-capping, multipliers, tied embeddings, MoE top-k and routing options, the kinds of layers (e.g. one
         sliding and one full-attention layer for Gemma 3, one RoPE and one NoPE layer for SmolLM3)
-shrunk  2 decoder layers, KV heads -> min(KV heads, 2) (attention heads follow the ratio), hidden = heads x head_dim,
-        MLP width 256, MoE expert width 64 and experts -> min(experts, max(2 x top-k, 4)) (whole routing groups),
-        vocabulary 512
+shrunk  2 decoder layers, KV heads -> min(KV heads, 2) (attention heads follow the ratio; multi-query: at most 8
+        heads), hidden = heads x head_dim,
+        MLP width 256, MoE expert width 64 and experts -> min(experts, max(2 x top-k, 4)), vocabulary 512
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ SHRUNK_VOCAB = 512
 SHRUNK_MLP = 256
 SHRUNK_EXPERT_MLP = 64
 SHRUNK_SHARED_EXPERT_MLP = 128
+MAX_MQA_HEADS = 8  # query heads kept with one KV head (multi-query Falcon-7B: 71 -> 8; GQA keeps its ratio)
 # per-layer list attributes whose values tell layer kinds apart
-PER_LAYER_LISTS = ("layer_types", "no_rope_layers")
+PER_LAYER_LISTS = ("layer_types", "no_rope_layers", "attention_layers")  # attention_layers: GPT-Neo global/local
 
 
 @dataclass
@@ -61,27 +62,30 @@ def _pick_layers(full: Any, n: int = 2) -> list[int]:
 
 def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
     """`model_kwargs` that shrink a stored architecture for a CPU conformance build (see the module docstring)."""
-    from autodeploy_cli.models.hf_arch import config_from_values
+    from autodeploy_cli.models.hf_arch import attention_dims, config_from_values
 
     full = config_from_values(values)
     if getattr(full, "num_attention_heads", None) is None:  # attention-free (Mamba2): width and depth only
         kw = {"num_hidden_layers": 2, "hidden_size": 256, "vocab_size": SHRUNK_VOCAB}
         _shrink_mixers(values, kw)
         return kw
-    heads = int(full.num_attention_heads)
-    kv = int(getattr(full, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(full, "head_dim", None) or full.hidden_size // heads)
+    heads, kv, head_dim = attention_dims(full)
     new_kv = min(kv, 2)
-    new_heads = new_kv * (heads // kv)
+    new_heads = new_kv * (min(heads, MAX_MQA_HEADS) if kv == 1 else heads // kv)
     kw: dict[str, Any] = {
         "num_hidden_layers": 2,
         "num_attention_heads": new_heads,
         "num_key_value_heads": new_kv,
         "head_dim": head_dim,
         "hidden_size": new_heads * head_dim,
-        "intermediate_size": min(int(full.intermediate_size), SHRUNK_MLP),
+        "intermediate_size": min(int(getattr(full, "intermediate_size", None) or SHRUNK_MLP), SHRUNK_MLP),
         "vocab_size": SHRUNK_VOCAB,
     }
+    # older families' configs derive some of these (Falcon's head_dim is a read-only property; GPT-2 ignores the
+    # names it does not use: its MLP is 4 x hidden); Falcon's new architecture names its KV heads num_kv_heads
+    kw = {k: v for k, v in kw.items() if not isinstance(getattr(type(full), k, None), property)}
+    if getattr(full, "model_type", "") == "falcon" and getattr(full, "new_decoder_architecture", False):
+        kw["num_kv_heads"] = new_kv
     for key in ("num_local_experts", "num_experts", "n_routed_experts"):
         experts = values.get(key)
         if experts:
@@ -103,6 +107,8 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
             kw[attr] = [lst[i] for i in picked]
     kw["num_hidden_layers"] = len(picked)
     _shrink_mixers(values, kw)
+    if "attention_layers" in kw:  # GPT-Neo derives it from attention_types ([[kinds], repeats]) and checks the count
+        kw["attention_types"] = [[kw.pop("attention_layers"), 1]]
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):  # keep special ids inside the small vocabulary
         value = getattr(full, key, None)
         remap = (lambda v: v if v < SHRUNK_VOCAB else SHRUNK_VOCAB - 1 - (v % 8))  # noqa: E731
@@ -135,11 +141,14 @@ def _shrink_mixers(values: dict[str, Any], kw: dict[str, Any]) -> None:
 def describe_shrink(kw: dict[str, Any]) -> str:
     if "num_attention_heads" not in kw:
         return f"hidden {kw['hidden_size']}, {kw.get('num_heads')} SSM heads"
-    parts = [f"{kw['num_attention_heads']}/{kw['num_key_value_heads']} heads x {kw['head_dim']}",
-             f"hidden {kw['hidden_size']}"]
+    heads = kw["num_attention_heads"]
+    kv = kw.get("num_key_value_heads", kw.get("num_kv_heads", heads))
+    parts = [f"{heads}/{kv} heads x {kw.get('head_dim', kw['hidden_size'] // heads)}", f"hidden {kw['hidden_size']}"]
     for key in ("num_local_experts", "num_experts", "n_routed_experts"):
         if key in kw:
             parts.append(f"{kw[key]} experts")
+    if "attention_types" in kw and len(set(kw["attention_types"][0][0])) > 1:
+        parts.append("+".join(kw["attention_types"][0][0]))
     if "layer_types" in kw and len(set(kw["layer_types"])) > 1:
         parts.append("+".join(t.split("_")[0] for t in kw["layer_types"]))
     if "no_rope_layers" in kw and len(set(kw["no_rope_layers"])) > 1:

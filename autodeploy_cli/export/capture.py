@@ -60,6 +60,84 @@ def _flatten_codegen(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
+def _meta_constants(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Tensors the graph reads (get_attr) that are neither parameters nor buffers and sit on meta: constants the
+    forward created on the capture device (e.g. the index tensor of `x[..., [-2], :]`), which hold no data."""
+    tensors = {id(t) for t in [*gm.parameters(), *gm.buffers()]}
+    out = {}
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            value = gm
+            for part in str(node.target).split("."):
+                value = getattr(value, part, None)
+            if isinstance(value, torch.Tensor) and id(value) not in tensors and value.device.type == "meta":
+                out[str(node.target)] = value
+    return out
+
+
+@contextlib.contextmanager
+def _fake_cpu_weights(model: nn.Module):
+    """Parameters and buffers as fake CPU tensors (no memory) while the context lasts: constants the forward
+    creates next to them then land on CPU with their values, where on meta they would hold none."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    cpu = torch.device("cpu")
+    saved = []
+    for mod in model.modules():
+        for store in (mod._parameters, mod._buffers):
+            for name, t in list(store.items()):
+                if t is not None and t.device.type == "meta":
+                    saved.append((store, name, t))
+                    fake = mode.fake_tensor_converter.from_meta_and_device(mode, t, cpu)
+                    store[name] = nn.Parameter(fake, requires_grad=False) if store is mod._parameters else fake
+    try:
+        yield
+    finally:
+        for store, name, t in saved:
+            store[name] = t
+
+
+def _export(model: nn.Module, args: tuple, dynamic_shapes: tuple) -> Any:
+    # deferred asserts: HF code that branches on sizes (e.g. torch 2.11 with mask building) must not turn into
+    # guards that pin the dynamic dims
+    return torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False,
+                               prefer_deferred_runtime_asserts_over_guards=True)
+
+
+def _recover_meta_constants(gm: fx.GraphModule, model: nn.Module, args: tuple, dynamic_shapes: tuple) -> None:
+    """Give constants captured on meta their values: export once more with fake CPU weights (same trace, so the
+    same constant names) and copy the values over where name, shape and dtype agree."""
+    missing = _meta_constants(gm)
+    if not missing:
+        return
+    with _fake_cpu_weights(model):
+        constants = _export(model, example_inputs("cpu", *args[0].shape), dynamic_shapes).constants
+    for name, old in missing.items():
+        new = constants.get(name)
+        if isinstance(new, torch.Tensor) and not isinstance(new, torch._subclasses.FakeTensor) \
+                and new.shape == old.shape and new.dtype == old.dtype:
+            owner_name, _, leaf = name.rpartition(".")
+            setattr(gm.get_submodule(owner_name) if owner_name else gm, leaf, new)
+
+
+def _raise_if_too_long(error: Exception, max_seq_len: int) -> None:
+    """torch.export found that the model only works up to N tokens (a learned position table, a mask buffer of N
+    rows): say so in config words instead of a constraint-solver message."""
+    import re
+
+    from autodeploy_cli.errors import ADError
+
+    m = re.search(r"input_ids'\]\.size\(\)\[1\] <= (\d+)", str(error))
+    if m is None or "Constraints violated (seq)" not in str(error):
+        return
+    limit = int(m.group(1))
+    raise ADError(
+        f"The model takes at most {limit} tokens per sequence (its position table or mask buffer has {limit} "
+        f"positions: max_position_embeddings / n_positions in its config), but max_seq_len is {max_seq_len}. Set "
+        f"`max_seq_len={limit}` (or lower).") from None
+
+
 def export_to_graph_module(
     model: nn.Module,
     max_batch_size: int,
@@ -78,11 +156,12 @@ def export_to_graph_module(
         for patch in patches:
             stack.enter_context(patch)
         stack.enter_context(_logits_only_forward(model))
-        # deferred asserts: HF code that branches on sizes (e.g. torch 2.11 with mask building) must not turn into
-        # guards that pin the dynamic dims
-        ep = torch.export.export(model, args, dynamic_shapes=dynamic_shapes, strict=False,
-                                 prefer_deferred_runtime_asserts_over_guards=True)
-    gm = ep.module()
+        try:
+            gm = _export(model, args, dynamic_shapes).module()
+        except Exception as e:  # noqa: BLE001 - a length the model cannot take becomes a config error
+            _raise_if_too_long(e, max_seq_len)
+            raise
+        _recover_meta_constants(gm, model, args, dynamic_shapes)
     return _flatten_codegen(gm)
 
 

@@ -57,8 +57,9 @@ def _inputs_on_weight_device(gm: fx.GraphModule, vals: list[Any]) -> list[Any]:
 
 
 def is_op(node: fx.Node, ops: Any | Iterable[Any]) -> bool:
-    """True if `node` calls one of `ops` (an OpOverloadPacket matches each of its overloads)."""
-    if node.op != "call_function":
+    """True if `node` calls one of `ops` (an OpOverloadPacket matches each of its overloads). Anything that is not a
+    call node (a Python number, None, a placeholder) is not a call of any op."""
+    if not isinstance(node, fx.Node) or node.op != "call_function":
         return False
     targets = ops if isinstance(ops, (list, tuple, set)) else [ops]
     for op in targets:

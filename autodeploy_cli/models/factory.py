@@ -6,6 +6,7 @@ capture; real weights are materialised later (`materialize`) from the checkpoint
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 from pathlib import Path
@@ -68,6 +69,24 @@ def deep_update_config(hf_config: Any, overrides: dict[str, Any], path: str = "m
             setattr(hf_config, key, value)
 
 
+@contextlib.contextmanager
+def _parameters_on_meta():
+    """Modules built inside put every new parameter on meta as it is registered (their init then costs nothing)
+    and keep buffers where they are made (CPU), the way checkpoint loaders build models without memory."""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: Any) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
 class ModelFactory:
     """Builds the HF config, the meta-device model, the real weights and the tokenizer for one config."""
 
@@ -78,6 +97,7 @@ class ModelFactory:
         self._hf_config: Any = None
         self._quant: Any = False  # not read yet (None: the model is not quantized)
         self._ckpt: Any = None  # the quantized checkpoint's headers, read once
+        self._buffers: dict[str, torch.Tensor] | None = None
 
     @property
     def is_local(self) -> bool:
@@ -284,6 +304,16 @@ class ModelFactory:
         with torch.device("meta"):
             model = self._from_config()
         return model.eval()
+
+    def buffer_values(self) -> dict[str, torch.Tensor]:
+        """The model's buffers computed on CPU (parameters stay on meta, so this costs the buffers only): what HF
+        computes at init from the config (mask buffers such as GPT-Neo's tril `bias`, sinusoidal tables). Built once
+        on first use: the mask classifier reads them where the meta graph holds no data."""
+        if self._buffers is None:
+            with _parameters_on_meta():
+                model = self._from_config()
+            self._buffers = {n: b for n, b in model.named_buffers(remove_duplicate=False) if b.device.type != "meta"}
+        return self._buffers
 
     def materialize(self, device: torch.device | None = None) -> nn.Module:
         """A real HF model on `device`: the checkpoint, or a seeded random init with `skip_loading_weights`.

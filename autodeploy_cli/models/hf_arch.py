@@ -53,22 +53,27 @@ def registry_hf_config(name: str, overrides: dict[str, Any] | None = None) -> An
     return None if values is None else config_from_values(values, overrides)
 
 
-def cached_step(model: nn.Module, input_ids: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-    """One forward of a HF causal LM with its own KV cache -> (logits, cache). Version shim: transformers >= 5.2x
-    names the argument and output `cache`; 5.17 (the GPU machine) names both `past_key_values`."""
-    import inspect
-
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    out = model(input_ids=input_ids, use_cache=True, **{name: cache})
-    return out.logits, getattr(out, name)
-
-
 def mla_dims(hf_config: Any) -> tuple[int, int] | None:
     """(kv_lora_rank, qk_rope_head_dim) of a multi-head latent attention config (DeepSeek-V2/V3 family), else None."""
     cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
     rank = getattr(cfg, "kv_lora_rank", None)
     rope = getattr(cfg, "qk_rope_head_dim", None)
     return (int(rank), int(rope)) if rank and rope is not None else None
+
+
+def attention_dims(hf_config: Any) -> tuple[int, int, int]:
+    """(query heads, KV heads, head_dim) whatever the config calls them. Falcon keeps `num_kv_heads` equal to the
+    heads when `multi_query` (one KV head) is on and uses it only with `new_decoder_architecture`; GPT-BigCode
+    answers num_key_value_heads from multi_query; the others store num_key_value_heads or have one KV head per
+    head."""
+    cfg = getattr(hf_config, "get_text_config", lambda: hf_config)()
+    heads = int(cfg.num_attention_heads)
+    if getattr(cfg, "model_type", "") == "falcon":
+        kv = int(cfg.num_kv_heads) if cfg.new_decoder_architecture else (1 if cfg.multi_query else heads)
+    else:
+        kv = int(getattr(cfg, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return heads, kv, head_dim
 
 
 def kv_values_per_token(hf_config: Any) -> tuple[int, bool]:
@@ -84,8 +89,7 @@ def kv_values_per_token(hf_config: Any) -> tuple[int, bool]:
     heads = getattr(cfg, "num_attention_heads", None)
     if not heads:  # no attention at all (Mamba2): nothing is cached per token
         return 0, True
-    kv_heads = int(getattr(cfg, "num_key_value_heads", None) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // int(heads))
+    _, kv_heads, head_dim = attention_dims(cfg)
     return layers * 2 * kv_heads * head_dim, True
 
 

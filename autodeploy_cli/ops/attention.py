@@ -24,6 +24,7 @@ def torch_attention(
     sliding_window: Optional[int] = None,
     logit_cap: Optional[float] = None,
     layout: str = "bsnd",
+    alibi_slopes: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """Attention with native GQA (n_heads a multiple of n_kv_heads).
 
@@ -31,7 +32,10 @@ def torch_attention(
     attn_mask: bool (True = attend) or additive float, broadcastable to [b, n, s, s_kv]. Causal masking is aligned
     bottom-right (query i sits at absolute position s_kv - s + i). sliding_window: a key is visible if
     q_pos - k_pos < sliding_window. logit_cap: cap * tanh(scores / cap) (Gemma 2). sinks: [n] extra logit per head
-    that joins the softmax and is then dropped. dropout_p is accepted for matching only (inference: no dropout).
+    that joins the softmax and is then dropped. alibi_slopes: [n] float32 (ALiBi, Bloom/MPT/Falcon): head h adds
+    -slopes[h] * (q_pos - k_pos) to its scores after scale and cap (HF adds slopes[h] * k_pos; the two differ by a
+    constant per query row, which the softmax ignores). dropout_p is accepted for matching only (inference: no
+    dropout).
     Returns the output in the input layout: [b, s, n, d_v] or [b, n, s, d_v].
     """
     qh, kh, vh = (_to_bnsd(t, layout) for t in (q, k, v))  # [b, n, s, d]
@@ -46,6 +50,8 @@ def torch_attention(
         scores = logit_cap * torch.tanh(scores / logit_cap)
     q_pos = torch.arange(s, device=q.device).unsqueeze(-1) + (s_kv - s)
     k_pos = torch.arange(s_kv, device=q.device).unsqueeze(0)
+    if alibi_slopes is not None:  # [n, s, s_kv]: relative distance, so it is the same in a paged cache
+        scores = scores + alibi_slopes.float().view(-1, 1, 1) * (k_pos - q_pos).float()
     visible = torch.ones(s, s_kv, dtype=torch.bool, device=q.device)
     if is_causal:
         visible &= k_pos <= q_pos
@@ -68,5 +74,5 @@ def torch_attention(
 
 @torch_attention.register_fake
 def _torch_attention_fake(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=True, scale=None, sinks=None,
-                          sliding_window=None, logit_cap=None, layout="bsnd"):
+                          sliding_window=None, logit_cap=None, layout="bsnd", alibi_slopes=None):
     return q.new_empty(*q.shape[:-1], v.shape[-1])

@@ -11,7 +11,8 @@ What the transform builds for every attention node, in this argument order:
               *prepare_metadata outputs,     # one node per graph, right after the inputs
               *caches,                       # this layer's caches, e.g. k_cache_3, v_cache_3 (graph inputs)
               *global_buffers,               # shared by all layers, e.g. a workspace (graph inputs)
-              *constants)                    # python constants from the source node (scale, sinks, window, cap)
+              *constants,                    # python constants from the source node (scale, sinks, window, cap)
+              **constant_kwargs)             # optional ones only when set (alibi_slopes=...), by name
         -> out [1, T, n, d_v]
 
 KV cache layout shared by every backend: per layer k_cache and v_cache of shape [num_pages, page_size, n_kv, head_dim]
@@ -46,6 +47,7 @@ class AttentionNodeInfo:
     sinks: Any  # an fx.Node holding [n_heads] sink logits, or None
     sliding_window: Optional[int]
     logit_cap: Optional[float]
+    alibi_slopes: Any = None  # an fx.Node holding [n_heads] float32 ALiBi slopes, or None
     # FP8 KV cache only: a cached value is the FP8 value times its layer's scale (checkpoint k/v scales, else 1.0);
     # None for other caches (backends then pass no scale arguments)
     k_scale: Optional[float] = None
@@ -71,6 +73,7 @@ class AttentionDescriptor:
 
     name: ClassVar[str] = ""
     layout: ClassVar[str] = "bsnd"  # q/k/v layout the cached op takes
+    supports_alibi: ClassVar[bool] = False  # the cached op takes `alibi_slopes=` (a [n_heads] float32 tensor)
     # sequence-info fields the cached op reads, in its argument order (right after q, k, v)
     metadata_fields: ClassVar[tuple[str, ...]] = ()
 
@@ -107,9 +110,23 @@ class AttentionDescriptor:
         return [attn.scale, attn.sinks, attn.sliding_window, attn.logit_cap]
 
     @classmethod
+    def constant_kwargs(cls, attn: AttentionNodeInfo) -> dict:
+        """Optional trailing arguments passed by name, only when the layer uses them (older cached ops, which do
+        not know them, keep their signature)."""
+        return {"alibi_slopes": attn.alibi_slopes} if attn.alibi_slopes is not None else {}
+
+    @classmethod
     def unsupported_reason(cls, attn: AttentionNodeInfo) -> Optional[str]:
         """Why this backend cannot run `attn` (None: it can)."""
         return None
+
+    @classmethod
+    def refusal(cls, attn: AttentionNodeInfo) -> Optional[str]:
+        """`unsupported_reason`, plus what every backend must declare (ALiBi support)."""
+        reason = cls.unsupported_reason(attn)
+        if reason is None and attn.alibi_slopes is not None and not cls.supports_alibi:
+            reason = f"ALiBi position biases (alibi_slopes) are not implemented by the `{cls.name}` backend"
+        return reason
 
 
 def register_attention_backend(name: str) -> Callable[[type[AttentionDescriptor]], type[AttentionDescriptor]]:

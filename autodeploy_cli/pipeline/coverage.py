@@ -107,6 +107,7 @@ def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
     out: dict[str, dict[Optional[int], int]] = {k: {} for k in KINDS}
     out["attention"] = {i: 1 for i in attn_layers}
     has_rope = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling"))
+    has_rope = has_rope and not getattr(cfg, "alibi", False)  # Falcon with alibi=True keeps rope_theta unused
     if has_rope:
         # SmolLM3-style `no_rope_layers`: 1 = the layer applies RoPE, 0 = it does not (NoPE)
         uses_rope = list(getattr(cfg, "no_rope_layers", None) or [1] * n_layers)

@@ -12,6 +12,7 @@ from typing import Callable, Optional
 
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.log import get_logger, log_prefix
+from autodeploy_cli.pipeline import matcher_guard
 from autodeploy_cli.pipeline.dump import GraphDumper
 from autodeploy_cli.graph.core import canonicalize, is_graph_module, num_call_nodes, shape_prop
 from autodeploy_cli.pipeline.interface import PassContext, TransformInfo, TransformOptions
@@ -108,9 +109,12 @@ class PipelineRunner:
         log = get_logger()
         transform = get_transform_class(name)(opts)
         t0 = time.perf_counter()
+        snap = None
         try:
             self._cleanup("PRE-CLEANUP", opts.requires_shape_prop, opts.requires_clean_graph, ctx, state)
             t1 = time.perf_counter()
+            if opts.stage == "pattern_matcher" and is_graph_module(ctx.model):
+                snap = matcher_guard.snapshot(ctx.model)  # a matcher that raises leaves the graph unchanged
             with log_prefix("[APPLY]"):
                 # the progress display reads ad_step (position, total, stage, name), shown or not
                 log.info("applying transform...", extra={"ad_step": (rec.position, len(self.entries), opts.stage, name)})
@@ -129,6 +133,14 @@ class PipelineRunner:
         except ADError:
             raise
         except Exception as e:  # noqa: BLE001 - reported with context below
+            if snap is not None:
+                matcher_guard.restore(ctx.model, snap)
+                rec.error = matcher_guard.record_failure(ctx.misses, name, e)
+                log.warning(f"{rec.error} (AUTO_DEPLOY_LOG_LEVEL=DEBUG shows the traceback)")
+                log.debug("matcher traceback", exc_info=True)
+                rec.note, rec.time_s = "matcher failed: graph unchanged", time.perf_counter() - t0
+                state.update(is_clean=False, has_valid_shapes=False)
+                return
             where = f"Transform `{name}` (stage {opts.stage}) failed: {type(e).__name__}: {e}."
             before = f" Transforms applied before it: {', '.join(applied) if applied else 'none'}."
             if opts.skip_on_error:

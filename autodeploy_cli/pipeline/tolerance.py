@@ -13,6 +13,10 @@ Parameter dtype (u = unit roundoff of the dtype):
   where the logit differences of two independent roundings reach a few u: 3e-2 ~ 8u.
 - float16 (u = 4.9e-4): the same count as bf16 but with a 8x smaller u, plus overflow-safe accumulation differences
   in softmax: 2e-2 (~40u; float16 models are rare and their activations large, so the head amplifies more).
+A row over the float32 bound right after insert_cached_attention is not rounding: the cached graph runs the probe's
+sequences back to back ([1, T]), so anything that mixes tokens outside a cached form leaks between them. LFM2's short
+convolutions measured 1.2e-7 with one sequence and 2.8e-4 with two (5e-4 for LFM2-MoE): a real difference, which
+`require_cached_forms` now refuses at build time; the bound stays.
 KV cache dtype (only where the cache stores K/V):
 - fp8 e4m3 (u = 2^-4 = 6.25e-2 per stored element): scores q.k carry <= u relative error per key and the output is
   a convex combination of V rows (error <= u, ~u/sqrt(context) on average); the attention branch adds that to a

@@ -119,6 +119,11 @@ class FlashInferPagedAttention(AttentionDescriptor):
     def unsupported_reason(cls, attn: AttentionNodeInfo) -> Optional[str]:
         if attn.sinks is not None:
             return "attention sinks are not supported by the FlashInfer wrappers; use attn_backend=triton"
+        if attn.alibi_slopes is not None:
+            # FlashInfer's pos_encoding_mode="ALIBI" derives its own slopes (the power-of-two formula) and is not
+            # wired up or tested here; MPT's and Falcon's slopes differ from it for some head counts
+            return ("ALiBi position biases are not wired to FlashInfer's ALiBi mode (its slopes are its own, not "
+                    "the model's); use attn_backend=triton or attn_backend=torch")
         if attn.v_head_dim != attn.head_dim:
             return f"v head dim {attn.v_head_dim} differs from the q/k head dim {attn.head_dim}"
         if attn.k_scale is not None and attn.head_dim < 64:  # measured on the H200: "Invalid configuration"

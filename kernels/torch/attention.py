@@ -96,9 +96,11 @@ def torch_attention_with_paged_cache(
     logit_cap: Optional[float] = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    alibi_slopes: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """q [1, T, n, d], k/v [1, T, n_kv, d(_v)] -> out [1, T, n, d_v]; writes k/v into the caches at `slots`.
-    An FP8 cache holds k / k_scale and v / v_scale; reads multiply the scales back."""
+    An FP8 cache holds k / k_scale and v / v_scale; reads multiply the scales back. alibi_slopes [n]: head h adds
+    slopes[h] * (k_pos - q_pos) to its scores (positions in the sequence's cache)."""
     _, T, n, d = q.shape
     n_kv, dv = k.shape[2], v.shape[-1]
     B, ps = seq_len.shape[0], k_cache.shape[1]
@@ -135,6 +137,9 @@ def torch_attention_with_paged_cache(
     if logit_cap is not None and logit_cap > 0:
         scores = logit_cap * torch.tanh(scores / logit_cap)
     k_pos = torch.arange(L, device=q.device)
+    if alibi_slopes is not None:  # [B, n_kv, g, S, L]
+        dist = (k_pos.view(1, 1, L) - q_pos.unsqueeze(-1)).float()  # [B, S, L]
+        scores = scores + alibi_slopes.float().view(1, n_kv, g, 1, 1) * dist[:, None, None]
     visible = k_pos.view(1, 1, L) <= q_pos.unsqueeze(-1)  # [B, S, L]
     if sliding_window is not None and sliding_window > 0:
         visible = visible & ((q_pos.unsqueeze(-1) - k_pos.view(1, 1, L)) < sliding_window)
@@ -153,7 +158,8 @@ def torch_attention_with_paged_cache(
 
 @torch_attention_with_paged_cache.register_fake
 def _cached_fake(q, k, v, seq_len, input_pos, batch_info_host, page_table, slots, tok_seq, tok_pos, k_cache, v_cache,
-                 scale=None, sinks=None, sliding_window=None, logit_cap=None, k_scale=1.0, v_scale=1.0):
+                 scale=None, sinks=None, sliding_window=None, logit_cap=None, k_scale=1.0, v_scale=1.0,
+                 alibi_slopes=None):
     return q.new_empty(*q.shape[:-1], v.shape[-1])
 
 
@@ -162,6 +168,7 @@ class TorchPagedAttention(AttentionDescriptor):
     """Plain-torch paged attention (any device, any dtype); the reference for the other backends."""
 
     layout = "bsnd"
+    supports_alibi = True
     metadata_fields = ("seq_len", "input_pos", "batch_info_host")
 
     @classmethod

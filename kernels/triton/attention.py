@@ -112,7 +112,8 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu
                     stride_qt, stride_qh, stride_ot, stride_oh, stride_page, stride_tok, stride_head,
                     D, GROUP: tl.constexpr, PS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_D: tl.constexpr, LOG_B: tl.constexpr, HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                    HAS_SINKS: tl.constexpr, PREC: tl.constexpr, KV_FP8: tl.constexpr):
+                    HAS_SINKS: tl.constexpr, PREC: tl.constexpr, KV_FP8: tl.constexpr, alibi_ptr=None,
+                    HAS_ALIBI: tl.constexpr = False):
     pid = tl.program_id(0)
     h = tl.program_id(1)
     if pid < tl.load(cu_qblocks_ptr + B):
@@ -146,6 +147,8 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu
             m_i = tl.zeros([BLOCK_M], tl.float32) + _NEG_INIT
             l_i = tl.zeros([BLOCK_M], tl.float32)
         acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        if HAS_ALIBI:  # ALiBi: slope * (k_pos - q_pos), in the log2 domain of the scores
+            slope_log2 = tl.load(alibi_ptr + h).to(tl.float32) * 1.4426950408889634
 
         kv_end = tl.minimum(prefix + q_start + BLOCK_M, prefix + n_q)  # one past the last visible key
         kv_lo = 0
@@ -166,6 +169,8 @@ def _prefill_kernel(q_ptr, kc_ptr, vc_ptr, o_ptr, seq_len_ptr, input_pos_ptr, cu
                 s = _cap(s * (scale_log2 / 1.4426950408889634), cap) * 1.4426950408889634
             else:
                 s = s * scale_log2
+            if HAS_ALIBI:
+                s += slope_log2 * (kpos[None, :] - q_pos[:, None]).to(tl.float32)
             visible = (kpos[None, :] <= q_pos[:, None]) & (kpos[None, :] < kv_end)
             if HAS_WINDOW:
                 visible = visible & ((q_pos[:, None] - kpos[None, :]) < window)
@@ -201,7 +206,7 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
                       sliding_window: Optional[int] = None, logit_cap: Optional[float] = None,
                       out: Optional[torch.Tensor] = None, block_m: int = 64, block_n: int = 64,
                       num_warps: int = 4, num_stages: int = 2, k_scale: float = 1.0,
-                      v_scale: float = 1.0) -> torch.Tensor:
+                      v_scale: float = 1.0, alibi_slopes: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal attention of every token in q [T, n, d] over its sequence's cached keys (prefix + itself).
 
     Handles any mix of prefill, chunked prefill and decode sequences. The caches must already hold this step's
@@ -224,7 +229,8 @@ def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Ten
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), d, GROUP=n_heads // n_kv, PS=ps, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=triton.next_power_of_2(d), LOG_B=max(1, math.ceil(math.log2(B + 1))),
         HAS_CAP=has_cap, HAS_WINDOW=has_window, HAS_SINKS=sinks is not None, PREC=_prec(q),
-        KV_FP8=is_fp8(k_cache), num_warps=num_warps, num_stages=num_stages)
+        KV_FP8=is_fp8(k_cache), num_warps=num_warps, num_stages=num_stages,
+        alibi_ptr=alibi_slopes if alibi_slopes is not None else q, HAS_ALIBI=alibi_slopes is not None)
     return out
 
 
@@ -235,7 +241,8 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
                          stride_tok, stride_head, D, N_HEADS, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                          PS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
                          HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
-                         KV_FP8: tl.constexpr):
+                         KV_FP8: tl.constexpr, alibi_ptr=None,
+                         HAS_ALIBI: tl.constexpr = False):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -258,6 +265,8 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
     m_i = tl.zeros([BLOCK_G], tl.float32) + _NEG_INIT
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    if HAS_ALIBI:  # ALiBi: slope * (k_pos - q_pos) with q_pos = kv_len - 1, in the log2 domain
+        slope_log2 = tl.load(alibi_ptr + heads, mask=g_valid, other=0.0).to(tl.float32) * 1.4426950408889634
     for n0 in range(start, end, BLOCK_N):
         kpos = n0 + tl.arange(0, BLOCK_N)
         k = _load_kv_tile(kc_ptr, loc_ptr, page_base, kpos, end, kvh, offs_d, D, PS, stride_page, stride_tok,
@@ -272,6 +281,8 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
             s = _cap(s * (scale_log2 / 1.4426950408889634), cap) * 1.4426950408889634
         else:
             s = s * scale_log2
+        if HAS_ALIBI:
+            s += slope_log2[:, None] * (kpos - (kv_len - 1)).to(tl.float32)[None, :]
         s = tl.where((kpos < end)[None, :], s, float("-inf"))
         m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, PREC)
     if KV_FP8:
@@ -323,7 +334,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      sliding_window: Optional[int] = None, logit_cap: Optional[float] = None,
                      out: Optional[torch.Tensor] = None, num_splits: Optional[int] = None, block_n: int = 64,
                      num_warps: int = 4, num_stages: int = 2, max_kv_len: Optional[int] = None,
-                     k_scale: float = 1.0, v_scale: float = 1.0) -> torch.Tensor:
+                     k_scale: float = 1.0, v_scale: float = 1.0,
+                     alibi_slopes: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Decode attention: every sequence has exactly one query token (seq_len == 1). q [B, n, d] -> [B, n, d].
 
     Flash-decoding: the keys of each (sequence, kv head) are split into `num_splits` ranges processed in
@@ -352,7 +364,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), d, n_heads, GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), PS=ps, BLOCK_N=block_n, BLOCK_D=block_d, SPLITS=num_splits,
         HAS_CAP=has_cap, HAS_WINDOW=has_window, PREC=_prec(q), KV_FP8=is_fp8(k_cache), num_warps=num_warps,
-        num_stages=num_stages)
+        num_stages=num_stages,
+        alibi_ptr=alibi_slopes if alibi_slopes is not None else q, HAS_ALIBI=alibi_slopes is not None)
     _decode_reduce_kernel[(B, n_heads)](
         part, ml, out, cu_seqlen, sinks if sinks is not None else q, out.stride(0), out.stride(1), d, n_heads,
         SPLITS=num_splits, BLOCK_D=block_d, HAS_SINKS=sinks is not None, num_warps=4)

@@ -46,6 +46,7 @@ def triton_attention_with_paged_cache(
     k_cache: torch.Tensor, v_cache: torch.Tensor, scale: Optional[float] = None, sinks: Optional[torch.Tensor] = None,
     sliding_window: Optional[int] = None, logit_cap: Optional[float] = None, k_scale: float = 1.0,
     v_scale: float = 1.0,
+    alibi_slopes: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """q [1, T, n, d], k/v [1, T, n_kv, d] -> out [1, T, n, d]; writes k/v into the caches first (an FP8 cache holds
     k / k_scale and v / v_scale)."""
@@ -53,7 +54,7 @@ def triton_attention_with_paged_cache(
     ta.write_kv_cache(k[0], v[0], k_cache, v_cache, slot_mapping, k_scale, v_scale)
     args = (q[0], k_cache, v_cache, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages)
     kw = dict(scale=scale, sinks=sinks, sliding_window=sliding_window, logit_cap=logit_cap, k_scale=k_scale,
-              v_scale=v_scale)
+              v_scale=v_scale, alibi_slopes=alibi_slopes)
     if T == seq_len.shape[0]:  # decode-only: one query per sequence
         out = ta.decode_attention(*args, **kw, num_stages=3, max_kv_len=min(k_cache.shape[0] * k_cache.shape[1],
                                                                             8192))
@@ -64,7 +65,8 @@ def triton_attention_with_paged_cache(
 
 @triton_attention_with_paged_cache.register_fake
 def _cached_fake(q, k, v, seq_len, input_pos, cu_seqlen, cache_loc, cu_num_pages, slot_mapping, k_cache, v_cache,
-                 scale=None, sinks=None, sliding_window=None, logit_cap=None, k_scale=1.0, v_scale=1.0):
+                 scale=None, sinks=None, sliding_window=None, logit_cap=None, k_scale=1.0, v_scale=1.0,
+                 alibi_slopes=None):
     return q.new_empty(q.shape)
 
 
@@ -73,6 +75,7 @@ class TritonPagedAttention(AttentionDescriptor):
     """Triton paged attention (GPU; CPU only under TRITON_INTERPRET=1): ragged prefill + split-KV decode."""
 
     layout = "bsnd"
+    supports_alibi = True
     metadata_fields = ("seq_len", "input_pos", "cu_seqlen", "cache_loc", "cu_num_pages")
 
     @classmethod

@@ -70,3 +70,28 @@ def test_opcheck(layout):
     if layout == "bsnd":
         q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))
     torch.library.opcheck(ATTN.default, (q, k, v), {"layout": layout}, test_utils=("test_schema", "test_faketensor"))
+
+
+def test_alibi_equals_hf_absolute_key_bias():
+    """HF (Bloom) adds slopes[h] * k_pos; ours adds slopes[h] * (k_pos - q_pos): equal after the softmax."""
+    q, k, v = _qkv(n_kv=4, s=5, s_kv=5)
+    slopes = torch.tensor([0.5, 0.25, 0.125, 0.0625])
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(8) + slopes.view(1, 4, 1, 1) * torch.arange(5.0)
+    scores = scores.masked_fill(~torch.ones(5, 5, dtype=torch.bool).tril(), -math.inf)
+    want = torch.softmax(scores, -1) @ v
+    torch.testing.assert_close(ATTN(q, k, v, is_causal=True, alibi_slopes=slopes, layout="bnsd"), want)
+
+
+def test_alibi_on_a_query_suffix_equals_the_full_rows():
+    """What a KV cache relies on: the last 2 queries over 6 keys give the last 2 rows of the full attention."""
+    q, k, v = _qkv(n=4, n_kv=1, s=6, s_kv=6)
+    slopes = torch.tensor([0.7, 0.3, 0.1, 0.02])
+    full = ATTN(q, k, v, is_causal=True, alibi_slopes=slopes, layout="bnsd")
+    suffix = ATTN(q[:, :, 4:], k, v, is_causal=True, alibi_slopes=slopes, layout="bnsd")
+    torch.testing.assert_close(suffix, full[:, :, 4:])
+
+
+def test_opcheck_alibi():
+    q, k, v = _qkv(s=3, s_kv=3)
+    torch.library.opcheck(ATTN.default, (q, k, v), {"layout": "bnsd", "alibi_slopes": torch.rand(4)},
+                          test_utils=("test_schema", "test_faketensor"))

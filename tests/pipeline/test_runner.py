@@ -77,3 +77,30 @@ def test_report_has_every_entry_in_order_and_graph_sizes():
     assert [r["position"] for r in result.report["transforms"]] == list(range(1, len(expected) + 1))
     nodes = result.report["graph_nodes"]
     assert nodes["after_export"] > 0 and 0 < nodes["final"] <= nodes["after_export"]
+
+
+def test_a_matcher_that_raises_leaves_the_graph_unchanged_and_is_a_miss(scratch_transforms):
+    """Pattern matchers never crash the build: a half-done rewrite is undone and the failure becomes a miss."""
+    from autodeploy_cli.graph.core import op_name
+
+    class HalfDone(BaseTransform):
+        def apply(self, gm, ctx):
+            node = next(n for n in gm.graph.nodes if n.op == "call_function" and "linear" in str(n.target))
+            node.target = __import__("torch").ops.aten.relu.default  # a rewrite already under way ...
+            gm.register_buffer("leftover", __import__("torch").zeros(1))
+            raise ValueError("unexpected constant 0.5")  # ... when the matcher meets something it did not expect
+
+    scratch_transforms("tst_half_done_attention", HalfDone)
+    base = ["transforms.tst_half_done_attention.stage=pattern_matcher", "device=cpu", "dtype=float32"]
+    before = build(resolve([], base[1:]), stop_after="match_rmsnorm_pattern")
+    result = build(resolve([], base), stop_after="tst_half_done_attention")
+    ops = lambda gm: [op_name(n) for n in gm.graph.nodes if n.op == "call_function"]  # noqa: E731
+    assert ops(result.model) == ops(before.model)
+    assert "leftover" not in dict(result.model.named_buffers())
+    row = next(r for r in result.report["transforms"] if r["name"] == "tst_half_done_attention")
+    assert row["note"] == "matcher failed: graph unchanged" and not row["skipped"]
+    miss = result.ctx.misses["attention"][-1]
+    assert miss["reason"] == ("not matched because `tst_half_done_attention` met a graph it did not expect "
+                              "(ValueError: unexpected constant 0.5); the graph was left unchanged")
+    full = build(resolve([], base), verify=True)  # and the build goes on to the end, correct
+    assert full.verify_failure is None and full.report["transforms"][-1]["name"] == "compile_model"

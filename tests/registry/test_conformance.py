@@ -90,7 +90,7 @@ def test_one_entry_per_family_passes_verify_on_cpu(tmp_path):
     result = runner.invoke(app, ["models", "--check", "--one-per-family", "--report", str(report)])
     families = {e["family"] for e in load_registry().values() if not e.get("unsupported")}
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert len(lines) == len(families) == 24  # 17 + MLA's deepseek_v2/v3 + the hybrid families of issue 17
+    assert len(lines) == len(families) == 40  # dense, MoE, MLA, hybrid (issue 17) and classic (issue 21) families
     failed = [line for line in lines if "] PASS " not in line]
     assert not failed, "\n".join(failed)
     assert result.exit_code == 0

@@ -13,7 +13,7 @@ from model_registry import (CONFIGS_DIR, entry_params, get_entry, hf_architectur
 REG = load_registry()
 SUPPORTED = [n for n, e in REG.items() if not e.get("unsupported") and not e.get("local_dir")]
 UNSUPPORTED = [n for n, e in REG.items() if e.get("unsupported")]
-SEQ = {"2k": 2048, "4k": 4096, "8k": 8192, "32k": 32768}
+SEQ = {"1k": 1024, "2k": 2048, "4k": 4096, "8k": 8192, "32k": 32768}
 HYBRID_FAMILIES = ("nemotron_h", "bamba", "granitemoehybrid", "mamba2", "qwen3_next")
 _SHAPES = {"model_type", "hidden_size", "num_hidden_layers", "vocab_size", "tie_word_embeddings"}
 _ATTN = _SHAPES | {"intermediate_size", "num_attention_heads", "num_key_value_heads", "max_position_embeddings"}
@@ -43,15 +43,16 @@ def test_at_least_100_real_hf_ids_build_offline():
         assert values is not None, name
         key = REG[name].get("arch", name)
         if key not in built:
-            model = meta_model(config_from_values(values))
-            text = values.get("text_config", values)
+            config = config_from_values(values)
+            model = meta_model(config)
+            text = config.get_text_config()  # older families store n_embd, d_model, n_layer, ...: read them mapped
             emb = model.get_input_embeddings().weight
-            assert tuple(emb.shape) == (text["vocab_size"], text["hidden_size"]), name
+            assert tuple(emb.shape) == (text.vocab_size, text.hidden_size), name
             assert emb.device.type == "meta"
             head = model.get_output_embeddings().weight
-            assert tuple(head.shape) == (text["vocab_size"], text["hidden_size"]), name
-            built[key] = sum(1 for n, _ in model.named_modules() if re.search(r"layers\.\d+$", n))
-            assert built[key] == text["num_hidden_layers"], name
+            assert tuple(head.shape) == (text.vocab_size, text.hidden_size), name
+            built[key] = sum(1 for n, _ in model.named_modules() if re.search(r"(?:layers|h|blocks)\.\d+$", n))
+            assert built[key] == text.num_hidden_layers, name
 
 
 def test_every_entry_resolves_with_its_layers():
@@ -68,8 +69,13 @@ def test_every_entry_resolves_with_its_layers():
         (seq,) = [f for f in layers if f.startswith("max_seq_len_")]
         assert cfg.max_seq_len == SEQ[seq[len("max_seq_len_"):-len(".yaml")]], name
         values = hf_architecture(name)
-        if values is not None:  # the max_seq_len layer is the model's context capped at 8k (Mamba2: no limit)
-            assert cfg.max_seq_len == min(values.get("max_position_embeddings", 8192), 8192), name
+        if values is not None:  # the max_seq_len layer is the model's context capped at 8k (Bloom: 2k trained,
+            from autodeploy_cli.models.hf_arch import config_from_values  # Mamba2: no limit)
+
+            unlimited = 8192 if get_entry(name)["family"] == "mamba2" else 2048
+            context = getattr(config_from_values(values), "max_position_embeddings", None) or \
+                values.get("max_seq_len") or unlimited
+            assert cfg.max_seq_len == min(context, 8192), name
 
 
 def test_user_config_and_overrides_win_over_registry_layers(tmp_path):
@@ -104,7 +110,10 @@ def test_entry_family_matches_its_architecture():
                    "granite": {"granite"}, "olmo2": {"olmo2"}, "starcoder2": {"starcoder2"},
                    "internlm3": {"internlm3"}, "exaone4": {"exaone4"}, "gpt_oss": {"gpt_oss"}, "olmoe": {"olmoe"},
                    "phimoe": {"phimoe"}, "granitemoe": {"granitemoe"}, "deepseek_v2": {"deepseek_v2"},
-                   "deepseek_v3": {"deepseek_v3"}, "llama4_text": {"llama4_text"}, **{f: {f} for f in HYBRID_FAMILIES}}
+                   "deepseek_v3": {"deepseek_v3"}, "llama4_text": {"llama4_text"}, **{f: {f} for f in HYBRID_FAMILIES},
+                   "gpt2": {"gpt2"}, "bloom": {"bloom"}, "opt": {"opt"},
+                   "gpt_neo": {"gpt_neo"}, "gpt_neox": {"gpt_neox"}, "gptj": {"gptj"}, "falcon": {"falcon"},
+                   "mpt": {"mpt"}, "gpt_bigcode": {"gpt_bigcode"}, "phi": {"phi"}, "xglm": {"xglm"}}
     for name in SUPPORTED:
         assert hf_architecture(name)["model_type"] in model_types[get_entry(name)["family"]], name
 
@@ -122,8 +131,17 @@ def test_architectures_hold_the_shape_facts():
                 "num_key_value_heads", "vocab_size", "max_position_embeddings", "rope_theta", "tie_word_embeddings"}
     used = {REG[n]["arch"] for n in SUPPORTED}
     assert used == {a for a in load_architectures() if not a.startswith("_")}  # no orphan architectures
+    from autodeploy_cli.models.hf_arch import attention_dims, config_from_values
+
+    archs = load_architectures()
     for name in SUPPORTED:
         values = hf_architecture(name)
+        if archs[REG[name]["arch"]][0] == "classic.yaml":  # own config names: the shape facts through the config
+            config = config_from_values(values)
+            assert all(int(getattr(config, k)) > 0 for k in ("hidden_size", "num_hidden_layers", "vocab_size")), name
+            heads, kv, head_dim = attention_dims(config)
+            assert heads % kv == 0 and heads * head_dim == config.hidden_size, name
+            continue
         family = get_entry(name)["family"]  # hybrids: their own facts (Nemotron-H has no RoPE, Mamba2 no attention)
         missing = (HYBRID_FACTS[family] if family in HYBRID_FACTS else required) - set(values)
         assert not missing, (name, missing)

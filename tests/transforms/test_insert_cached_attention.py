@@ -80,3 +80,58 @@ def test_backend_errors():
     with pytest.raises(ADError, match="Unknown attention backend `trch`.*Did you mean `torch`?"):
         get_attention_backend("trch")
     assert get_attention_backend("torch").cached_op() is torch.ops.auto_deploy.torch_attention_with_paged_cache.default
+
+
+def _with_first_attention(tiny_dir, **kwargs):
+    cfg = resolve([], [f"model={tiny_dir('qwen3')}", "skip_loading_weights=true", "dtype=float32", "max_seq_len=32"])
+    result = build(cfg, stop_after="load_weights")
+    first = next(n for n in result.model.graph.nodes if n.target == torch.ops.auto_deploy.torch_attention.default)
+    _set(first, **kwargs)
+    return result, first
+
+
+def _set(node, **kwargs):
+    """Set arguments by schema name, whether the node holds them positionally or by keyword."""
+    names = [a.name for a in node.target._schema.arguments]
+    args = list(node.args)
+    for key, value in kwargs.items():
+        if names.index(key) < len(args):
+            args[names.index(key)] = value
+        else:
+            node.kwargs = {**node.kwargs, key: value}
+    node.args = tuple(args)
+
+
+def test_a_mask_it_cannot_apply_is_refused_with_what_it_is_and_what_would_be_needed(tiny_dir):
+    result, first = _with_first_attention(tiny_dir)
+    _set(first, attn_mask=first.args[0])  # any tensor: a mask the classifier kept
+    first.meta["ad_mask_reason"] = "mask differs across the batch (padding)"
+    with pytest.raises(ADError) as err:
+        InsertCachedAttention(build_options("insert_cached_attention", OPTS)).apply(result.model, result.ctx)
+    assert str(err.value) == (
+        f"The attention of layer 0 (model.layers.0.self_attn, node `{first.name}`) takes an explicit attention mask "
+        "that cached attention cannot apply: mask differs across the batch (padding). Cached attention expresses "
+        "causal masks, sliding windows (`sliding_window`), ALiBi position biases (`alibi_slopes`), soft-capping "
+        "(`logit_cap`) and sinks; a KV cache keeps keys and values only, so a mask that is none of these (padding, a "
+        "mask computed from the activations, a custom pattern) has no cached form and ad cannot deploy this model. "
+        "It would need that mask as an option of `auto_deploy::torch_attention` and of the cached backends (for a "
+        "per-key bias: a cache beside the keys).")
+
+
+def test_non_causal_attention_is_refused(tiny_dir):
+    result, first = _with_first_attention(tiny_dir, is_causal=False)
+    with pytest.raises(ADError, match=r"The attention of layer 0 \(model.layers.0.self_attn, node `.*`\) is not "
+                                      r"causal \(every token sees the tokens after it"):
+        InsertCachedAttention(build_options("insert_cached_attention", OPTS)).apply(result.model, result.ctx)
+
+
+def test_a_backend_without_alibi_is_refused_by_name():
+    from autodeploy_cli.ops.attention_interface import AttentionDescriptor, AttentionNodeInfo
+
+    class NoAlibi(AttentionDescriptor):
+        name = "noalibi"
+
+    info = AttentionNodeInfo(0, 4, 4, 16, 16, torch.float32, None, None, None, None, alibi_slopes=object())
+    assert NoAlibi.refusal(info) == "ALiBi position biases (alibi_slopes) are not implemented by the `noalibi` backend"
+    assert get_attention_backend("torch").refusal(info) is None
+    assert NoAlibi.constant_kwargs(info) == {"alibi_slopes": info.alibi_slopes}

@@ -63,3 +63,28 @@ def test_non_causal_convs_are_left_alone_with_a_reason():
     assert matches(records) == {"match_causal_conv": 0} and str(gm.graph) == before
     reasons = sorted(m["reason"] for m in ctx.misses["causal_conv"])
     assert reasons == ["not a depthwise stride-1 conv padded by K - 1"] * 2
+
+
+class _ChannelsFirst(nn.Module):
+    """LFM2's gated short conv: the conv reads a [b, C, s] tensor made by a transpose of a linear projection's chunk
+    multiplied by a gate, so no transpose sits directly before the conv."""
+
+    def __init__(self):
+        super().__init__()
+        self.in_proj = nn.Linear(6, 12, bias=False)
+        self.conv = nn.Conv1d(6, 6, 3, groups=6, padding=2, bias=False)
+
+    def forward(self, x):
+        s = x.shape[1]
+        b, c = self.in_proj(x).transpose(-1, -2).chunk(2, dim=-2)
+        return self.conv(b * c)[..., :s].transpose(-1, -2)
+
+
+def test_channels_first_conv_input_is_transposed_into_the_canonical_op():
+    module = _ChannelsFirst()
+    gm = export_toy(module, torch.randn(2, 5, 6), dynamic={0: {0: "b", 1: "s"}})
+    records, _ = run_transforms(gm, ["match_causal_conv"])
+    assert matches(records) == {"match_causal_conv": 1}
+    assert count(gm, CONV) == 1 and count(gm, aten.conv1d.default) == 0
+    x = torch.randn(3, 9, 6)
+    torch.testing.assert_close(gm(x), module(x), rtol=1e-6, atol=1e-6)

@@ -118,3 +118,23 @@ def test_graph_without_the_pattern_is_unchanged():
     assert ops_in(gm) == before
     (miss,) = ctx.misses["rope"]
     assert miss["reason"] == "cos/sin are not unsqueezed on the head dim (1 or 2)"
+
+
+def test_views_after_the_rope_become_reshapes():
+    """GPT-NeoX-Japanese: cat([rope(q_rot), q_pass]).view(b * n, s, d) relied on the strides of HF's own result;
+    after the match those views are reshapes, and the graph still equals HF."""
+    tiny = export_tiny("gpt_neox_japanese", "eager")
+    views = count(tiny.gm, aten.view.default)
+    records, ctx = run_transforms(tiny.gm, ["match_rope_pattern"])
+    assert matches(records) == {"match_rope_pattern": 2}
+    assert count(tiny.gm, aten.view.default) < views and count(tiny.gm, aten.reshape.default) >= 4
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
+
+
+def test_a_scalar_operand_is_not_a_rope_and_does_not_crash():
+    """GPT-1 adds and multiplies by Python numbers where rotate-half would sit (`is_op` of a float is False)."""
+    tiny = export_tiny("openai-gpt", "eager")
+    before = ops_in(tiny.gm)
+    records, ctx = run_transforms(tiny.gm, ["match_rope_pattern"])
+    assert matches(records) == {"match_rope_pattern": 0} and ops_in(tiny.gm) == before
+    assert not [r for r in records if r.error]

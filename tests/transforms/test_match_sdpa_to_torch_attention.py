@@ -76,3 +76,27 @@ def test_graph_without_sdpa_is_unchanged():
     records, _ = run_transforms(gm, ["match_sdpa_to_torch_attention"])
     assert matches(records) == {"match_sdpa_to_torch_attention": 0}
     assert ops_in(gm) == before
+
+
+def test_falcon_alibi_folded_into_the_sdpa_mask_becomes_alibi_slopes():
+    """Falcon (alibi=True): SDPA's float mask is masked_fill(alibi / sqrt(d), causal < -1, min); the evaluated mask is
+    causal + slope x distance, so it becomes is_causal and alibi_slopes (HF's bf16-rounded slopes / sqrt(d))."""
+    from transformers.models.falcon.modeling_falcon import build_alibi_tensor
+
+    tiny = export_tiny("falcon_alibi", "sdpa")
+    records, ctx = run_transforms(tiny.gm, ["match_sdpa_to_torch_attention"])
+    assert matches(records) == {"match_sdpa_to_torch_attention": 2} and count(tiny.gm, SDPA) == 0
+    attn = nodes_of(tiny.gm, ATTN)
+    assert all(n.kwargs["attn_mask"] is None and n.kwargs["is_causal"] for n in attn)
+    hf = build_alibi_tensor(torch.ones(1, 3, dtype=torch.long), 4, torch.float32)[:, 0, 1] / 4.0  # head_dim 16
+    for n in attn:
+        torch.testing.assert_close(ctx.weight_hooks[n.kwargs["alibi_slopes"].target]({"w": torch.ones(1)}), hf)
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    cfg = copy.deepcopy(tiny.config)  # HF's eager Falcon adds ALiBi twice (logits and mask); its default, SDPA, once
+    cfg._attn_implementation = "sdpa"
+    ref = AutoModelForCausalLM.from_config(cfg).eval()
+    ref.load_state_dict(tiny.ref.state_dict())
+    assert max_rel_err(tiny.gm, ref, ctx) < 1e-5

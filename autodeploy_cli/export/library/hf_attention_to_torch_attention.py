@@ -1,10 +1,16 @@
 """Export patch: HF attention (eager/sdpa/...) routed to auto_deploy::torch_attention through transformers'
-attention registry, with a no-op mask builder (causal and window masking happen inside torch_attention)."""
+attention registry, with a no-op mask builder (causal and window masking happen inside torch_attention).
+
+Only for models whose attention goes through that registry: older ones (Bloom, MPT, Falcon, GPT-Neo, XGLM, ...)
+compute attention in their own code and would read the no-op mask as "no mask" (non-causal attention). A dry run
+on the meta device (no compute) counts the calls; a model that never calls the registered function is exported
+without this patch, and the pattern matchers turn its attention into canonical ops.
+"""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -13,6 +19,7 @@ from autodeploy_cli.export.patches import register_export_patch
 
 
 AD_ATTN_IMPL = "ad_torch_attention"
+_CALLS = [0]  # calls of _hf_attention_forward (the dry run counts them)
 
 
 def _hf_attention_forward(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -24,6 +31,7 @@ def _hf_attention_forward(module: nn.Module, query, key, value, attention_mask, 
     from autodeploy_cli.ops import load_ops
 
     load_ops()
+    _CALLS[0] += 1
     out = torch.ops.auto_deploy.torch_attention(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
         attn_mask=attention_mask,
@@ -56,9 +64,64 @@ def _all_configs(model: nn.Module) -> list:
     return configs
 
 
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    """torch logs a traceback for an op its meta kernel refuses (e.g. _grouped_mm in float32); the dry run reports
+    the error itself, so keep that log off the user's terminal."""
+    import logging
+
+    logger = logging.getLogger("torch._subclasses.fake_tensor")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _dry_run(model: nn.Module, patched: bool) -> Optional[str]:
+    """Run two tokens through the model with fake tensors (as export sees them; HF skips its value checks for
+    fake tensors); the error text if it fails."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    device = next(iter(model.parameters())).device
+    patch = hf_attention_to_torch_attention(model) if patched else contextlib.nullcontext()
+    try:
+        with _quiet_fake_tensor_log(), patch, torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
+            ids = torch.ones(1, 2, dtype=torch.long, device=device)
+            model(input_ids=ids, position_ids=torch.arange(2, device=device)[None], use_cache=False)
+    except Exception as e:  # noqa: BLE001 - reported to the caller
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def routes_through_interface(model: nn.Module) -> bool:
+    """True if the model's forward calls transformers' registered attention function (a meta-device dry run of two
+    tokens, no compute). False if it never does: it runs through, or fails on the no-op mask (a None where its own
+    attention code expects a tensor), or fails with the patch but runs without it. A model that cannot dry-run at
+    all keeps the patch."""
+    from autodeploy_cli.log import get_logger
+
+    if next(iter(model.parameters()), None) is None:
+        return True
+    before = _CALLS[0]
+    error = _dry_run(model, patched=True)
+    if _CALLS[0] > before:
+        return True
+    # the no-op mask (None) reached the model's own attention code before any call of ours
+    mask_consumed = error is not None and "NoneType" in error
+    if error is not None and not mask_consumed and _dry_run(model, patched=False) is not None:
+        get_logger().debug(f"attention-interface dry run failed either way ({error}); patch kept")
+        return True
+    get_logger().info(f"{type(model).__name__} computes attention outside transformers' attention interface: "
+                      "export patch hf_attention_to_torch_attention not applied (the matchers take over)")
+    return False
+
+
 @register_export_patch(
     "hf_attention_to_torch_attention",
     "HF attention (eager/sdpa/...) is routed to auto_deploy::torch_attention via transformers' attention registry",
+    applies=lambda model: routes_through_interface(model),
 )
 @contextlib.contextmanager
 def hf_attention_to_torch_attention(model: nn.Module) -> Iterator[None]:

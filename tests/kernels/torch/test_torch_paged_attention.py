@@ -12,7 +12,7 @@ from kernels.torch.attention import torch_attention_prepare_metadata, torch_atte
 N, N_KV, D, PS = 4, 2, 8, 4
 
 
-def run_step(seqs, sliding_window=None, logit_cap=None, sinks=None, seed=0):
+def run_step(seqs, sliding_window=None, logit_cap=None, sinks=None, seed=0, alibi_slopes=None):
     """seqs: list of (cached_len, new_len). Fills the cached prefixes through earlier steps' writes, then compares the
     new tokens' outputs with torch_attention over the full keys of each sequence."""
     g = torch.Generator().manual_seed(seed)
@@ -40,7 +40,8 @@ def run_step(seqs, sliding_window=None, logit_cap=None, sinks=None, seed=0):
                                       "cu_num_pages", "pages_per_seq")}
         meta = torch_attention_prepare_metadata(*a.values(), PS, info.max_pages_per_seq)
         return torch_attention_with_paged_cache(q, k, v, a["seq_len"], a["input_pos"], info.arg("batch_info_host"),
-                                                *meta, k_cache, v_cache, None, sinks, sliding_window, logit_cap)
+                                                *meta, k_cache, v_cache, None, sinks, sliding_window, logit_cap,
+                                                alibi_slopes=alibi_slopes)
 
     prefixes = [(b, (0, p)) for b, (p, _) in enumerate(seqs) if p > 0]
     if prefixes:  # write the cached prefixes with a first step
@@ -50,7 +51,7 @@ def run_step(seqs, sliding_window=None, logit_cap=None, sinks=None, seed=0):
     out = step(parts, [p for p, _ in seqs], num_prefill)[0]
     ref = torch.cat([
         torch_attention(full[b][0][None, p:], full[b][1][None], full[b][2][None], None, 0.0, True, None, sinks,
-                        sliding_window, logit_cap)[0]
+                        sliding_window, logit_cap, "bsnd", alibi_slopes)[0]
         for b, (p, _) in enumerate(seqs)])
     return out, ref
 
@@ -70,7 +71,9 @@ def test_matches_torch_attention(seqs):
 @pytest.mark.parametrize("seqs", [[(0, 9), (10, 1)], [(6, 3), (2, 1)]])
 def test_window_softcap_sinks(seqs):
     sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
-    for kw in (dict(sliding_window=3), dict(logit_cap=5.0), dict(sinks=sinks)):
+    alibi = torch.tensor([0.5, 0.25, 0.125, 0.0625])
+    for kw in (dict(sliding_window=3), dict(logit_cap=5.0), dict(sinks=sinks), dict(alibi_slopes=alibi),
+               dict(alibi_slopes=alibi, sliding_window=3)):
         out, ref = run_step(seqs, **kw)
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 

@@ -67,7 +67,8 @@ def make_batch(seqs, n_heads=4, n_kv=2, d=16, page_size=4, dtype=torch.float32, 
         cu_num_pages=torch.tensor(cup, **i32), page_size=page_size)
 
 
-def reference(batch: PagedBatch, scale=None, sinks=None, sliding_window=None, logit_cap=None) -> torch.Tensor:
+def reference(batch: PagedBatch, scale=None, sinks=None, sliding_window=None, logit_cap=None,
+              alibi_slopes=None) -> torch.Tensor:
     """Per-sequence torch_attention (fp32, causal bottom-right) over prefix + new keys -> [T, n, d]."""
     outs, tok = [], 0
     for i, s in enumerate(batch.seq_len.tolist()):
@@ -75,6 +76,7 @@ def reference(batch: PagedBatch, scale=None, sinks=None, sliding_window=None, lo
         k = batch.k_full[i].float()[None]
         v = batch.v_full[i].float()[None]
         outs.append(torch_attention(q, k, v, None, 0.0, True, scale, None if sinks is None else sinks.float().cpu(),
-                                    sliding_window, logit_cap)[0])
+                                    sliding_window, logit_cap, "bsnd",
+                                    None if alibi_slopes is None else alibi_slopes.float().cpu())[0])
         tok += s
     return torch.cat(outs)

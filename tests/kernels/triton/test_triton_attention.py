@@ -25,7 +25,7 @@ def _write(b):
 def test_slot_mapping_and_cache_write(device):
     b = make_batch(MIXED, device=device)
     slots = _write(b)
-    pages, tok = b.cache_loc.tolist(), 0
+    pages = b.cache_loc.tolist()
     expected = []
     for i, (pos, s) in enumerate(zip(b.input_pos.tolist(), b.seq_len.tolist())):
         first = b.cu_num_pages[i].item()
@@ -54,26 +54,35 @@ def test_padding_slots_are_not_written(device):
     assert changed == 2  # two real tokens, nothing for the padding
 
 
-@pytest.mark.parametrize("opts", [{}, {"sliding_window": 3}, {"logit_cap": 2.0}, {"scale": 0.3}, {"sinks": True}])
-def test_prefill_mixed_batch_matches_reference(device, opts):
-    b = make_batch(MIXED, device=device, seed=1)
-    _write(b)
+ALIBI = torch.tensor([0.5, 0.25, 0.0625, 0.7, 0.3, 0.01])  # MPT/Bloom-like magnitudes, one per query head
+
+
+def _opts(opts, b, device):
     kw = dict(opts)
     if kw.pop("sinks", False):
         kw["sinks"] = torch.randn(b.q.shape[1]).to(device)
+    if kw.pop("alibi", False):
+        kw["alibi_slopes"] = ALIBI[: b.q.shape[1]].to(device)
+    return kw
+
+
+@pytest.mark.parametrize("opts", [{}, {"sliding_window": 3}, {"logit_cap": 2.0}, {"scale": 0.3}, {"sinks": True},
+                                  {"alibi": True}, {"alibi": True, "sliding_window": 4}])
+def test_prefill_mixed_batch_matches_reference(device, opts):
+    b = make_batch(MIXED, device=device, seed=1)
+    _write(b)
+    kw = _opts(opts, b, device)
     out = ta.prefill_attention(b.q, b.k_cache, b.v_cache, b.seq_len, b.input_pos, b.cu_seqlen, b.cache_loc,
                                b.cu_num_pages, block_m=16, block_n=16, **kw)
     assert _rel(out, reference(b, **kw)) < 1e-5
 
 
 @pytest.mark.parametrize("splits", [1, 2, 4])
-@pytest.mark.parametrize("opts", [{}, {"sliding_window": 5}, {"logit_cap": 1.5}, {"sinks": True}])
+@pytest.mark.parametrize("opts", [{}, {"sliding_window": 5}, {"logit_cap": 1.5}, {"sinks": True}, {"alibi": True}])
 def test_decode_matches_reference(device, splits, opts):
     b = make_batch([(0, 1), (6, 1), (13, 1), (30, 1)], n_heads=6, n_kv=2, device=device, seed=2)
     _write(b)
-    kw = dict(opts)
-    if kw.pop("sinks", False):
-        kw["sinks"] = torch.randn(b.q.shape[1]).to(device)
+    kw = _opts(opts, b, device)
     out = ta.decode_attention(b.q, b.k_cache, b.v_cache, b.seq_len, b.input_pos, b.cu_seqlen, b.cache_loc,
                               b.cu_num_pages, num_splits=splits, block_n=16, **kw)
     assert _rel(out, reference(b, **kw)) < 1e-5
@@ -109,3 +118,8 @@ def test_gpu_8b_shapes(dtype):
     dargs = (d.q, d.k_cache, d.v_cache, d.seq_len, d.input_pos, d.cu_seqlen, d.cache_loc, d.cu_num_pages)
     assert _rel(ta.decode_attention(*dargs), reference(d)) < tol
     assert _rel(ta.decode_attention(*dargs, num_splits=8), reference(d)) < tol
+    # ALiBi at long contexts (Bloom's 2^-8i/n slopes): biases up to ~1000 in the log2-domain scores
+    slopes = torch.pow(2.0, -8.0 * torch.arange(1, 33) / 32).cuda()
+    assert _rel(ta.prefill_attention(*args, alibi_slopes=slopes), reference(b, alibi_slopes=slopes)) < tol
+    assert _rel(ta.decode_attention(*dargs, num_splits=8, alibi_slopes=slopes),
+                reference(d, alibi_slopes=slopes)) < tol
