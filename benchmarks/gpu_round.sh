@@ -50,6 +50,13 @@ case "$phase" in
     step hybrid 110 python3 benchmarks/hybrid_bench.py --what bs1 --no-hf --timeout 100 --out "$W/hybrid.json"
     step mla_kernels 70 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
     ;;
+  recheck)  # the session-3 failures whose fixes were not re-run, triton / NCCL only (no FlashInfer JIT), fastest first
+    step gpu_recheck 400 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 60 --tb=short -rfE \
+      tests/kernels/triton/test_triton_mixers.py "tests/kernels/triton/test_fp8_kv_cache.py" -k "not flashinfer" \
+      tests/distributed/test_one_gpu.py tests/pipeline/test_verify_generation.py::test_cuda_graph_replay_fault_fails_verify_naming_compile_model \
+      tests/e2e/test_run_breadth.py tests/e2e/test_mla_gpu.py tests/e2e/test_run_fp8.py \
+      "tests/e2e/test_run_moe_routing.py::test_gpu_default_pipeline_cuda_graphs_triton_moe_matches_hf"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
