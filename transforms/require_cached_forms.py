@@ -51,8 +51,8 @@ def refusal(mixers: list[Mixer], ctx: PassContext) -> str:
         if kind == "scores":
             text += _why_not_matched(ctx, layers)
         parts.append(text)
-    return "\n".join(parts) + ("\n(`transforms.require_cached_forms.enabled=false` skips this check, for inspecting "
-                               "the graph only.)")
+    return " ".join(parts) + (" (`transforms.require_cached_forms.enabled=false` skips this check, for inspecting "
+                              "the graph only.)")
 
 
 @register("require_cached_forms")

@@ -111,7 +111,8 @@ def _lifespan(loop: Any, on_ready: Any, on_fail: Any) -> Any:
         aio = asyncio.get_running_loop()
 
         def failed(e: BaseException) -> None:
-            log.error("model build failed: %s", e)
+            if not isinstance(e, ADError):  # an ADError is printed once, by the CLI, when the server stops
+                log.error("model build failed: %s", e)
             aio.call_soon_threadsafe(on_fail, e)
 
         loop.start(aio, failed)

@@ -33,4 +33,6 @@ def test_a_failed_build_ends_the_server_with_its_error():
                           "transforms.insert_cached_attention.enabled=false"], capture_output=True, text=True,
                          cwd=ROOT, env=env, timeout=180)
     assert out.returncode == 2
-    assert "ad: error: The built model has no KV cache" in out.stderr and "Traceback" not in out.stderr
+    assert "ad: error: ad cannot deploy this model correctly: the canonical op `auto_deploy::torch_attention` " \
+           "has no cached form in this build, in layers 0, 1" in out.stderr and "Traceback" not in out.stderr
+    assert out.stderr.count("ad cannot deploy this model correctly") == 1  # printed once, as one paragraph
