@@ -106,6 +106,8 @@ def shrink_kwargs(values: dict[str, Any]) -> dict[str, Any]:
         if isinstance(lst, (list, tuple)):
             kw[attr] = [lst[i] for i in picked]
     kw["num_hidden_layers"] = len(picked)
+    if "num_layers" in values:  # GPT-Neo stores its depth as num_layers (num_hidden_layers is an alias of it)
+        kw["num_layers"] = len(picked)
     _shrink_mixers(values, kw)
     if "attention_layers" in kw:  # GPT-Neo derives it from attention_types ([[kinds], repeats]) and checks the count
         kw["attention_types"] = [[kw.pop("attention_layers"), 1]]

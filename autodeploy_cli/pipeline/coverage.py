@@ -34,6 +34,10 @@ SOURCES = {
 QK_NORM_TYPES = {"qwen3", "qwen3_moe", "gemma3", "gemma3_text", "olmo2", "olmoe", "qwen3_next", "exaone4"}
 NOPE_GLOBAL_TYPES = {"exaone4", "cohere2"}  # with a sliding window, only the sliding layers apply RoPE
 SANDWICH_NORM_TYPES = {"gemma2", "gemma3", "gemma3_text"}  # pre/post feed-forward norms besides the usual two
+L2_QK_NORM_TYPES = {"llama4_text"}  # use_qk_norm is a weightless L2 norm there (RoPE layers only), not an RMSNorm
+LAYERNORM_TYPES = {"phimoe"}  # rms_norm_eps in the config, nn.LayerNorm in the model
+ONE_BLOCK_TYPES = {"mamba2", "nemotron_h"}  # a layer is one mixer or one MLP behind one RMSNorm (Mamba2's norm eps
+# is layer_norm_epsilon); the mixers' gated norms are a separate op
 
 
 def _live(gm: fx.GraphModule) -> set:
@@ -96,6 +100,46 @@ def _text_config(cfg: Any) -> Any:
     return getter() if callable(getter) else cfg
 
 
+def _rope_layers(cfg: Any, model_type: str, attn_layers: list[int], layer_types: list, n_layers: int) -> dict:
+    has_rope = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling"))
+    has_rope = has_rope and not getattr(cfg, "alibi", False)  # Falcon with alibi=True keeps rope_theta unused
+    if not has_rope or getattr(cfg, "position_embedding_type", None) == "nope":  # Granite-4.0-H: NoPE
+        return {}
+    # SmolLM3-style `no_rope_layers`: 1 = the layer applies RoPE, 0 = it does not (NoPE)
+    uses_rope = list(getattr(cfg, "no_rope_layers", None) or [1] * n_layers)
+    if model_type in NOPE_GLOBAL_TYPES and getattr(cfg, "sliding_window", None) and layer_types:
+        uses_rope = [int(t == "sliding_attention") for t in layer_types]  # global layers carry no RoPE
+    return {i: 1 for i in attn_layers if i >= len(uses_rope) or uses_rope[i]}
+
+
+def _rmsnorm_layers(cfg: Any, model_type: str, attn_layers: list[int], n_layers: int) -> dict:
+    if model_type in ONE_BLOCK_TYPES:
+        return {**{i: 1 for i in range(n_layers)}, None: 1}
+    if getattr(cfg, "rms_norm_eps", None) is None or model_type in LAYERNORM_TYPES:
+        return {}
+    qk_norm = model_type in QK_NORM_TYPES or (getattr(cfg, "use_qk_norm", False) and model_type not in L2_QK_NORM_TYPES)
+    qk = 2 * bool(qk_norm)  # attention layers only
+    per = 2 + 2 * (model_type in SANDWICH_NORM_TYPES)
+    if getattr(cfg, "kv_lora_rank", None):  # MLA: the latent's norm, and the query latent's when q is low-rank
+        per += 1 + (getattr(cfg, "q_lora_rank", None) is not None)
+    return {**{i: per + qk * (i in attn_layers) for i in range(n_layers)}, None: 1}
+
+
+def _moe_layers(cfg: Any, layer_types: list, n_layers: int) -> dict:
+    n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or 0
+    if any(t in ("mlp", "moe") for t in layer_types):  # hybrid block lists (Nemotron-H: mamba / attention / mlp / moe)
+        return {i: 1 for i, t in enumerate(layer_types) if t == "moe"}
+    if not n_experts:
+        return {}
+    moe_layers = getattr(cfg, "moe_layers", None)  # Llama-4 lists its MoE layers
+    if isinstance(moe_layers, (list, tuple)):
+        return {int(i): 1 for i in moe_layers if int(i) < n_layers}
+    step = int(getattr(cfg, "decoder_sparse_step", 1) or 1)
+    dense = set(getattr(cfg, "mlp_only_layers", None) or [])
+    first = int(getattr(cfg, "first_k_dense_replace", 0) or 0)
+    return {i: 1 for i in range(n_layers) if i not in dense and i >= first and (i + 1) % step == 0}
+
+
 def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
     """Per kind: {layer index (None = outside the layers): expected count}, from the HF config alone."""
     cfg = _text_config(hf_config)
@@ -104,34 +148,10 @@ def expected_per_layer(hf_config: Any) -> dict[str, dict[Optional[int], int]]:
     layer_types = list(getattr(cfg, "layer_types", None) or [])
     attn_layers = [i for i in range(n_layers)
                    if not layer_types or ("attention" in str(layer_types[i]) and "linear" not in str(layer_types[i]))]
-    out: dict[str, dict[Optional[int], int]] = {k: {} for k in KINDS}
-    out["attention"] = {i: 1 for i in attn_layers}
-    has_rope = any(getattr(cfg, a, None) is not None for a in ("rope_theta", "rope_parameters", "rope_scaling"))
-    has_rope = has_rope and not getattr(cfg, "alibi", False)  # Falcon with alibi=True keeps rope_theta unused
-    if has_rope:
-        # SmolLM3-style `no_rope_layers`: 1 = the layer applies RoPE, 0 = it does not (NoPE)
-        uses_rope = list(getattr(cfg, "no_rope_layers", None) or [1] * n_layers)
-        if model_type in NOPE_GLOBAL_TYPES and getattr(cfg, "sliding_window", None) and layer_types:
-            uses_rope = [int(t == "sliding_attention") for t in layer_types]  # global layers carry no RoPE
-        out["rope"] = {i: 1 for i in attn_layers if i >= len(uses_rope) or uses_rope[i]}
-    if getattr(cfg, "rms_norm_eps", None) is not None:
-        per = 2 + 2 * (model_type in QK_NORM_TYPES or bool(getattr(cfg, "use_qk_norm", False)))
-        per += 2 * (model_type in SANDWICH_NORM_TYPES)
-        if getattr(cfg, "kv_lora_rank", None):  # MLA: the latent's norm, and the query latent's when q is low-rank
-            per += 1 + (getattr(cfg, "q_lora_rank", None) is not None)
-        out["rmsnorm"] = {**{i: per for i in range(n_layers)}, None: 1}
-    n_experts = getattr(cfg, "num_local_experts", None) or getattr(cfg, "num_experts", None) or 0
-    if n_experts:
-        step = int(getattr(cfg, "decoder_sparse_step", 1) or 1)
-        dense = set(getattr(cfg, "mlp_only_layers", None) or [])
-        first = int(getattr(cfg, "first_k_dense_replace", 0) or 0)
-        out["moe"] = {i: 1 for i in range(n_layers) if i not in dense and i >= first and (i + 1) % step == 0}
-        moe_layers = getattr(cfg, "moe_layers", None)  # Llama-4 lists its MoE layers
-        if isinstance(moe_layers, (list, tuple)):
-            out["moe"] = {int(i): 1 for i in moe_layers if int(i) < n_layers}
-        if "moe" in layer_types:  # hybrid layer lists (Nemotron-H: attention / mamba / mlp / moe)
-            out["moe"] = {i: 1 for i, t in enumerate(layer_types) if t == "moe"}
-    return out
+    return {"attention": {i: 1 for i in attn_layers},
+            "rope": _rope_layers(cfg, model_type, attn_layers, layer_types, n_layers),
+            "rmsnorm": _rmsnorm_layers(cfg, model_type, attn_layers, n_layers),
+            "moe": _moe_layers(cfg, layer_types, n_layers)}
 
 
 def _layer_name(layer: Optional[int]) -> str:
