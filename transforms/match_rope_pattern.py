@@ -7,6 +7,9 @@ Three forms are recognised:
         -> torch_rope_with_qk_interleaving(q0, k0, cos, sin, u)
   * complex frequencies: view_as_real(view_as_complex(x.float().reshape(.., -1, 2)) * freqs).flatten(3)
         -> torch_rope_with_complex_freqs(q, k, freqs, u)
+  * halves with half-width tables (GPT-OSS): lo, hi = chunk(x, 2, -1);
+    cat([lo * c - hi * s, hi * c + lo * s], -1) with c, s of width d/2
+        -> torch_rope_with_explicit_cos_sin(q, k, cat([cos, cos], -1), cat([sin, sin], -1), u)  (the same numbers)
 
 Before (one layer, q shown; k has the same chain on %k with the same %c, %s):
     %c = aten.unsqueeze(%cos, 1); %s = aten.unsqueeze(%sin, 1)
@@ -46,7 +49,7 @@ class MatchRopeOptions(TransformOptions):
 
 @dataclass
 class _Rope:
-    kind: str  # explicit | interleaved | complex
+    kind: str  # explicit | interleaved | complex | halves
     x: fx.Node  # the op's input (q or k, de-interleaved source for "interleaved")
     out: fx.Node  # the node whose uses the op's output replaces
     tables: tuple  # (cos, sin) or (freqs,)
@@ -134,6 +137,55 @@ def match_explicit(add: fx.Node) -> tuple[Optional[_Rope], str]:
     return None, "rotate_half found but not in x * cos + rotate_half(x) * sin"
 
 
+def _chunk_half(node: Any) -> Optional[tuple[fx.Node, int]]:
+    """(x, 0 | 1) if node = chunk(x, 2, -1)[i] or a half slice of x's last dim."""
+    if isinstance(node, fx.Node) and node.op == "call_function" and node.target is operator.getitem:
+        ch = node.args[0]
+        if is_op(ch, aten.chunk.default) and arg(ch, 1, "chunks") == 2 and \
+                is_last_dim(arg(ch, 2, "dim", 0), ch.args[0]) and node.args[1] in (0, 1):
+            return ch.args[0], node.args[1]
+        return None
+    half = _half_slices(node)
+    return (half[0], 0 if half[1] == "lo" else 1) if half else None
+
+
+def _half_products(node: fx.Node) -> Optional[list[tuple[tuple[fx.Node, int], tuple[fx.Node, int]]]]:
+    """[((x, half), (table, u)), ...] for the two products of a sub/add of half * unsqueezed table."""
+    out = []
+    for m in operands(node):
+        if not is_op(m, aten.mul.Tensor):
+            return None
+        a, b = operands(m)
+        if _chunk_half(a) is not None and _table(b) is not None:
+            out.append((_chunk_half(a), _table(b)))
+        elif _chunk_half(b) is not None and _table(a) is not None:
+            out.append((_chunk_half(b), _table(a)))
+        else:
+            return None
+    return out
+
+
+def match_halves(cat: fx.Node) -> tuple[Optional[_Rope], str]:
+    """cat([lo * c - hi * s, hi * c + lo * s], -1) anchored at the cat (c, s half-width, unsqueezed)."""
+    if not is_op(cat, aten.cat.default) or rank(cat) != 4 or not is_last_dim(arg(cat, 1, "dim", 0), cat):
+        return None, ""
+    parts = cat.args[0]
+    if len(parts) != 2 or not is_op(parts[0], aten.sub.Tensor) or not is_op(parts[1], aten.add.Tensor):
+        return None, ""
+    first, second = _half_products(parts[0]), _half_products(parts[1])
+    if first is None or second is None:
+        return None, ""
+    (lo_c, cos), (hi_s, sin) = first
+    second.sort(key=lambda p: -p[0][1])  # hi * c first (the add may hold its products in either order)
+    (hi_c, cos2), (lo_s, sin2) = second
+    x = lo_c[0]
+    if any(h[0] is not x for h in (hi_s, hi_c, lo_s)) or (lo_c[1], hi_s[1], hi_c[1], lo_s[1]) != (0, 1, 1, 0):
+        return None, "halves of different tensors in lo * c - hi * s, hi * c + lo * s"
+    if cos != cos2 or sin != sin2 or cos[1] != sin[1] or cos[0] is sin[0]:
+        return None, "the two halves use different cos/sin tables"
+    return _Rope("halves", skip(x, ALIAS_OPS), cat, (cos[0], sin[0]), cos[1], ("halves", cos[0], sin[0])), ""
+
+
 def match_complex(vr: fx.Node) -> tuple[Optional[_Rope], str]:
     """view_as_real(view_as_complex(x.float().reshape(.., -1, 2)) * freqs).flatten(3) anchored at view_as_real."""
     if not is_op(vr, aten.view_as_real.default):
@@ -159,13 +211,23 @@ def match_complex(vr: fx.Node) -> tuple[Optional[_Rope], str]:
     out = flat
     while len(out.users) == 1 and is_op(next(iter(out.users)), CAST_OPS):
         out = next(iter(out.users))
-    return _Rope("complex", x, out, (freqs,), u, ("complex", freqs)), ""
+    return _Rope("complex", x, out, (freqs,), u, ("complex", _chain_key(freqs))), ""
+
+
+def _chain_key(node: Any, depth: int = 6) -> Any:
+    """A key equal for nodes that compute the same value by the same ops from the same inputs (Llama-4 slices
+    freqs_cis[:, :, None, :] once for q and once for k: one table, two nodes)."""
+    if not isinstance(node, fx.Node) or node.op != "call_function" or depth == 0:
+        return node
+    args = tuple(_chain_key(a, depth - 1) if isinstance(a, fx.Node) else repr(a) for a in node.args)
+    return (str(node.target), args, repr(sorted(node.kwargs.items())))
 
 
 _OPS = {
     "explicit": "torch_rope_with_explicit_cos_sin",
     "interleaved": "torch_rope_with_qk_interleaving",
     "complex": "torch_rope_with_complex_freqs",
+    "halves": "torch_rope_with_explicit_cos_sin",
 }
 
 
@@ -180,6 +242,9 @@ def _emit(gm: fx.GraphModule, ropes: list[_Rope], before: fx.Node) -> list[fx.No
         if r0.kind == "complex":
             tables = [gm.graph.call_function(aten.squeeze.dim, (tables[0], r0.unsqueeze_dim))]
             new = [tables[0]]
+        elif r0.kind == "halves":  # full-width tables: [c, c] and [s, s] give the rotate-half form's numbers
+            tables = [gm.graph.call_function(aten.cat.default, ([t, t], -1)) for t in tables]
+            new = list(tables)
         else:
             new = []
         node = copy_meta(gm.graph.call_function(op, (q, k, *tables, r0.unsqueeze_dim)), r0.out)
@@ -226,7 +291,9 @@ class MatchRopePattern(BaseTransform):
         load_ops()
         groups: dict[tuple, list[_Rope]] = {}
         for node in list(gm.graph.nodes):
-            rope, why = match_complex(node) if is_op(node, aten.view_as_real.default) else match_explicit(node)
+            matcher = match_complex if is_op(node, aten.view_as_real.default) else \
+                match_halves if is_op(node, aten.cat.default) else match_explicit
+            rope, why = matcher(node)
             if rope is not None:
                 groups.setdefault(rope.group, []).append(rope)
             elif why:

@@ -138,3 +138,14 @@ def test_a_scalar_operand_is_not_a_rope_and_does_not_crash():
     records, ctx = run_transforms(tiny.gm, ["match_rope_pattern"])
     assert matches(records) == {"match_rope_pattern": 0} and ops_in(tiny.gm) == before
     assert not [r for r in records if r.error]
+
+
+def test_gpt_oss_halves_with_half_width_tables():
+    """GPT-OSS: lo * c - hi * s, hi * c + lo * s over chunk halves (c, s of width d/2) is the explicit op with
+    doubled tables, in the real model and with the same logits."""
+    tiny = export_tiny("gpt_oss", "eager")
+    records, ctx = run_transforms(tiny.gm, ["match_rope_pattern"])
+    assert matches(records) == {"match_rope_pattern": 2}
+    ropes = nodes_of(tiny.gm, AD.torch_rope_with_explicit_cos_sin.default)
+    assert len(ropes) == 2 and count(tiny.gm, aten.chunk.default) == 0
+    assert max_rel_err(tiny.gm, tiny.ref, ctx) < 1e-5
