@@ -6,7 +6,6 @@ capture; real weights are materialised later (`materialize`) from the checkpoint
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 from pathlib import Path
@@ -46,24 +45,6 @@ def deep_update_config(hf_config: Any, overrides: dict[str, Any], path: str = "m
             setattr(hf_config, key, merged)
         else:
             setattr(hf_config, key, value)
-
-
-@contextlib.contextmanager
-def _parameters_on_meta():
-    """Modules built inside put every new parameter on meta as it is registered (their init then costs nothing)
-    and keep buffers where they are made (CPU), the way checkpoint loaders build models without memory."""
-    register = nn.Module.register_parameter
-
-    def on_meta(module: nn.Module, name: str, param: Any) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
 class ModelFactory:
@@ -289,7 +270,9 @@ class ModelFactory:
         computes at init from the config (mask buffers such as GPT-Neo's tril `bias`, sinusoidal tables). Built once
         on first use: the mask classifier reads them where the meta graph holds no data."""
         if self._buffers is None:
-            with _parameters_on_meta():
+            from autodeploy_cli.models.quant_weights import params_on_meta
+
+            with params_on_meta():
                 model = self._from_config()
             self._buffers = {n: b for n, b in model.named_buffers(remove_duplicate=False) if b.device.type != "meta"}
         return self._buffers
