@@ -38,7 +38,7 @@ def build(
                                 "that changed it: logits of a prefill probe, and once the KV cache is in, a generation "
                                 "check (prompts across pages, prefills mixed with decodes, chunked prefill when "
                                 "enabled, single-sequence decode, through CUDA graphs after compile): every step's "
-                                "logits and greedy tokens vs HF with its own cache."),
+                                "logits and greedy tokens vs HF (its forward over the whole context at each step)."),
     report: Optional[Path] = typer.Option(None, "--report", help="Also write the build report as JSON to this file."),
     plan: bool = typer.Option(False, "--plan", help="Print a memory plan (weights, KV bytes per token, max concurrent "
                               "sequences, recommended world size) from the config alone, then exit; loads no weights."),

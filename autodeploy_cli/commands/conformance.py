@@ -268,7 +268,7 @@ def write_markdown(results: list[CheckResult], path: str | Path, command: str) -
         "with random weights, through the default pipeline with `--verify`: after every transform that changed the "
         "graph, its logits are compared with the HF eager model (relative error <= 1e-4), and once the KV cache is "
         "in, a generation check (prompts across pages, prefills mixed with decodes, greedy tokens and every step's "
-        "logits vs HF with its own cache). An entry passes only if that holds and the canonical-op counts equal what "
+        "logits vs HF's forward over the whole context). An entry passes only if that holds and the canonical-op counts equal what "
         "the HF config implies (attention, RoPE, RMSNorm, MoE per layer).",
         "",
         f"Pipeline: {', '.join(enabled)}.",
