@@ -12,7 +12,8 @@ Endings:
 * a child dies without a word (killed, segfault): rank 0's monitor sees its exit and ends the run;
 * rank 0 dies: the children get SIGTERM (PR_SET_PDEATHSIG) and their watchdogs lose the store, so none outlives it;
 * Ctrl-C: rank 0 handles KeyboardInterrupt as usual and ends the children; the children ignore SIGINT, and if rank 0
-  is still stuck 10 s later (e.g. inside a collective), a watcher thread ends everything.
+  is still running 10 s later (stuck inside a collective or the rendezvous, or in its own shutdown), a watcher
+  thread ends everything.
 """
 
 from __future__ import annotations
@@ -183,14 +184,13 @@ class Session:
                     got = os.read(r, 16)
                 except OSError:
                     return
+                if signal.SIGINT in got:  # the run ends within the grace time, however it is shutting down
+                    time.sleep(INTERRUPT_GRACE_S)
+                    sys.stderr.write("ad: interrupted\n")
+                    self.kill_children()
+                    os._exit(130)
                 if not got or self.closed:
                     return
-                if signal.SIGINT in got:
-                    time.sleep(INTERRUPT_GRACE_S)
-                    if not self.closed:
-                        sys.stderr.write("ad: interrupted\n")
-                        self.kill_children()
-                        os._exit(130)
 
         threading.Thread(target=watch, name="ad-interrupt-watcher", daemon=True).start()
 
@@ -278,12 +278,12 @@ def _spawn(world_size: int, device_type: str, follower: Callable[[], None]) -> S
         p.start()
         session.children.append(p)
     session.watch_children()
+    session.watch_interrupts()  # before the rendezvous: a Ctrl-C while it waits in C++ still ends the run
     try:
         groups.init(0, world_size, 0, store, LOOPBACK, store.port, device_type)
     except BaseException as e:
         session.close(e)
         raise
-    session.watch_interrupts()
     return session
 
 
