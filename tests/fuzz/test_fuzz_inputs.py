@@ -33,7 +33,7 @@ def _ok_or_aderror(fn, *args, **kwargs):
         return None
 
 
-@fuzz(400)
+@fuzz(250)
 @given(st.dictionaries(keys, values, max_size=4))
 def test_config_layers_resolve_or_fail_clearly(layer):
     """A generated layer of keys and values (the shape of a --config file or nested overrides)."""

@@ -82,7 +82,7 @@ REPLACEMENTS = st.one_of(st.sampled_from([0, 1, -1, 2, 3, -3, 7, 0.5, 2.0, -1e9,
                          st.integers(-8, 64), st.floats(-100, 100, allow_nan=False))
 
 
-@settings(max_examples=24, deadline=None, derandomize=True, print_blob=True, database=None,
+@settings(max_examples=12, deadline=None, derandomize=True, print_blob=True, database=None,
           suppress_health_check=list(HealthCheck))
 @given(seed=st.integers(0, len(_SEEDS) - 1), picks=st.lists(st.tuples(st.integers(0, 10_000), REPLACEMENTS),
                                                             min_size=1, max_size=3))
