@@ -128,6 +128,8 @@ class Session:
             except RuntimeError:  # the other ranks are gone already (e.g. one SIGTERM reached the whole group)
                 pass
         else:
+            if isinstance(error, KeyboardInterrupt):
+                self._end_interrupted_run()
             groups.end_if_peer_failed()  # the cause, if another rank failed first (then this does not return)
             groups.report_failure(*describe(error))
         _restore_wakeup()
@@ -137,6 +139,20 @@ class Session:
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5)
+
+    def _end_interrupted_run(self) -> None:
+        """Ctrl-C: the children go at once (they ignore SIGINT; one still starting up may not have reached its
+        handlers), and the process ends within the grace time even if its own shutdown blocks."""
+        self.kill_children()
+
+        def force_exit() -> None:
+            sys.stderr.write("ad: interrupted\n")
+            sys.stderr.flush()
+            os._exit(130)
+
+        timer = threading.Timer(INTERRUPT_GRACE_S, force_exit)
+        timer.daemon = True
+        timer.start()
 
     def kill_children(self) -> None:
         for p in self.children:

@@ -160,7 +160,12 @@ def test_ctrl_c_ends_every_rank(tiny_dir):
     time.sleep(3)
     t0 = time.time()
     os.killpg(p.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
-    _, err = p.communicate(timeout=60)
+    try:
+        _, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)  # leave nothing behind, and show what the run printed
+        _, err = p.communicate()
+        pytest.fail(f"the run did not end within 60 s of Ctrl-C; its stderr:\n{err}")
     assert p.returncode == 130 and "ad: interrupted" in err
     assert time.time() - t0 < 20
     time.sleep(1)
