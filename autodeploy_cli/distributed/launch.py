@@ -288,11 +288,19 @@ def _spawn(world_size: int, device_type: str, follower: Callable[[], None]) -> S
     store = groups.make_store(LOOPBACK, 0, world_size, True)
     ctx = mp.get_context("spawn")
     session = Session(0, world_size, "spawn")
-    for rank in range(1, world_size):
-        p = ctx.Process(target=_child_main, args=(rank, world_size, store.port, device_type, follower),
-                        name=f"ad-rank-{rank}", daemon=False)
-        p.start()
-        session.children.append(p)
+    # the children start with SIGINT ignored (an ignored signal stays ignored across exec, and Python keeps it so):
+    # a Ctrl-C while one is still importing would otherwise kill it before the rendezvous, leaving rank 0 waiting
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        for rank in range(1, world_size):
+            p = ctx.Process(target=_child_main, args=(rank, world_size, store.port, device_type, follower),
+                            name=f"ad-rank-{rank}", daemon=False)
+            p.start()
+            session.children.append(p)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
     session.watch_children()
     session.watch_interrupts()  # before the rendezvous: a Ctrl-C while it waits in C++ still ends the run
     try:
