@@ -11,9 +11,9 @@ Endings:
   `ad: error: rank R of N failed: <message>` and exiting non-zero (groups.py);
 * a child dies without a word (killed, segfault): rank 0's monitor sees its exit and ends the run;
 * rank 0 dies: the children get SIGTERM (PR_SET_PDEATHSIG) and their watchdogs lose the store, so none outlives it;
-* Ctrl-C: rank 0 handles KeyboardInterrupt as usual and ends the children; the children ignore SIGINT, and if rank 0
-  is still running 10 s later (stuck inside a collective or the rendezvous, or in its own shutdown), a watcher
-  thread ends everything.
+* Ctrl-C: rank 0 handles KeyboardInterrupt as usual and kills the children (which ignore SIGINT from their start);
+  if rank 0 is still running 10 s later (stuck inside a collective or the rendezvous, or in its own shutdown), a
+  watcher thread or the shutdown's timer ends everything.
 """
 
 from __future__ import annotations
@@ -144,15 +144,15 @@ class Session:
         """Ctrl-C: the children go at once (they ignore SIGINT; one still starting up may not have reached its
         handlers), and the process ends within the grace time even if its own shutdown blocks."""
         self.kill_children()
-
-        def force_exit() -> None:
-            sys.stderr.write("ad: interrupted\n")
-            sys.stderr.flush()
-            os._exit(130)
-
-        timer = threading.Timer(INTERRUPT_GRACE_S, force_exit)
+        timer = threading.Timer(INTERRUPT_GRACE_S, self._exit_interrupted)
         timer.daemon = True
         timer.start()
+
+    def _exit_interrupted(self) -> None:
+        sys.stderr.write("ad: interrupted\n")
+        sys.stderr.flush()
+        self.kill_children()
+        os._exit(130)
 
     def kill_children(self) -> None:
         for p in self.children:
@@ -200,13 +200,12 @@ class Session:
                     got = os.read(r, 16)
                 except OSError:
                     return
-                if signal.SIGINT in got:  # the run ends within the grace time, however it is shutting down
-                    time.sleep(INTERRUPT_GRACE_S)
-                    sys.stderr.write("ad: interrupted\n")
-                    self.kill_children()
-                    os._exit(130)
                 if not got or self.closed:
-                    return
+                    return  # closing: an interrupted close has its own timer (_end_interrupted_run)
+                if signal.SIGINT in got:
+                    time.sleep(INTERRUPT_GRACE_S)
+                    if not self.closed:
+                        self._exit_interrupted()
 
         threading.Thread(target=watch, name="ad-interrupt-watcher", daemon=True).start()
 
