@@ -17,7 +17,7 @@ from torch import nn
 from autodeploy_cli.config.checks import resolve_model_source
 from autodeploy_cli.config.schema import ADConfig
 from autodeploy_cli.errors import ADError
-from autodeploy_cli.models.hub import hub_unreachable  # noqa: F401 - called here, patched by tests
+from autodeploy_cli.models.hub import hub_unreachable  # tests patch it here, as factory.hub_unreachable
 
 # files AutoTokenizer reads a tokenizer from (fast json, sentencepiece, BPE vocab + merges, or its config)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "merges.txt", "tokenizer_config.json")
