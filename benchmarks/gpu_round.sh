@@ -57,6 +57,15 @@ case "$phase" in
       tests/e2e/test_run_breadth.py tests/e2e/test_mla_gpu.py tests/e2e/test_run_fp8.py \
       "tests/e2e/test_run_moe_routing.py::test_gpu_default_pipeline_cuda_graphs_triton_moe_matches_hf"
     ;;
+  verify5)  # session 5: every -m gpu test whose fix was never run on the H200, triton first, FlashInfer JIT last
+    step gpu_triton 240 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 150 --tb=long -rfE --durations=25 \
+      tests/kernels/triton/test_triton_moe.py tests/kernels/triton/test_triton_fp8.py \
+      "tests/e2e/test_run_breadth.py::test_gpu_alibi_tokens_identical_across_backends_and_cuda_graphs" \
+      tests/e2e/test_run_moe_routing.py tests/e2e/test_gpu_hybrid.py tests/bench/test_bench_gpu.py
+    step moe_kernels 90 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
+    step gpu_flashinfer 300 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 200 --tb=short -rfE --durations=25 \
+      tests/kernels/triton/test_fp8_kv_cache.py tests/kernels/flashinfer tests/e2e/test_mla_gpu.py tests/e2e/test_run_fp8.py
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
