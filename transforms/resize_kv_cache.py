@@ -41,6 +41,7 @@ def _gpu_pages(iface, model, fraction: float) -> int:
     torch.cuda.synchronize()
     iface.run_prefill(model, torch.zeros(b, s, dtype=torch.long), gather="last")
     torch.cuda.synchronize()
+    torch.cuda.empty_cache()  # blocks our allocator caches (the probe's, earlier builds') are free for the pool too
     free, total = torch.cuda.mem_get_info(iface.device)
     reserve = max(_RESERVE_BYTES, int(0.05 * total))
     current = iface.num_pages * iface.bytes_per_page()
