@@ -26,7 +26,7 @@ def test_nemotron_h_8b_default_pipeline_builds_and_runs():
     assert {k.split(".", 1)[-1]: v for k, v in ops.items() if "cached" in k} == {
         "triton_cached_ssm": 24, "triton_cached_causal_conv1d": 24}
     prompts = [[(7 * i + 13 * j) % 50000 + 100 for j in range(n)] for i, n in enumerate((100, 37, 260, 5))]
-    sp = SamplingParams(max_tokens=24, ignore_eos=True)
+    sp = SamplingParams(max_tokens=24, ignore_eos=True, detokenize=False)  # registry architecture: no tokenizer
     graphed = engine.generate(prompts, sp)
     assert engine.model.replays > 0 and all(len(c.token_ids) == 24 for c in graphed)
     sizes, engine.model.batch_sizes = engine.model.batch_sizes, []  # every step eager now
