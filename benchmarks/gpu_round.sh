@@ -66,6 +66,14 @@ case "$phase" in
     step gpu_flashinfer 300 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 200 --tb=short -rfE --durations=25 \
       tests/kernels/triton/test_fp8_kv_cache.py tests/kernels/flashinfer tests/e2e/test_mla_gpu.py tests/e2e/test_run_fp8.py
     ;;
+  engine5)  # session 5: the GPU tests the first call did not reach or that were fixed, then FP8 and hybrid targets
+    step gpu_rerun 250 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 200 --tb=short -rfE --durations=15 \
+      "tests/e2e/test_run_breadth.py::test_gpu_alibi_tokens_identical_across_backends_and_cuda_graphs" \
+      tests/bench/test_bench_gpu.py::test_fp8_kv_cache_doubles_the_capacity_ad_bench_reports \
+      tests/e2e/test_gpu_hybrid.py tests/e2e/test_mla_gpu.py tests/e2e/test_run_fp8.py
+    step fp8_engine 170 python3 benchmarks/fp8_bench.py --what bf16,fp8 --out "$W/fp8_engine.json"
+    step hybrid 150 python3 benchmarks/hybrid_bench.py --what bs1,c64,profile --timeout 70 --out "$W/hybrid.json"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
