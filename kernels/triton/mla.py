@@ -9,8 +9,8 @@ Kernels:
   write_mla_cache        one launch writes this step's latent and RoPE key rows
   mla_decode             decode (one query per sequence) with absorbed weights: q_lat [B, n, R] = q_nope @ W_uk,
                          attention over [ckv | kpe] as one shared KV head (MQA, values = ckv), split-KV then a
-                         merge; every head block of a sequence reads the latent once per split. -> [B, n, R]
-                         (the caller applies W_uv)
+                         merge -> [B, n, R] (the caller applies W_uv). It lives in kernels/triton/mla_decode.py
+                         (with its launch policy, decode_launch / decode_num_splits) and is re-exported here.
   mla_prefill            ragged causal attention on expanded K/V (k_nope, v per head from kv_b_proj; the RoPE key
                          shared by the heads), queries at the end of each sequence's keys (chunked prefill)
 
@@ -20,24 +20,15 @@ No launch reads the host, so decode can be captured in a CUDA graph.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-_NEG_INIT = tl.constexpr(-1.0e30)  # finite start for running maxima: masked blocks give exp2(-inf) = 0, never NaN
+from kernels.triton.mla_decode import LOG2E, _NEG_INIT, _blk, _prec, decode_launch, decode_num_splits, mla_decode
 
-
-def _blk(d: int) -> int:
-    # tile width of a head dim: a power of two, at least 16 (the smallest tl.dot operand)
-    return max(16, triton.next_power_of_2(d))
-
-
-def _prec(x: torch.Tensor) -> str:
-    # fp32 stays exact (greedy tokens equal the torch backend's); half types use the tensor cores
-    return "ieee" if x.dtype == torch.float32 else "tf32"
+__all__ = ["write_mla_cache", "mla_decode", "decode_launch", "decode_num_splits", "mla_prefill", "history_rows",
+           "new_token_slots", "absorb_q", "unabsorb_out", "expand_kv", "rope_qk_interleaved"]
 
 
 # --------------------------------------------------------------------------------------------- cache write
@@ -68,128 +59,6 @@ def write_mla_cache(ckv: torch.Tensor, kpe: torch.Tensor, ckv_cache: torch.Tenso
     kpe = kpe if kpe.stride(-1) == 1 else kpe.contiguous()
     _mla_write_kernel[(T,)](ckv, kpe, ckv_cache, kpe_cache, slot_mapping, ckv.stride(0), kpe.stride(0), R=R, P=P,
                             BLOCK_R=triton.next_power_of_2(R), BLOCK_P=triton.next_power_of_2(P))
-
-
-# --------------------------------------------------------------------------------------------- decode
-@triton.jit
-def _mla_decode_split_kernel(qn_ptr, qp_ptr, ckv_ptr, kpe_ptr, op_ptr, ml_ptr, input_pos_ptr, seq_len_ptr,
-                             loc_ptr, cu_pages_ptr, scale_log2, stride_qn_t, stride_qn_h, stride_qp_t, stride_qp_h,
-                             stride_cp, stride_ct, stride_kp, stride_kt, N_HEADS,
-                             R: tl.constexpr, P: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr,
-                             BLOCK_R: tl.constexpr, BLOCK_P: tl.constexpr, PS: tl.constexpr, SPLITS: tl.constexpr,
-                             PREC: tl.constexpr):
-    b = tl.program_id(0)
-    hb = tl.program_id(1)
-    split = tl.program_id(2)
-    kv_len = tl.load(input_pos_ptr + b) + tl.load(seq_len_ptr + b)
-    page_base = tl.load(cu_pages_ptr + b)
-    heads = hb * BLOCK_H + tl.arange(0, BLOCK_H)
-    h_ok = heads < N_HEADS
-    offs_r = tl.arange(0, BLOCK_R)
-    offs_p = tl.arange(0, BLOCK_P)
-    row_q = b.to(tl.int64)  # decode: token b is sequence b's query
-    qn = tl.load(qn_ptr + row_q * stride_qn_t + heads[:, None] * stride_qn_h + offs_r[None, :],
-                 mask=h_ok[:, None] & (offs_r[None, :] < R), other=0.0)
-    qp = tl.load(qp_ptr + row_q * stride_qp_t + heads[:, None] * stride_qp_h + offs_p[None, :],
-                 mask=h_ok[:, None] & (offs_p[None, :] < P), other=0.0)
-
-    chunk = tl.cdiv(tl.cdiv(kv_len, SPLITS), BLOCK_N) * BLOCK_N
-    start = split * chunk
-    end = tl.minimum(start + chunk, kv_len)
-    m_i = tl.zeros([BLOCK_H], tl.float32) + _NEG_INIT
-    l_i = tl.zeros([BLOCK_H], tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_R], tl.float32)
-    for n0 in range(start, end, BLOCK_N):
-        kpos = n0 + tl.arange(0, BLOCK_N)
-        valid = kpos < end
-        page = tl.load(loc_ptr + page_base + kpos // PS, mask=valid, other=0).to(tl.int64)
-        c = tl.load(ckv_ptr + (page * stride_cp + (kpos % PS) * stride_ct)[:, None] + offs_r[None, :],
-                    mask=valid[:, None] & (offs_r[None, :] < R), other=0.0)  # [BLOCK_N, BLOCK_R]
-        k = tl.load(kpe_ptr + (page * stride_kp + (kpos % PS) * stride_kt)[:, None] + offs_p[None, :],
-                    mask=valid[:, None] & (offs_p[None, :] < P), other=0.0)  # [BLOCK_N, BLOCK_P]
-        s = tl.dot(qn, tl.trans(c), input_precision=PREC) + tl.dot(qp, tl.trans(k), input_precision=PREC)
-        s = tl.where(valid[None, :], s * scale_log2, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(c.dtype), c, input_precision=PREC)
-        m_i = m_new
-    base = (b * N_HEADS + heads).to(tl.int64) * SPLITS + split
-    if start < kv_len:  # an empty split (short sequence) writes only its (m, l): the merge skips its row
-        tl.store(op_ptr + base[:, None] * BLOCK_R + offs_r[None, :], acc, mask=h_ok[:, None])
-    tl.store(ml_ptr + base * 2, m_i, mask=h_ok)
-    tl.store(ml_ptr + base * 2 + 1, l_i, mask=h_ok)
-
-
-@triton.jit
-def _mla_decode_reduce_kernel(op_ptr, ml_ptr, o_ptr, stride_ot, stride_oh, N_HEADS, R: tl.constexpr,
-                              SPLITS: tl.constexpr, BLOCK_R: tl.constexpr):
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    offs_s = tl.arange(0, SPLITS)
-    offs_r = tl.arange(0, BLOCK_R)
-    base0 = (b * N_HEADS + h).to(tl.int64) * SPLITS
-    m = tl.load(ml_ptr + (base0 + offs_s) * 2)
-    l = tl.load(ml_ptr + (base0 + offs_s) * 2 + 1)
-    m_all = tl.max(m, 0)
-    denom = tl.sum(l * tl.exp2(m - m_all), 0)
-    denom = tl.where(denom == 0.0, 1.0, denom)  # a padded (empty) sequence: zeros, never NaN
-    acc = tl.zeros([BLOCK_R], tl.float32)
-    for sp in range(SPLITS):  # one latent row at a time (a [SPLITS, 512] tile would spill), empty splits skipped
-        l_s = tl.load(ml_ptr + (base0 + sp) * 2 + 1)
-        if l_s > 0.0:
-            w = tl.exp2(tl.load(ml_ptr + (base0 + sp) * 2) - m_all)
-            acc += tl.load(op_ptr + (base0 + sp) * BLOCK_R + offs_r) * w
-    out = acc / denom
-    tl.store(o_ptr + b.to(tl.int64) * stride_ot + h * stride_oh + offs_r, out.to(o_ptr.dtype.element_ty),
-             mask=offs_r < R)
-
-
-def decode_num_splits(batch: int, head_blocks: int, max_kv_len: int, block_n: int, num_sms: int = 132) -> int:
-    """Splits of the keys so batch x head blocks x splits fills the GPU ~2 programs deep; a power of two."""
-    want = max(1, (2 * num_sms) // max(1, batch * head_blocks))
-    cap = max(1, max_kv_len // (4 * block_n))  # each split keeps at least ~4 key blocks
-    splits = min(want, cap, 64)
-    return 1 << (splits.bit_length() - 1)
-
-
-def decode_launch(n_heads: int) -> dict:
-    """The decode kernel's launch parameters: one 16-head block per program for up to 16 heads (Moonlight,
-    DeepSeek-V3 at TP8), 32-head blocks on 8 warps beyond (fewer re-reads of the latent per sequence)."""
-    if n_heads > 16:
-        return dict(block_h=32, block_n=32, num_warps=8, num_stages=2)
-    return dict(block_h=16, block_n=32, num_warps=4, num_stages=2)
-
-
-def mla_decode(q_lat: torch.Tensor, q_pe: torch.Tensor, ckv_cache: torch.Tensor, kpe_cache: torch.Tensor,
-               seq_len: torch.Tensor, input_pos: torch.Tensor, cache_loc: torch.Tensor, cu_num_pages: torch.Tensor,
-               scale: float, out: Optional[torch.Tensor] = None, num_splits: Optional[int] = None,
-               max_kv_len: Optional[int] = None, block_h: int = 16, block_n: int = 32, num_warps: int = 4,
-               num_stages: int = 2) -> torch.Tensor:
-    """Absorbed-weight decode: q_lat [B, n, R], q_pe [B, n, P] (one query per sequence, caches already hold this
-    step's rows) -> out_lat [B, n, R] = softmax(scale * (q_lat . ckv + q_pe . kpe)) @ ckv."""
-    B, n, R = q_lat.shape
-    P, ps = kpe_cache.shape[-1], ckv_cache.shape[1]
-    out = torch.empty_like(q_lat) if out is None else out
-    if B == 0:
-        return out
-    head_blocks = triton.cdiv(n, block_h)
-    if num_splits is None:
-        max_kv_len = ckv_cache.shape[0] * ps // max(1, B) if max_kv_len is None else max_kv_len
-        num_splits = decode_num_splits(B, head_blocks, max_kv_len, block_n)
-    block_r = _blk(R)
-    part = torch.empty(B * n * num_splits * block_r, dtype=torch.float32, device=q_lat.device)
-    ml = torch.empty(B * n * num_splits * 2, dtype=torch.float32, device=q_lat.device)
-    _mla_decode_split_kernel[(B, head_blocks, num_splits)](
-        q_lat, q_pe, ckv_cache, kpe_cache, part, ml, input_pos, seq_len, cache_loc, cu_num_pages, scale * LOG2E,
-        q_lat.stride(0), q_lat.stride(1), q_pe.stride(0), q_pe.stride(1), ckv_cache.stride(0), ckv_cache.stride(1),
-        kpe_cache.stride(0), kpe_cache.stride(1), n, R=R, P=P, BLOCK_H=block_h, BLOCK_N=block_n, BLOCK_R=block_r,
-        BLOCK_P=_blk(P), PS=ps, SPLITS=num_splits, PREC=_prec(q_lat), num_warps=num_warps,
-        num_stages=num_stages)
-    _mla_decode_reduce_kernel[(B, n)](part, ml, out, out.stride(0), out.stride(1), n, R=R, SPLITS=num_splits,
-                                      BLOCK_R=block_r, num_warps=4)
-    return out
 
 
 # --------------------------------------------------------------------------------------------- prefill / mixed

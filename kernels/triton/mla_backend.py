@@ -3,8 +3,9 @@
 Ops:
   auto_deploy::triton_mla_prepare_metadata  once per forward: the cache row of every new token (slot_mapping)
   auto_deploy::triton_mla_with_paged_cache  per layer: write this step's latent and RoPE key (one launch), then
-      decode-only batch (T == B): q absorbs W_uk, the split-KV decode kernel reads each sequence's latent once for
-          all heads, W_uv maps the latent output back to v_head_dim (no host read: CUDA-graph safe);
+      decode-only batch (T == B): q absorbs W_uk, the split-KV decode kernel (kernels/triton/mla_decode.py, launch
+          config by head count: decode_launch) serves a block of heads per latent tile read, W_uv maps the latent
+          output back to v_head_dim (no host read: CUDA-graph safe);
       anything else: the sequences' latent history is gathered and up-projected by kv_b_proj (only the new tokens
           when nothing is cached yet), then the ragged causal prefill kernel runs on the expanded K/V.
 """
@@ -42,6 +43,7 @@ def decode_absorbed(q_nope: torch.Tensor, q_pe: torch.Tensor, weight: torch.Tens
     w_uk, w_uv = split_kv_b_proj(weight, n, nope)
     q_lat = tm.absorb_q(q_nope, w_uk)
     max_kv = min(ckv_cache.shape[0] * ckv_cache.shape[1], 8192)  # static: the split count must not change per step
+    # (it is a constexpr of the kernel: a new count would recompile, and a captured CUDA graph would not see it)
     out_lat = tm.mla_decode(q_lat, q_pe, ckv_cache, kpe_cache, seq_len, input_pos, cache_loc, cu_num_pages, scale,
                             max_kv_len=max_kv, **tm.decode_launch(n))
     return tm.unabsorb_out(out_lat, w_uv)

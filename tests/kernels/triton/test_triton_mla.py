@@ -1,6 +1,7 @@
-"""Triton MLA vs the torch_mla reference: cache write, absorbed-weight split-KV decode, ragged prefill on expanded
-K/V (fresh and chunked), and the whole cached op; tiny sizes through the interpreter on CPU, DeepSeek sizes in
-bf16 (and a CUDA-graph replay) on the GPU."""
+"""Triton MLA vs the torch_mla reference: cache write, absorbed-weight split-KV decode (both MMA forms, ragged head
+blocks and key blocks, one split or many), ragged prefill on expanded K/V (fresh and chunked), and the whole cached
+op; tiny sizes through the interpreter on CPU, DeepSeek sizes in bf16 on the GPU (every launch config the benchmark
+sweeps, 16 and 128 heads, and a CUDA-graph replay)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import torch
 from autodeploy_cli.ops.mla import split_kv_b_proj
 from kernels.triton import mla as tm
 from kernels.triton import mla_backend as tb
+from kernels.triton.mla_decode import DECODE_CONFIGS
 from tests.kernels.mla_batch import make_mla_batch, reference, rel_err
 
 MIXED = [(0, 7), (5, 3), (9, 1), (0, 1), (2, 6)]  # (cached prefix, new tokens): prefill, chunked, decode
@@ -43,14 +45,48 @@ def test_cache_write_and_padding(device):
     assert padded.tolist()[-2:] == [-1, -1]
 
 
-@pytest.mark.parametrize("splits", [1, 2, 4, 16])  # 16: most splits of the short sequences are empty
-def test_decode_kernel_matches_reference(device, splits):
-    b = make_mla_batch(DECODE, n=6, device=device, seed=2)
+def _decode(b, n, scale, **kw):
+    """Write this step's rows, run the absorbed decode kernel, map back to v: -> [B, n, v]."""
     tm.write_mla_cache(b.ckv, b.kpe, b.ckv_cache, b.kpe_cache, _slots(b))
-    w_uk, w_uv = split_kv_b_proj(b.weight, 6, 16)
+    w_uk, w_uv = split_kv_b_proj(b.weight, n, b.q_nope.shape[-1])
     lat = tm.mla_decode(tm.absorb_q(b.q_nope, w_uk), b.q_pe, b.ckv_cache, b.kpe_cache, b.seq_len, b.input_pos,
-                        b.cache_loc, b.cu_num_pages, 0.3, num_splits=splits, block_h=16, block_n=16)
-    assert rel_err(tm.unabsorb_out(lat, w_uv), reference(b, 0.3)) < 1e-5
+                        b.cache_loc, b.cu_num_pages, scale, **kw)
+    return tm.unabsorb_out(lat, w_uv)
+
+
+# kv lengths 1, 7, 14, 31, 45: none a multiple of the page (4) or the key block (16)
+DECODE_RAGGED = [(0, 1), (6, 1), (13, 1), (30, 1), (44, 1)]
+
+
+@pytest.mark.parametrize("n", [3, 20])  # inside one 16-head block; a full block and a ragged one
+@pytest.mark.parametrize("swap", [False, True], ids=["rows", "swap"])  # heads on the MMA's M or N side
+@pytest.mark.parametrize("splits", [1, 2, 8])  # 1: written without the merge; 8: most splits of short seqs empty
+def test_decode_kernel_matches_reference(device, n, swap, splits):
+    b = make_mla_batch(DECODE_RAGGED, n=n, device=device, seed=2)
+    out = _decode(b, n, 0.3, num_splits=splits, block_h=16, block_n=16, swap=swap)
+    assert rel_err(out, reference(b, 0.3)) < 1e-5
+
+
+@pytest.mark.parametrize("swap", [False, True], ids=["rows", "swap"])
+@pytest.mark.parametrize("splits", [1, 4])
+def test_decode_padded_sequence_gives_zeros(device, swap, splits):
+    b = make_mla_batch([(5, 1), (0, 1), (9, 1)], n=3, device=device, seed=3)
+    tm.write_mla_cache(b.ckv, b.kpe, b.ckv_cache, b.kpe_cache, _slots(b))
+    seq_len = b.seq_len.clone()
+    seq_len[1] = 0  # a CUDA-graph padding slot: no keys at all
+    lat = tm.mla_decode(torch.randn(3, 3, 32, device=device), b.q_pe, b.ckv_cache, b.kpe_cache, seq_len,
+                        b.input_pos, b.cache_loc, b.cu_num_pages, 0.3, num_splits=splits, block_h=16, block_n=16,
+                        swap=swap)
+    assert torch.isfinite(lat).all() and not lat[1].any() and lat[0].abs().sum() > 0
+
+
+def test_decode_launch_policy():
+    for n in (16, 128):  # the sweep always times the backend's default
+        assert tm.decode_launch(n) in DECODE_CONFIGS
+    assert tm.decode_num_splits(64, 1, 8192, 32) == 4  # 16 heads: 256 programs, 2 per SM
+    assert tm.decode_num_splits(64, 2, 8192, 64, waves=1) == 1  # 128 heads: 128 programs, no merge pass
+    assert tm.decode_num_splits(1, 4, 4096, 64, waves=1) == 16  # capped: each split keeps >= 4 key blocks
+    assert tm.decode_num_splits(1, 1, 128, 32) == 1  # short contexts are not split
 
 
 @pytest.mark.parametrize("seqs", [MIXED, [(0, 9), (0, 3)]], ids=["chunked", "fresh"])
@@ -61,6 +97,12 @@ def test_cached_op_prefill_matches_reference(device, seqs):
 
 def test_cached_op_decode_matches_reference(device):
     b = make_mla_batch(DECODE, device=device, seed=5)
+    assert rel_err(_cached(b, 0.27), reference(b, 0.27)) < 1e-5
+
+
+def test_cached_op_decode_many_heads_matches_reference(device):
+    b = make_mla_batch(DECODE_RAGGED, n=20, device=device, seed=6)  # > 16 heads: one 64-head block, 44 rows masked
+    assert tm.decode_launch(20)["block_h"] == 64
     assert rel_err(_cached(b, 0.27), reference(b, 0.27)) < 1e-5
 
 
@@ -101,12 +143,40 @@ def test_gpu_bf16_matches_reference(seqs, n):
     assert rel_err(_cached(b, SCALE), reference(b, SCALE)) < 2e-2
 
 
+_REF: dict = {}
+
+
+def _cfg_id(cfg):
+    return f"{'swap' if cfg['swap'] else 'rows'}-h{cfg['block_h']}-n{cfg['block_n']}-w{cfg['num_warps']}-" \
+           f"s{cfg['num_stages']}-x{cfg['waves']}"
+
+
+@pytest.mark.parametrize("cfg", DECODE_CONFIGS, ids=_cfg_id)  # every config the benchmark may pick
+@pytest.mark.parametrize("n,splits", [(16, None), (128, None), (128, 1)], ids=["16-auto", "128-auto", "128-one_split"])
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_gpu_decode_replays_in_a_cuda_graph():
+def test_gpu_decode_configs_match_reference(n, splits, cfg):
+    if cfg["block_h"] > n:
+        pytest.skip("head block wider than the heads")
+    from triton.runtime.errors import OutOfResources
+
+    b = _dsv3([(0, 1), (17, 1), (1000, 1), (255, 1), (4000, 1), (62, 1)], n, seed=9)  # ragged vs 64-row pages
+    if n not in _REF:  # the same batch for every config: one reference per head count
+        _REF[n] = reference(b, SCALE)
+    try:
+        out = _decode(b, n, SCALE, num_splits=splits, **cfg)
+    except OutOfResources as e:  # a config too big for this GPU's shared memory: the sweep reports it too
+        pytest.skip(str(e)[:100])
+    assert rel_err(out, _REF[n]) < 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n", [16, 128])
+def test_gpu_decode_replays_in_a_cuda_graph(n):
     import dataclasses
 
-    b = _dsv3([(40, 1), (900, 1), (3, 1), (2000, 1)], 16, seed=8)
+    b = _dsv3([(40, 1), (900, 1), (3, 1), (2000, 1)], n, seed=8)
     pristine = (b.ckv_cache.clone(), b.kpe_cache.clone())
     slots, kv_len_host = _slots(b), b.kv_len_host  # no device-to-host copy inside the capture
 
