@@ -23,6 +23,7 @@ from autodeploy_cli.bench.table import render
 from autodeploy_cli.bench.workload import load_workload
 from autodeploy_cli.config.checks import output_path
 from autodeploy_cli.config.schema import ADConfig
+from autodeploy_cli.errors import ADError
 from autodeploy_cli.log import build_progress, get_logger
 
 
@@ -94,7 +95,10 @@ class _Session:
             del engine
             self._release(device)
             for kind in self.plan.baselines:
-                self._run_baseline(kind, progress)
+                try:
+                    self._run_baseline(kind, progress)
+                except Exception as e:  # noqa: BLE001 - a failing baseline (HF out of memory, say) keeps our numbers
+                    self._baseline_failed(kind, e)
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -149,6 +153,14 @@ class _Session:
             del model
             self._release(device)
 
+    def _baseline_failed(self, kind: str, err: Exception) -> None:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        trace = self.result.runs.setdefault(kind, RunTrace(kind))
+        trace.partial = True
+        trace.notes.append(f"the {kind} baseline failed ({type(err).__name__}: {first}); no ratio against it")
+        self.console.print(f"[yellow]warning:[/yellow] the `{kind}` baseline failed ({type(err).__name__}: {first}); "
+                           "ad's own results are kept, without a ratio against it.")
+
     @staticmethod
     def _release(device: Any) -> None:
         from autodeploy_cli.bench import hardware
@@ -190,4 +202,18 @@ def run_bench(cfg: ADConfig, console: Optional[Console] = None, overwrite: bool 
     except KeyboardInterrupt:
         _finish(session, partial=True)
         raise
-    return _finish(session, partial=False)
+    data = _finish(session, partial=False)
+    _fail_if_nothing_completed(data, plan)
+    return data
+
+
+def _fail_if_nothing_completed(data: dict[str, Any], plan: BenchPlan) -> None:
+    """A measured run in which every request failed has no numbers: an error (exit 1), not a row of zeros."""
+    for name in ("ad", "online"):
+        run = data.get("runs", {}).get(name)
+        if run and run["num_requests_submitted"] and not run["num_requests_completed"]:
+            first = " ".join((run["errors"] or ["no error recorded"])[0].split())[:400]
+            where = f" (results written to {plan.output})" if plan.output else ""
+            raise ADError(f"No request of the `{name}` run completed: {run['num_requests_failed']} of "
+                          f"{run['num_requests_submitted']} failed{where}; the first: {first}. Fix that cause and "
+                          "run `ad bench` again.")

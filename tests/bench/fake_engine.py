@@ -38,6 +38,7 @@ class FakeEngine:
     step_s: float = 0.001  # sleep per step, so every duration is > 0
     interrupt_at_step: Optional[int] = None  # raise KeyboardInterrupt when this step starts (Ctrl-C)
     short_by: int = 0  # finish every request this many tokens early (an engine bug the bench must report)
+    fail_with: Optional[str] = None  # every request ends at its first step with this error
     kv_capacity_tokens: int = 4096
     tokenizer: Any = None
     build_result: Any = field(default_factory=lambda: SimpleNamespace(records=[
@@ -60,6 +61,10 @@ class FakeEngine:
         if self.interrupt_at_step is not None and self.steps >= self.interrupt_at_step:
             raise KeyboardInterrupt
         time.sleep(self.step_s)
+        if self.fail_with is not None:
+            outs = [FakeOutput(rid, [], True, None, self.fail_with) for rid in self._live]
+            self._live.clear()
+            return outs
         outs = []
         for rid, state in list(self._live.items()):
             state[1] += 1
