@@ -58,7 +58,7 @@ def run(engine, prompts, max_tokens):
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    out = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+    out = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True, detokenize=False))
     sync()
     dt = time.perf_counter() - t0
     assert all(len(c.token_ids) == max_tokens for c in out), [c.error for c in out if c.error][:2]
@@ -97,7 +97,7 @@ def profile_decode(engine, res, batch=1, steps=20, prompt=128):
     from autodeploy_cli.runtime.engine import SamplingParams
 
     for p in rand_prompts(batch, prompt, 5):
-        engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True))
+        engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True, detokenize=False))
     decode_steps = engine.stats.decode_steps
     while engine.stats.decode_steps < decode_steps + 2:  # every prompt prefilled, two decode-only steps done
         engine.step()

@@ -16,10 +16,11 @@ Every step logs to OUT/serve_bench.log and stdout as it goes, so a run cut short
 
 The GPU machine's python3.12 lacks the serve stack; fetch these cp312 wheels into .whl/ here (about 9 MB on top of
 the base 21 MB; uvloop and httptools are optional speed-ups uvicorn picks up by itself, openai + jiter + distro +
-sniffio only serve the tests' client):
+sniffio only serve the tests' client; do not carry typing-extensions: an older copy shadows the machine's
+newer one, and every request then failed with a 500, ImportError 'sentinel', in the session-5 run):
 
     bash ../shared/gpu/fetch_wheels.sh fastapi==0.115.12 starlette==0.46.2 uvicorn==0.34.2 pydantic==2.11.4 \
-        pydantic-core==2.33.2 annotated-types==0.7.0 typing-inspection==0.4.0 typing-extensions==4.13.2 \
+        pydantic-core==2.33.2 annotated-types==0.7.0 typing-inspection==0.4.0 \
         httptools==0.6.4 uvloop==0.21.0 openai==1.82.0 jiter==0.10.0 distro==1.9.0 sniffio==1.3.1
 """
 
