@@ -74,6 +74,12 @@ case "$phase" in
     step fp8_engine 170 python3 benchmarks/fp8_bench.py --what bf16,fp8 --out "$W/fp8_engine.json"
     step hybrid 150 python3 benchmarks/hybrid_bench.py --what bs1,c64,profile --timeout 70 --out "$W/hybrid.json"
     ;;
+  last5)  # session 5: the new MLA decode kernel (tests, config sweep), Moonlight end to end, serving
+    step mla_tests 70 python3 -m pytest -m gpu -q -p no:cacheprovider --timeout 60 --tb=short -rfE tests/kernels/triton/test_triton_mla.py -x
+    step mla_kernels 110 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
+    step mla_e2e 90 python3 benchmarks/mla_bench.py --what e2e --out "$W/mla_e2e.json"
+    step serve 150 python3 benchmarks/serve_bench.py --out "$W/serve" --num-requests 128 --latency-reps 10
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
