@@ -1,4 +1,5 @@
-"""Triton RMSNorm, fused add+RMSNorm, RoPE (q and k, shared cos/sin cache) and SiLU-and-mul vs torch references."""
+"""Triton RMSNorm, fused add+RMSNorm, RoPE (q and k, shared cos/sin cache) and SiLU-and-mul vs torch references.
+The bf16 RoPE is also held to HF's own bf16 RoPE, both against float64 (issue 22)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,11 @@ import pytest
 import torch
 
 from kernels.triton import activation, norm, rope
+from tests.tiny_models import tiny_hf_config
+
+LLAMA3 = dict(head_dim=32, max_position_embeddings=8192,
+              rope_scaling=dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                                original_max_position_embeddings=1024, rope_theta=500000.0))
 
 
 def _ref_rmsnorm(x, w, eps):
@@ -71,6 +77,54 @@ def test_rope_accepts_bsnd_inputs(device):
     assert yq.shape == q.shape and yk.shape == k.shape and _rel(yq, ref) < 1e-5
 
 
+def _rms_rel(out, ref):
+    return ((out.double() - ref).norm() / ref.norm()).item()
+
+
+def _max_rel(out, ref):
+    return ((out.double() - ref).abs().max() / ref.abs().max()).item()
+
+
+def _llama3_case(device, tokens):
+    """q [1, T, 4, 32], k [1, T, 2, 32] (bf16) at positions up to 4095 of a Llama-3-scaled RoPE; HF's bf16 and fp32
+    cos/sin for them, and float64 references of both rotations."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+    emb = LlamaRotaryEmbedding(tiny_hf_config("llama", **LLAMA3)).to(device)
+    g = torch.Generator().manual_seed(22)
+    q = torch.randn(1, tokens, 4, 32, generator=g).to(device, torch.bfloat16)
+    k = torch.randn(1, tokens, 2, 32, generator=g).to(device, torch.bfloat16)
+    pos = torch.cat([torch.tensor([0, 4095]), torch.randint(1, 4095, (tokens - 2,), generator=g)])[None].to(device)
+    freqs = pos[0].double()[:, None] * emb.inv_freq.double()[None]
+    e = torch.cat([freqs, freqs], -1)[None]
+    c64, s64 = e.cos() * emb.attention_scaling, e.sin() * emb.attention_scaling
+    refs = apply_rotary_pos_emb(q.double(), k.double(), c64, s64, unsqueeze_dim=2)
+    hf = apply_rotary_pos_emb(q, k, *emb(q, pos), unsqueeze_dim=2)  # HF's bf16 RoPE: bf16 tables and products
+    fp32 = emb(q.float(), pos)
+    ideal = [y.bfloat16() for y in apply_rotary_pos_emb(q.float(), k.float(), *fp32, unsqueeze_dim=2)]
+    return q, k, pos, emb.inv_freq, fp32, refs, hf, ideal
+
+
+def _assert_no_worse_than_hf(outs, refs, hf, ideal):
+    for out, ref, h, best in zip(outs, refs, hf, ideal):
+        assert out.dtype == torch.bfloat16
+        assert _rms_rel(out, ref) <= _rms_rel(h, ref) and _max_rel(out, ref) <= _max_rel(h, ref)
+        # fp32 from fp32 tables, one rounding: as close as that (1% for a different fused multiply-add order)
+        assert _rms_rel(out, ref) <= 1.01 * _rms_rel(best, ref)
+
+
+def _check_llama3_bf16(device, tokens):
+    q, k, pos, inv_freq, (cos, sin), refs, hf, ideal = _llama3_case(device, tokens)
+    _assert_no_worse_than_hf(rope.rope_qk_cos_sin(q, k, cos, sin), refs, hf, ideal)
+    cache = rope.build_cos_sin_cache(inv_freq, 4096)  # the position-indexed path, same numbers
+    _assert_no_worse_than_hf(rope.rope_qk(q, k, pos, cache), refs, hf, ideal)
+
+
+def test_rope_bf16_llama3_no_worse_than_hf(device):
+    """Issue 22: the fused bf16 RoPE (head_dim 32, Llama-3 scaled) was less accurate than HF's eager bf16 RoPE."""
+    _check_llama3_bf16(device, 96)
+
+
 @pytest.mark.parametrize("inter", [8, 12])
 def test_silu_and_mul(device, inter):
     x = torch.randn(4, 2 * inter, device=device)
@@ -97,3 +151,9 @@ def test_gpu_bf16_8b_shapes():
     yq, yk = rope.rope_qk(q, k, pos, rope.build_cos_sin_cache(inv_freq, 4096))
     assert _rel(yq, _ref_rope(q, pos, inv_freq, False, 128)) < 1e-2
     assert _rel(yk, _ref_rope(k, pos, inv_freq, False, 128)) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_rope_bf16_llama3_no_worse_than_hf():
+    _check_llama3_bf16("cuda", 4096)
