@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -29,10 +30,12 @@ def fake(monkeypatch):
 
 @pytest.fixture
 def bench(tmp_path):
-    """bench(*args) runs `ad bench *args --output <tmp>/bench.json`; returns (CliRunner result, JSON or None)."""
+    """bench(*args) runs `ad bench *args --output <tmp>/bench[-N].json`; returns (CliRunner result, JSON or None)."""
+    runs = itertools.count()
 
     def invoke(*args: str):
-        out = tmp_path / "bench.json"
+        n = next(runs)  # a fresh file per call: an existing one is kept and the result goes to a numbered name
+        out = tmp_path / ("bench.json" if n == 0 else f"bench-{n}.json")
         result = CliRunner().invoke(app, ["bench", *args, "--output", str(out)], env={"COLUMNS": "160"})  # no wrap
         return result, (json.loads(out.read_text()) if out.exists() else None)
 
