@@ -1,9 +1,6 @@
 """Multi-head latent attention on one GPU: the issue-18 targets, measured in one run (random bf16 weights, no
-downloads), JSON to --out.
-
-    python3 benchmarks/mla_bench.py --out benchmarks/results/h200_mla.json            # both parts (~3-4 min)
-    python3 benchmarks/mla_bench.py --what kernel --out k.json                        # kernels only (~2-3 min)
-
+downloads), JSON to --out:
+    python3 benchmarks/mla_bench.py --out benchmarks/results/h200_mla.json  # both parts; --what kernel: ~30 s
 kernel: the Triton MLA decode kernel (absorbed weights: one shared latent KV head of 512 + 64) vs FlashInfer's
         BatchMLAPagedAttentionWrapper.run on the same caches, batch 64 x 4096 context (and batch 1), 16 heads
         (Moonlight; DeepSeek-V3 at TP8) and 128 heads (DeepSeek-V3 on one GPU); plan excluded. Floor = latent bytes
@@ -15,8 +12,7 @@ e2e:    Moonlight-16B-A3B shapes (27 layers, 64 routed experts top-6 + 2 shared;
         128, 256 new tokens through the Engine (mla_backend triton by default, compile torch-cudagraph, falling
         back to torch-simple when capture fails) -> decode tok/s vs the bandwidth floor: bytes per step = weights a
         token touches (everything but the embedding, routed experts counted top-k / experts) + the compressed KV
-        it attends over. Target >= 0.6 of the floor. A kernel profile of 20 decode steps shows where time goes.
-"""
+        it attends over. Target >= 0.6 of the floor; a kernel profile of 20 decode steps shows where time goes."""
 
 from __future__ import annotations
 
