@@ -23,10 +23,20 @@ def pytest_configure(config):
     torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_export_cache(tmp_path_factory):
+    """Module- and session-scoped fixtures build before the per-test folder below exists: theirs is this one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AD_CACHE_DIR", str(tmp_path_factory.mktemp("ad-cache-session")))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _quiet_logs(monkeypatch):
+def _quiet_logs(monkeypatch, tmp_path_factory):
     monkeypatch.setenv("AUTO_DEPLOY_LOG_LEVEL", "WARNING")
     monkeypatch.delenv("AD_DUMP_GRAPHS_DIR", raising=False)
+    # the export cache of each test in its own folder: never the user's home, no graph shared between tests
+    monkeypatch.setenv("AD_CACHE_DIR", str(tmp_path_factory.mktemp("ad-cache")))
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,11 @@ class GatherLogitsBeforeLmHead(BaseTransform):
         while node.op != "output":
             downstream.append(node)
             node = next(iter(node.users))
-        refresh_vals([flat, sel, hid, *downstream])
+        changed = [flat, sel, hid, *downstream]
+        before = [n.meta.get("val") for n in changed]
+        refresh_vals(changed)
         iface.logits_gathered = True
         ctx.use_cached_probe()
-        return TransformInfo(num_matches=1, is_clean=False, has_valid_shapes=False)
+        # shapes stay valid when every changed node got a new value (a refresh that could not run leaves the old)
+        fresh = all(n.meta.get("val") is not None and n.meta.get("val") is not old for n, old in zip(changed, before))
+        return TransformInfo(num_matches=1, is_clean=False, has_valid_shapes=fresh)

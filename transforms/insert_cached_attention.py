@@ -118,6 +118,7 @@ class InsertCachedAttention(BaseTransform):
         cc = iface.cache_config
         graph = gm.graph
 
+        touched: list[fx.Node] = []  # new nodes get their fake values here: no whole-graph shape propagation
         meta, prep_outs = add_metadata_inputs(gm, iface, backend.metadata_fields, backend.prepare_metadata(cc))
         buffers = add_buffer_inputs(gm, iface, backend.global_buffers(cc))
         for node, info in zip(nodes, infos):
@@ -134,6 +135,7 @@ class InsertCachedAttention(BaseTransform):
                 out = new
                 if a["layout"] != backend.layout:
                     out = graph.call_function(torch.ops.aten.transpose.int, (new, 1, 2))
+            touched += [x for x in (q, k, v, new, out) if x not in a.values()]
             if "val" in node.meta:
                 out.meta["val"] = node.meta["val"]
             node.replace_all_uses_with(out)
@@ -142,5 +144,5 @@ class InsertCachedAttention(BaseTransform):
         ctx.use_cached_probe()
         ctx.facts.attention_backend = backend.name
         scales = f", k/v scales from the checkpoint for {len(kv_scales)} layers" if kv_scales else ""
-        return TransformInfo(num_matches=len(nodes), is_clean=False, has_valid_shapes=False,
-                             note=f"backend {backend.name}, page size {cc.page_size}, kv {str(cc.dtype)[6:]}{scales}")
+        return TransformInfo.matched(len(nodes), touched, note=f"backend {backend.name}, page size {cc.page_size}, "
+                                     f"kv {str(cc.dtype)[6:]}{scales}")

@@ -38,13 +38,16 @@ def _logits_only_forward(model: nn.Module):
 
 
 def drop_input_checks(gm: fx.GraphModule) -> None:
-    """Remove torch.export's pre-hook that checks call inputs against the exported signature: transforms add
-    graph inputs (caches, metadata) later."""
-    hooks = getattr(gm, "_forward_pre_hooks", {})
-    for key, hook in list(hooks.items()):
-        if getattr(hook, "__name__", "") == "_check_input_constraints_pre_hook":
-            del hooks[key]
-            getattr(gm, "_forward_pre_hooks_with_kwargs", {}).pop(key, None)
+    """Remove torch.export's forward hooks: the pre-hook that checks call inputs against the exported signature
+    (transforms add graph inputs later: caches, metadata) and the bookkeeping hooks for nn.Module-typed inputs
+    (ours are tensors, so they do nothing)."""
+    for hooks, with_kwargs in ((gm._forward_pre_hooks, gm._forward_pre_hooks_with_kwargs),
+                               (gm._forward_hooks, gm._forward_hooks_with_kwargs)):
+        for key, hook in list(hooks.items()):
+            if getattr(hook, "__module__", "") == "torch.export._unlift":
+                del hooks[key]
+                with_kwargs.pop(key, None)
+                gm._forward_hooks_always_called.pop(key, None)
 
 
 def _flatten_codegen(gm: fx.GraphModule) -> fx.GraphModule:
@@ -105,6 +108,38 @@ def _export(model: nn.Module, args: tuple, dynamic_shapes: tuple) -> Any:
                                prefer_deferred_runtime_asserts_over_guards=True)
 
 
+@contextlib.contextmanager
+def _recording_guards():
+    """Remember how ep.module() built its `_guards_fn` (guard code strings and input paths), so the export cache can
+    build the same module again: the function itself is exec'd code that cannot be pickled."""
+    from torch.export import _unlift
+
+    original = getattr(_unlift, "_convert_guards_code_to_fn", None)
+    recipes: list = []
+    if original is None:
+        yield recipes
+        return
+
+    def convert(*args: Any) -> Any:
+        recipes.append(args)
+        return original(*args)
+
+    _unlift._convert_guards_code_to_fn = convert
+    try:
+        yield recipes
+    finally:
+        _unlift._convert_guards_code_to_fn = original
+
+
+def _module_of(ep: Any) -> fx.GraphModule:
+    with _recording_guards() as recipes:
+        gm = ep.module()
+    guards = getattr(gm, "_guards_fn", None)
+    if guards is not None and len(recipes) == 1:
+        guards._ad_guards_recipe = recipes[0]
+    return gm
+
+
 def _recover_meta_constants(gm: fx.GraphModule, model: nn.Module, args: tuple, dynamic_shapes: tuple) -> None:
     """Give constants captured on meta their values: export once more with fake CPU weights (same trace, so the
     same constant names) and copy the values over where name, shape and dtype agree."""
@@ -157,7 +192,7 @@ def export_to_graph_module(
             stack.enter_context(patch)
         stack.enter_context(_logits_only_forward(model))
         try:
-            gm = _export(model, args, dynamic_shapes).module()
+            gm = _module_of(_export(model, args, dynamic_shapes))
         except Exception as e:  # noqa: BLE001 - a length the model cannot take becomes a config error
             _raise_if_too_long(e, max_seq_len)
             raise

@@ -48,9 +48,14 @@ def _load_library() -> None:
         importlib.import_module(f"{library.__name__}.{info.name}")
 
 
-def build_patches(toggles: dict[str, bool], model: nn.Module) -> list[tuple[str, ContextManager]]:
-    """Context managers of the enabled patches that apply to `model` (every registered patch is on unless toggled
-    off)."""
+def registered_factories() -> dict[str, PatchFactory]:
+    """name -> patch factory, in registration order (the export cache hashes their source files)."""
+    _load_library()
+    return dict(_PATCHES)
+
+
+def check_toggles(toggles: dict[str, bool]) -> None:
+    """Refuse a toggle that names no registered patch."""
     _load_library()
     for name in toggles:
         if name not in _PATCHES:
@@ -58,6 +63,12 @@ def build_patches(toggles: dict[str, bool], model: nn.Module) -> list[tuple[str,
                 f"Unknown export patch `{name}` in transforms.export_to_gm.patches.{did_you_mean(name, _PATCHES)} "
                 f"Registered patches: {', '.join(sorted(_PATCHES))}."
             )
+
+
+def build_patches(toggles: dict[str, bool], model: nn.Module) -> list[tuple[str, ContextManager]]:
+    """Context managers of the enabled patches that apply to `model` (every registered patch is on unless toggled
+    off)."""
+    check_toggles(toggles)
     on = [name for name in _PATCHES if toggles.get(name, True)]
     return [(name, _PATCHES[name](model)) for name in on if name not in _APPLIES or _APPLIES[name](model)]
 

@@ -140,7 +140,8 @@ def build(
         verify_rows=verifier.rows if verifier else None,
         verify_failure=verifier.first_failure if verifier else None,
         extra={**({"notes": notes} if notes else {}), **(_quality_extra(ctx, verifier) or {}),
-               **({"sharding": ctx.facts.sharding} if ctx.facts.sharding else {})} or None,
+               **({"sharding": ctx.facts.sharding} if ctx.facts.sharding else {}),
+               **({"export_cache": ctx.facts.export_cache} if ctx.facts.export_cache else {})} or None,
     )
     return BuildResult(cfg, ctx, records, report, Path(dump_path) if dump_path else None,
                        verifier.first_failure if verifier else None)

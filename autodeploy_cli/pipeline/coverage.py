@@ -91,7 +91,9 @@ class CoverageHook:
 
     def __call__(self, record: Any, ctx: Any) -> None:
         if record.stage == "pattern_matcher" and isinstance(ctx.model, fx.GraphModule):
-            self.census = census(ctx.model)
+            # a matcher that matched nothing left the graph as it was: the last census still holds
+            if self.census is None or record.num_matches or record.error:
+                self.census = census(ctx.model)
             self.taken_after = record.name
 
 

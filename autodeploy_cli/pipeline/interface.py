@@ -85,6 +85,8 @@ class BuildFacts:
 
     num_params: int = 0  # build_model
     export_patches: list[str] = field(default_factory=list)  # export_to_gm: the patches that were on
+    # export_to_gm: the export cache's answer (status hit | miss | off, path, time_s, save_s, note)
+    export_cache: dict = field(default_factory=dict)
     moe_experts_implementation: Optional[str] = None  # match_moe_pattern: HF experts implementation matched
     attention_backend: Optional[str] = None  # insert_cached_attention: the resolved backend name
     mla_backend: Optional[str] = None  # insert_cached_mla_attention: the resolved backend name

@@ -22,6 +22,14 @@ def op_census(gm: fx.GraphModule | None, namespace: str = "auto_deploy") -> dict
     return {k: v for k, v in sorted(names.items()) if k.startswith(namespace + ".")}
 
 
+def _stage_times(records: list[TransformRecord]) -> dict[str, float]:
+    """Seconds per stage, in pipeline order (where a build spends its time: export, matchers, load, ...)."""
+    out: dict[str, float] = {}
+    for r in records:
+        out[r.stage] = out.get(r.stage, 0.0) + r.time_s
+    return {k: round(v, 3) for k, v in out.items()}
+
+
 def build_report(
     model: str,
     records: list[TransformRecord],
@@ -40,6 +48,7 @@ def build_report(
         "canonical_ops": op_census(final_graph),
         "coverage": coverage or [],
         "total_time_s": round(sum(r.time_s for r in records), 4),
+        "stage_time_s": _stage_times(records),
     }
     if verify_rows is not None:
         report["verify"] = {"rows": verify_rows, "first_failure": verify_failure, "ok": verify_failure is None}
@@ -66,6 +75,14 @@ def _verify_cell(name: str, rows: list[dict]) -> str:
     return f"{' '.join(parts)} / {checked[0]['tolerance']:.0e} {'ok' if ok else 'FAIL'}"
 
 
+def _timing_line(report: dict) -> str:
+    """`stages: export 0.95s, pattern_matcher 2.10s, ...; export cache hit`."""
+    stages = ", ".join(f"{k} {v:.2f}s" for k, v in report.get("stage_time_s", {}).items() if v >= 0.01)
+    cache = report.get("export_cache")
+    why = f" ({cache['note']})" if cache and cache.get("note") else ""
+    return f"stages: {stages}" + (f"; export cache {cache['status']}{why}" if cache else "")
+
+
 def print_report(report: dict, console: Any) -> None:
     from rich.table import Table
 
@@ -87,6 +104,7 @@ def print_report(report: dict, console: Any) -> None:
     nodes = report["graph_nodes"]
     console.print(f"graph size: {nodes['after_export']} ops after export -> {nodes['final']} ops final; "
                   f"build time {report['total_time_s']:.2f}s")
+    console.print(_timing_line(report))
     from rich.markup import escape
 
     for row in report.get("coverage", []):

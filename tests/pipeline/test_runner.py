@@ -104,3 +104,53 @@ def test_a_matcher_that_raises_leaves_the_graph_unchanged_and_is_a_miss(scratch_
                               "(ValueError: unexpected constant 0.5); the graph was left unchanged")
     full = build(resolve([], base), verify=True)  # and the build goes on to the end, correct
     assert full.verify_failure is None and full.report["transforms"][-1]["name"] == "compile_model"
+
+
+def test_a_failed_matcher_after_a_matching_one_keeps_that_ones_changes(scratch_transforms):
+    """The guard's snapshot is shared only across matchers that left the graph untouched: a matcher that raises
+    after one that changed the graph returns the graph to just before itself, not to an older copy."""
+    import torch
+
+    class Marks(BaseTransform):
+        def apply(self, gm, ctx):
+            gm.register_buffer("marker", torch.zeros(1))
+            return TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True)
+
+    class Fails(BaseTransform):
+        def apply(self, gm, ctx):
+            gm.register_buffer("leftover", torch.zeros(1))
+            raise ValueError("unexpected")
+
+    scratch_transforms("tst_marks_rope", Marks)
+    scratch_transforms("tst_fails_rope", Fails)
+    over = ["transforms.tst_marks_rope.stage=pattern_matcher", "transforms.tst_fails_rope.stage=pattern_matcher",
+            "device=cpu", "dtype=float32"]
+    result = build(resolve([], over), stop_after="tst_fails_rope")
+    names = [r["name"] for r in result.report["transforms"]]
+    assert names.index("tst_marks_rope") < names.index("tst_fails_rope")
+    buffers = dict(result.model.named_buffers())
+    assert "marker" in buffers and "leftover" not in buffers
+
+
+def test_cyclic_gc_is_paused_for_graph_stages_only_and_restored(scratch_transforms):
+    import gc
+
+    seen = {}
+
+    class Probe(BaseTransform):
+        def apply(self, gm, ctx):
+            seen[self.options.stage] = gc.isenabled()
+            return TransformInfo.untouched()
+
+    scratch_transforms("tst_probe_graph", Probe)
+    scratch_transforms("tst_probe_load", Probe)
+    over = ["transforms.tst_probe_graph.stage=pattern_matcher", "transforms.tst_probe_load.stage=weight_load",
+            "device=cpu", "dtype=float32"]
+    build(resolve([], over), stop_after="tst_probe_load")
+    assert seen == {"pattern_matcher": False, "weight_load": True} and gc.isenabled()
+    gc.disable()  # a caller's own setting is left as it was
+    try:
+        build(resolve([], over), stop_after="tst_probe_graph")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

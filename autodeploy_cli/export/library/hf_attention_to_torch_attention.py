@@ -20,6 +20,11 @@ from autodeploy_cli.export.patches import register_export_patch
 
 AD_ATTN_IMPL = "ad_torch_attention"
 _CALLS = [0]  # calls of _hf_attention_forward (the dry run counts them)
+_STOP_AT_FIRST_CALL = [False]  # set during the dry run: one call answers it, the other layers need not run
+
+
+class _FirstCall(Exception):
+    """Ends the dry run at the first attention call (a full fake forward of an 8B model takes ~2 s)."""
 
 
 def _hf_attention_forward(module: nn.Module, query, key, value, attention_mask, dropout: float = 0.0,
@@ -32,6 +37,8 @@ def _hf_attention_forward(module: nn.Module, query, key, value, attention_mask, 
 
     load_ops()
     _CALLS[0] += 1
+    if _STOP_AT_FIRST_CALL[0]:
+        raise _FirstCall()
     out = torch.ops.auto_deploy.torch_attention(
         query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
         attn_mask=attention_mask,
@@ -86,12 +93,17 @@ def _dry_run(model: nn.Module, patched: bool) -> Optional[str]:
 
     device = next(iter(model.parameters())).device
     patch = hf_attention_to_torch_attention(model) if patched else contextlib.nullcontext()
+    _STOP_AT_FIRST_CALL[0] = patched
     try:
         with _quiet_fake_tensor_log(), patch, torch.no_grad(), FakeTensorMode(allow_non_fake_inputs=True):
             ids = torch.ones(1, 2, dtype=torch.long, device=device)
             model(input_ids=ids, position_ids=torch.arange(2, device=device)[None], use_cache=False)
+    except _FirstCall:
+        return None
     except Exception as e:  # noqa: BLE001 - reported to the caller
         return f"{type(e).__name__}: {e}"
+    finally:
+        _STOP_AT_FIRST_CALL[0] = False
     return None
 
 
