@@ -36,3 +36,9 @@ def shown(value: object, limit: int = 60) -> str:
     if any(ord(c) < 32 or 0xD800 <= ord(c) <= 0xDFFF for c in text):
         text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty): one-paragraph errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

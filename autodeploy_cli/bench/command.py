@@ -23,7 +23,7 @@ from autodeploy_cli.bench.table import render
 from autodeploy_cli.bench.workload import load_workload
 from autodeploy_cli.config.checks import output_path
 from autodeploy_cli.config.schema import ADConfig
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.errors import ADError, first_line
 from autodeploy_cli.log import build_progress, get_logger
 
 
@@ -154,7 +154,7 @@ class _Session:
             self._release(device)
 
     def _baseline_failed(self, kind: str, err: Exception) -> None:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+        first = first_line(err)[:300]
         trace = self.result.runs.setdefault(kind, RunTrace(kind))
         trace.partial = True
         trace.notes.append(f"the {kind} baseline failed ({type(err).__name__}: {first}); no ratio against it")

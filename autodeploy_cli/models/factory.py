@@ -16,7 +16,7 @@ from torch import nn
 
 from autodeploy_cli.config.checks import resolve_model_source
 from autodeploy_cli.config.schema import ADConfig
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.errors import ADError, first_line
 from autodeploy_cli.models.hub import hub_unreachable  # tests patch it here, as factory.hub_unreachable
 
 # files AutoTokenizer reads a tokenizer from (fast json, sentencepiece, BPE vocab + merges, or its config)
@@ -131,7 +131,7 @@ class ModelFactory:
             raise self._load_error(what, e) from None
 
     def _load_error(self, what: str, err: Exception) -> ADError:
-        first = (str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__).rstrip(".")
+        first = first_line(err).rstrip(".")
         if self.is_local:
             hint = " For random weights of the same shapes set `skip_loading_weights=true`." if what == "weights" else ""
             return ADError(f"Could not load the {what} from `{self.source}`: {first}.{hint}")
