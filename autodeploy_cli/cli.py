@@ -140,6 +140,7 @@ def bench(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the synthetic prompts and lengths (benchmark.seed)."),
     dataset: Optional[Path] = typer.Option(None, "--dataset", help='JSONL of {"prompt": ..., "max_tokens": ...} lines, or trtllm-bench prepare-dataset lines.'),
     baseline: Optional[List[str]] = typer.Option(None, "--baseline", help="Also run a baseline: hf | hf-compile (repeatable)."),
+    baseline_concurrency: Optional[int] = typer.Option(None, "--baseline-concurrency", help="Sequences per HF generate call (default --concurrency), for models whose HF path cannot hold that many."),
     mode: Optional[str] = typer.Option(None, "--mode", help="throughput (up to --concurrency in flight) | latency (one at a time)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write every metric + config + versions as JSON "
                                           "(an existing file is kept: the next free name FILE.1.json is used)."),
@@ -151,6 +152,7 @@ def bench(
     options = {"isl": isl, "osl": osl, "num_requests": num_requests, "concurrency": concurrency, "url": url,
                "isl_stdev": isl_stdev, "osl_stdev": osl_stdev, "seed": seed, "mode": mode,
                "dataset": str(dataset) if dataset else None, "baseline": list(baseline) if baseline else None,
+               "baseline_concurrency": baseline_concurrency,
                "output": str(output) if output else None}
     explicit = {k: v for k, v in options.items() if v is not None}
     cfg = resolve_config(ctx, config, yaml_extra, model, print_config, {"benchmark": explicit} if explicit else None)

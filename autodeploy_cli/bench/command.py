@@ -146,7 +146,8 @@ class _Session:
 
             self.result.quality = quality_against(model, self._probe, self.cfg)
         try:
-            baselines.run_hf(model, kind, self.workload.requests, self.plan.concurrency, trace,
+            baselines.run_hf(model, kind, self.workload.requests,
+                             self.plan.baseline_concurrency or self.plan.concurrency, trace,
                              do_warmup=self.plan.warmup, on_done=lambda: progress.advance(task), on_warm=warmed)
             trace.peak_memory_bytes, trace.peak_memory_note = hardware.peak_memory(device)
         finally:

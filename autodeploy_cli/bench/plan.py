@@ -30,6 +30,7 @@ class BenchPlan:
     dataset: Optional[str]
     mode: str
     baselines: list[str] = field(default_factory=list)
+    baseline_concurrency: Optional[int] = None  # HF's batch per generate call (None: concurrency)
     output: Optional[str] = None
     warmup: bool = True
     max_seq_len: int = 512
@@ -54,6 +55,7 @@ class BenchPlan:
             "seed": self.seed,
             "warmup": self.warmup,
             "url": self.url,
+            "baseline_concurrency": self.baseline_concurrency if self.baselines else None,
         }
 
 
@@ -92,6 +94,8 @@ def make_plan(cfg: ADConfig) -> BenchPlan:
     _positive(b.osl, "--osl", "osl", "number of output tokens")
     _positive(b.num_requests, "--num-requests", "num_requests", "number of requests")
     _positive(b.concurrency, "--concurrency", "concurrency", "number of requests in flight")
+    _positive(b.baseline_concurrency, "--baseline-concurrency", "baseline_concurrency",
+              "number of sequences per HF generate call")
     for flag, key in (("--isl-stdev", "isl_stdev"), ("--osl-stdev", "osl_stdev")):
         if getattr(b, key) < 0:
             raise ADError(f"`{flag}` (`benchmark.{key}`) must be 0 (exact lengths) or positive, got {getattr(b, key)}.")
@@ -136,6 +140,7 @@ def make_plan(cfg: ADConfig) -> BenchPlan:
         dataset=b.dataset,
         mode=b.mode,
         baselines=baselines,
+        baseline_concurrency=min(b.baseline_concurrency, concurrency) if b.baseline_concurrency else None,
         output=b.output,
         warmup=b.warmup,
         # online the server's limits apply: synthetic lengths are not clipped to this config's

@@ -74,6 +74,8 @@ class BenchmarkConfig:
     dataset: Optional[str] = None  # JSONL file of {"prompt": ..., "max_tokens": ...} instead of synthetic prompts
     mode: str = "throughput"  # throughput | latency
     baseline: List[str] = field(default_factory=list)  # hf | hf-compile
+    baseline_concurrency: Optional[int] = None  # HF's batch per generate call (None: concurrency); for models
+    # whose HF reference path cannot hold `concurrency` sequences on the device
     output: Optional[str] = None  # JSON result file
     warmup: bool = True  # run the workload's shapes once before timing (ours and every baseline)
     temperature: float = 0.0  # > 0: our run samples (seeded by `seed`; top_p below), else greedy

@@ -83,3 +83,20 @@ def test_a_run_where_every_request_failed_is_an_error(bench, fake):
     assert "No request of the `ad` run completed: 4 of 4 failed (results written to" in out
     assert "the first: request 0: prompt too long. Fix that cause and run `ad bench` again." in out
     assert data["runs"]["ad"]["num_requests_failed"] == 4 and "Traceback" not in result.output
+
+
+def test_baseline_concurrency_sets_hf_batch_per_generate_call(bench, fake):
+    fake()
+    result, data = bench(*SMALL, "--baseline", "hf", "--baseline-concurrency", "2")
+    assert result.exit_code == 0, result.output
+    hf = data["runs"]["hf"]
+    assert hf["num_requests_completed"] == 4 and hf["decode"]["mean_batch"] == 2  # two generate calls of 2
+    assert data["conditions"]["baseline_concurrency"] == 2 and data["conditions"]["concurrency"] == 8
+
+
+def test_baseline_concurrency_must_be_positive(bench, fake):
+    fake()
+    result, _ = bench(*SMALL, "--baseline", "hf", "--baseline-concurrency", "0")
+    assert result.exit_code == 2
+    assert "`--baseline-concurrency` (`benchmark.baseline_concurrency`) must be a positive number of sequences " \
+           "per HF generate call, got 0" in " ".join(result.output.split())
