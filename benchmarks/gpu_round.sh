@@ -80,6 +80,16 @@ case "$phase" in
     step mla_e2e 90 python3 benchmarks/mla_bench.py --what e2e --out "$W/mla_e2e.json"
     step serve 150 python3 benchmarks/serve_bench.py --out "$W/serve" --num-requests 128 --latency-reps 10
     ;;
+  a6)  # session 6: the GPU tests never run on the H200 (RoPE precision, MLA default, FP8 capacity fixture, export
+       # cache on torch 2.11), build time, serving, the hybrid c64 point against HF at 4 sequences per call
+    step gpu_tests6 130 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 100 --tb=short -rfE --durations=10 \
+      tests/kernels/triton/test_triton_pointwise.py tests/transforms/test_optimize_rope.py \
+      tests/kernels/triton/test_triton_mla.py tests/bench/test_bench_gpu.py::test_fp8_kv_cache_doubles_the_capacity_ad_bench_reports
+    step export_cache 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 --tb=short -rfE tests/export/test_export_cache.py
+    step build_time 80 python3 benchmarks/build_profile.py --device cuda --runs 2 --out "$W/build_time.json"
+    step serve 150 python3 benchmarks/serve_bench.py --out "$W/serve" --num-requests 128 --latency-reps 10
+    step hybrid_c64 260 python3 benchmarks/hybrid_bench.py --what c64 --timeout 240 --out "$W/hybrid_c64.json"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
