@@ -5,6 +5,10 @@
 bs1:  batch 1, prompt 128, 256 new tokens -> decode tok/s (target >= 240; floor = copy bandwidth / 15.01 GB)
 ttft: one 1024-token prompt, max_tokens 1 -> ms (target <= 35)
 tput: 256 requests, ISL 1024 / OSL 1024, all submitted at once, max_batch_size 256 -> output tok/s (>= 10,000)
+c64:  64 requests x 1024 / 128 at once, greedy, then sampled (temperature 0.8, top-p 0.95, seeded) -> the ratio
+long: one 32k-token prompt (TTFT; chunked prefill) and batch-1 decode at 32k context, against their floors:
+      decode bytes = weights + the KV read per step, prefill FLOPs = 2 x params x tokens + causal attention
+      (run it alone with --max-seq-len 33024 --override enable_chunked_prefill=true)
 Every result carries the conditions (GPU, dtype, versions, backends) and the copy bandwidth measured in the run.
 """
 
@@ -52,13 +56,14 @@ def build_engine(args, max_batch_size: int):
     return engine, time.perf_counter() - t0, over
 
 
-def run(engine, prompts, max_tokens):
+def run(engine, prompts, max_tokens, **sampling):
     from autodeploy_cli.runtime.engine import SamplingParams
 
     sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
     sync()
     t0 = time.perf_counter()
-    out = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True, detokenize=False))
+    out = engine.generate(prompts, SamplingParams(max_tokens=max_tokens, ignore_eos=True, detokenize=False,
+                                                  **sampling))
     sync()
     dt = time.perf_counter() - t0
     assert all(len(c.token_ids) == max_tokens for c in out), [c.error for c in out if c.error][:2]
@@ -147,6 +152,35 @@ def bench_tput(engine, res, n, isl, osl):
                        total_tok_s=n * (isl + osl) / dt, stats=delta)
 
 
+def bench_c64(engine, res, n=64, isl=1024, osl=128):
+    """Greedy vs sampled output tok/s on the same prompts (target: sampled >= 0.95x greedy)."""
+    p = rand_prompts(n, isl, 6)
+    hot = dict(temperature=0.8, top_p=0.95, seed=1234)
+    run(engine, p[:8], 16)
+    run(engine, p[:8], 16, **hot)
+    greedy = run(engine, p, osl)
+    sampled = run(engine, p, osl, **hot)
+    res["c64"] = dict(requests=n, isl=isl, osl=osl, greedy_tok_s=n * osl / greedy, sampled_tok_s=n * osl / sampled,
+                      sampled_over_greedy=greedy / sampled, sampling=hot)
+
+
+def bench_long(engine, res, context=32768, new=128):
+    """TTFT of one `context`-token prompt and batch-1 decode right after it, with their floors."""
+    kv_bytes_per_token = 2 * LLAMA_8B["num_key_value_heads"] * LLAMA_8B["head_dim"] * 2 * LLAMA_8B["num_hidden_layers"]
+    p = rand_prompts(1, context, 7)
+    run(engine, rand_prompts(1, 2048, 8), 4)  # warm-up
+    ttft = statistics.median(run(engine, p, 1) for _ in range(2))
+    full = run(engine, p, new)
+    step = (full - ttft) / (new - 1)
+    params = 8.03e9 - LLAMA_8B["vocab_size"] * LLAMA_8B["hidden_size"]  # the embedding gather is not a GEMM
+    flops = 2 * params * context + 2 * context ** 2 * LLAMA_8B["hidden_size"] * LLAMA_8B["num_hidden_layers"]
+    step_bytes = 15.01e9 + kv_bytes_per_token * (context + new / 2)
+    res["long"] = dict(context=context, new_tokens=new, ttft_s=ttft, prefill_tflop=flops / 1e12,
+                       ttft_floor_s=flops / 690e12, ttft_fraction_of_floor=flops / 690e12 / ttft,
+                       decode_ms_per_step=step * 1e3, decode_floor_ms=step_bytes / (res["copy_GBps"] * 1e9) * 1e3,
+                       decode_fraction_of_floor=step_bytes / (res["copy_GBps"] * 1e9) / step)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--attn", default="triton")
@@ -171,7 +205,7 @@ def main():
                copy_GBps=copy_bandwidth_gbps() if torch.cuda.is_available() else 0.0)
     res["bs1_floor_tok_s"] = res["copy_GBps"] * 1e9 / 15.01e9
     out = Path(a.out)
-    mbs = a.requests if "tput" in what else 8
+    mbs = a.requests if "tput" in what else (64 if "c64" in what else 8)
     try:
         engine, build_s, over = build_engine(a, mbs)
         res.update(build_s=build_s, overrides=over, kv_pages=engine.iface.num_pages,
@@ -188,6 +222,12 @@ def main():
             out.write_text(json.dumps(res, indent=1))
         if "ttft" in what:
             bench_ttft(engine, res)
+            out.write_text(json.dumps(res, indent=1))
+        if "c64" in what:
+            bench_c64(engine, res)
+            out.write_text(json.dumps(res, indent=1))
+        if "long" in what:
+            bench_long(engine, res)
             out.write_text(json.dumps(res, indent=1))
         if "tput" in what:
             bench_tput(engine, res, a.requests, a.isl, a.osl)
@@ -207,7 +247,7 @@ def summary(res: dict) -> dict:
     """The headline numbers of a run (printed; the JSON file holds everything)."""
     short = {k: res.get(k) for k in ("attn_backend", "compile_backend", "build_s", "copy_GBps", "bs1_floor_tok_s")}
     short.update({k: {kk: vv for kk, vv in res[k].items() if not isinstance(vv, (list, dict))}
-                  for k in ("bs1", "ttft_1024", "tput") if k in res})
+                  for k in ("bs1", "ttft_1024", "tput", "c64", "long") if k in res})
     for key in [k for k in res if k.startswith("profile_prefill")]:
         short[key] = {"kernel_us_per_run": res[key]["kernel_us_per_run"],
                       "wall_us": res[key]["wall_us_per_run_profiled"],

@@ -90,6 +90,18 @@ case "$phase" in
     step serve 150 python3 benchmarks/serve_bench.py --out "$W/serve" --num-requests 128 --latency-reps 10
     step hybrid_c64 260 python3 benchmarks/hybrid_bench.py --what c64 --timeout 240 --out "$W/hybrid_c64.json"
     ;;
+  b6)  # session 6: prefill CUDA graphs (tests, TTFT on/off), the dense targets, long context, serving latency, MLA e2e
+    step gpu_tests_b6 110 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 100 --tb=short -rfE --durations=10 \
+      tests/graph/test_cudagraph.py tests/transforms/test_optimize_rope.py "tests/e2e/test_backend_tokens.py" -k "not flashinfer"
+    step dense 130 python3 benchmarks/engine_bench.py --what bs1,ttft,profp,c64 --out "$W/dense.json"
+    step ttft_eager 60 python3 benchmarks/engine_bench.py --what ttft,profp --out "$W/ttft_eager.json" \
+      --override "transforms.compile_model.cuda_graph_prefill_tokens=[]"
+    step long 80 python3 benchmarks/engine_bench.py --what long --max-seq-len 33024 --out "$W/long.json" \
+      --override enable_chunked_prefill=true
+    step serve 110 python3 benchmarks/serve_bench.py --out "$W/serve" --num-requests 128 --latency-reps 10
+    step tput 110 python3 benchmarks/engine_bench.py --what tput,prof --page-size 64 --out "$W/tput.json"
+    step mla_e2e 90 python3 benchmarks/mla_bench.py --what e2e --out "$W/mla_e2e.json"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"

@@ -3,8 +3,10 @@
     torch-simple     the GraphModule as is
     torch-compile    torch.compile(dynamic=True): one compiled graph serves every batch and token count (only the
                      size-1 specialisation adds a second), so batch changes cause no recompile storm
-    torch-cudagraph  decode-only CUDA graphs for `cuda_graph_batch_sizes` (default ladder up to max_batch_size);
-                     a smaller batch pads to the next captured size; prefill/mixed batches run eagerly
+    torch-cudagraph  decode CUDA graphs for `cuda_graph_batch_sizes` (default ladder up to max_batch_size; a
+                     smaller batch pads to the next captured size), and prefill graphs for up to
+                     `cuda_graph_prefill_max_seqs` sequences and `cuda_graph_prefill_tokens` tokens when the graph
+                     reads no host metadata; other batches run eagerly
     torch-opt        torch-compile, with the decode graphs captured over the compiled model
 
 Before:  ctx.model = GraphModule(...)
@@ -30,6 +32,9 @@ class CompileModelOptions(TransformOptions):
     # auto: torch-cudagraph on CUDA, torch-simple elsewhere | torch-simple | torch-compile | torch-cudagraph | torch-opt
     backend: str = "auto"
     cuda_graph_batch_sizes: Optional[List[int]] = None  # decode batch sizes to capture (None: a default ladder)
+    # prefill / mixed steps: token buckets to capture (None: 16, 32, 48, 64, 96, ... up to 2048; []: none)
+    cuda_graph_prefill_tokens: Optional[List[int]] = None
+    cuda_graph_prefill_max_seqs: int = 4  # most sequences in a captured prefill step (buckets 1, 2, 4, ...)
     dynamo_backend: str = "inductor"  # torch.compile backend for torch-compile/torch-opt (eager/aot_eager: debug)
     cache_size_limit: int = 64  # torch._dynamo recompile limit (a few shape specialisations are expected)
     choices: ClassVar[dict] = {"backend": BACKEND_CHOICES["compile"],
@@ -41,6 +46,28 @@ def _compile(gm: fx.GraphModule, opts: CompileModelOptions):
 
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, opts.cache_size_limit)
     return torch.compile(gm, dynamic=True, backend=opts.dynamo_backend)
+
+
+def _capture(model, iface, opts: CompileModelOptions, backend: str):
+    """The CUDA-graph runner over `model` (decode ladder + prefill buckets), captured now; and the note."""
+    import time
+
+    from autodeploy_cli.graph.cudagraph import CudaGraphModel, clean_sizes, prefill_buckets
+
+    sizes = clean_sizes(opts.cuda_graph_batch_sizes, iface.info.max_batch_size)
+    buckets, why_not = prefill_buckets(iface, opts.cuda_graph_prefill_tokens, opts.cuda_graph_prefill_max_seqs)
+    runner = CudaGraphModel(model, iface, sizes, buckets)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        runner.capture()
+    note = f"{backend}: decode CUDA graphs for batch sizes {sizes}"
+    if buckets:
+        tokens = sorted({t for _, t in buckets})
+        note += (f"; prefill graphs for <= {max(b for b, _ in buckets)} sequences x tokens {tokens[0]}.."
+                 f"{tokens[-1]} ({len(buckets)} graphs)")
+    elif why_not:
+        note += f"; {why_not}"
+    return runner, f"{note}; captured in {time.perf_counter() - t0:.1f} s"
 
 
 @register("compile_model")
@@ -60,13 +87,6 @@ class CompileModel(BaseTransform):
             if ctx.device.type != "cuda" or iface is None or not (iface.caches or iface.states):
                 note = f"{backend}: no CUDA graphs ({'no KV cache' if ctx.device.type == 'cuda' else 'CPU'})"
             else:
-                from autodeploy_cli.graph.cudagraph import CudaGraphModel, clean_sizes
-
-                sizes = clean_sizes(opts.cuda_graph_batch_sizes, iface.info.max_batch_size)
-                runner = CudaGraphModel(model, iface, sizes)
-                with torch.no_grad():
-                    runner.capture()
-                model = runner
-                note = f"{backend}: decode CUDA graphs for batch sizes {sizes}"
+                model, note = _capture(model, iface, opts, backend)
         ctx.model = model
         return TransformInfo(num_matches=1, is_clean=True, has_valid_shapes=True, note=note)

@@ -94,8 +94,7 @@ def make_plan(cfg: ADConfig) -> BenchPlan:
     _positive(b.osl, "--osl", "osl", "number of output tokens")
     _positive(b.num_requests, "--num-requests", "num_requests", "number of requests")
     _positive(b.concurrency, "--concurrency", "concurrency", "number of requests in flight")
-    _positive(b.baseline_concurrency, "--baseline-concurrency", "baseline_concurrency",
-              "number of sequences per HF generate call")
+    _positive(b.baseline_concurrency, "--baseline-concurrency", "baseline_concurrency", "number of sequences per HF call")
     for flag, key in (("--isl-stdev", "isl_stdev"), ("--osl-stdev", "osl_stdev")):
         if getattr(b, key) < 0:
             raise ADError(f"`{flag}` (`benchmark.{key}`) must be 0 (exact lengths) or positive, got {getattr(b, key)}.")

@@ -99,4 +99,4 @@ def test_baseline_concurrency_must_be_positive(bench, fake):
     result, _ = bench(*SMALL, "--baseline", "hf", "--baseline-concurrency", "0")
     assert result.exit_code == 2
     assert "`--baseline-concurrency` (`benchmark.baseline_concurrency`) must be a positive number of sequences " \
-           "per HF generate call, got 0" in " ".join(result.output.split())
+           "per HF call, got 0" in " ".join(result.output.split())

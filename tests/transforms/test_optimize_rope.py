@@ -89,6 +89,9 @@ def _check_bf16_rope_vs_hf(tiny_dir, device, backend):
     with torch.no_grad():
         rec.run(torch.randint(0, 300, (1, 48), generator=g).to(device), pos)
     assert len(rec.calls) == 2
+    # triton rotates in fp32 from fp32 tables: strictly no worse. torch keeps HF's own bf16 RoPE (the reference op),
+    # whose op order differs from apply_rotary_pos_emb's: on the GPU that moved the rms by 1e-4 relative (H200)
+    slack = 1.0 if backend == "triton" else 1.01
     e = pos[0].double()[:, None] * emb.inv_freq.double()[None]
     e = torch.cat([e, e], -1)[None]
     for (q, k, cos, sin), outs in rec.calls:
@@ -98,7 +101,7 @@ def _check_bf16_rope_vs_hf(tiny_dir, device, backend):
         for out, ref, h in zip(outs, refs, hf):
             rms, worst = _rel(out, ref)
             hf_rms, hf_worst = _rel(h, ref)
-            assert rms <= hf_rms and worst <= hf_worst, (backend, rms, hf_rms, worst, hf_worst)
+            assert rms <= hf_rms * slack and worst <= hf_worst * slack, (backend, rms, hf_rms, worst, hf_worst)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
