@@ -93,10 +93,10 @@ case "$phase" in
   b6)  # session 6: prefill CUDA graphs (tests, TTFT on/off), the dense targets, long context, serving latency, MLA e2e
     step gpu_tests_b6 110 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 100 --tb=short -rfE --durations=10 \
       tests/graph/test_cudagraph.py tests/transforms/test_optimize_rope.py "tests/e2e/test_backend_tokens.py" -k "not flashinfer"
-    step dense 130 python3 benchmarks/engine_bench.py --what bs1,ttft,profp,c64 --out "$W/dense.json"
-    step ttft_eager 60 python3 benchmarks/engine_bench.py --what ttft,profp --out "$W/ttft_eager.json" \
+    step dense 130 python3 benchmarks/engine_bench.py --what bs1,ttft,profp,c64 --page-size 64 --out "$W/dense.json"
+    step ttft_eager 60 python3 benchmarks/engine_bench.py --what ttft,profp --page-size 64 --out "$W/ttft_eager.json" \
       --override "transforms.compile_model.cuda_graph_prefill_tokens=[]"
-    step long 80 python3 benchmarks/engine_bench.py --what long --max-seq-len 33024 --out "$W/long.json" \
+    step long 80 python3 benchmarks/engine_bench.py --what long --max-seq-len 33024 --page-size 64 --out "$W/long.json" \
       --override enable_chunked_prefill=true
     step serve 110 python3 benchmarks/serve_bench.py --out "$W/serve" --num-requests 128 --latency-reps 10
     step tput 110 python3 benchmarks/engine_bench.py --what tput,prof --page-size 64 --out "$W/tput.json"
