@@ -9,10 +9,14 @@ the activation never makes a round trip through memory (rounded to the input dty
 sum(x^2) accumulate together and 1/rms scales the result, so the weight stream starts at once (a separate pass
 for the rms first cost 3-7 us per GEMV on an H200). That skips the normalised value's rounding to the input
 dtype: results differ from the unfused ops by bf16 rounding, not more. Program 0 writes the residual sum.
+On Hopper the kernel is launched with programmatic dependent launch (`use_pdl`): it may start before the kernel in
+front of it ends, loads its first weight tile, then waits (griddepcontrol) before it reads any activation.
 """
 
 from __future__ import annotations
 
+import functools
+import os
 from typing import Optional, Union
 
 import torch
@@ -21,9 +25,50 @@ import triton.language as tl
 
 
 @triton.jit
+def _gemv_step(acc, sq, w, k0, x_ptr, r_ptr, s_ptr, nw_ptr, K, sum_len, offset, SILU_MUL: tl.constexpr,
+               NORM: tl.constexpr, HAS_RES: tl.constexpr, GEMMA: tl.constexpr, EVEN_K: tl.constexpr,
+               BLOCK_K: tl.constexpr):
+    """acc += w * x over one K tile (x formed from the fused prologue: SiLU-and-mul, residual add, RMSNorm)."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    mask_k = offs_k < K
+    if EVEN_K:
+        x = tl.load(x_ptr + offs_k)
+    else:
+        x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0)
+    if SILU_MUL:  # x is the gate half; the up half follows K elements later
+        u = tl.load(x_ptr + K + offs_k, mask=mask_k, other=0.0)
+        g = x.to(tl.float32)
+        a = (g / (1.0 + tl.exp(-g))).to(u.dtype)
+        x = (a.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
+    xf = x.to(tl.float32)
+    if NORM:  # one pass: accumulate W @ (x * norm_w) and sum(x^2); the 1/rms factor is applied at the end
+        if HAS_RES:
+            x = (x + tl.load(r_ptr + offs_k, mask=mask_k, other=0.0)).to(x_ptr.dtype.element_ty)
+            tl.store(s_ptr + offs_k, x, mask=offs_k < sum_len)
+            xf = x.to(tl.float32)
+        sq += xf * xf
+        nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
+        xf = xf * (nw + offset) if GEMMA else xf * nw
+    acc += w.to(tl.float32) * xf[None, :]
+    return acc, sq
+
+
+@triton.jit
+def _load_w(w_ptr, rows, stride_w, k0, K, EVEN_K: tl.constexpr, BLOCK_K: tl.constexpr):
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    w_ptrs = w_ptr + rows[:, None] * stride_w + offs_k[None, :]
+    if EVEN_K:
+        w = tl.load(w_ptrs, eviction_policy="evict_first")
+    else:
+        w = tl.load(w_ptrs, mask=(offs_k < K)[None, :], other=0.0, eviction_policy="evict_first")
+    return w
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, s_ptr, nw_ptr, N, K, stride_w, eps, offset,
                  HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, NORM: tl.constexpr, HAS_RES: tl.constexpr,
-                 GEMMA: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 GEMMA: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 PDL: tl.constexpr = False):
     pid = tl.program_id(0)
     offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -31,37 +76,33 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, s_ptr, nw_ptr, N, K, stride_
     sum_len = tl.where(pid == 0, K, 0)  # program 0 stores the residual sum, the others nothing
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     sq = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        w_ptrs = w_ptr + rows[:, None] * stride_w + offs_k[None, :]
-        if EVEN_K:
-            w = tl.load(w_ptrs, eviction_policy="evict_first")
-            x = tl.load(x_ptr + offs_k)
-        else:
-            w = tl.load(w_ptrs, mask=mask_k[None, :], other=0.0, eviction_policy="evict_first")
-            x = tl.load(x_ptr + offs_k, mask=mask_k, other=0.0)
-        if SILU_MUL:  # x is the gate half; the up half follows K elements later
-            u = tl.load(x_ptr + K + offs_k, mask=mask_k, other=0.0)
-            g = x.to(tl.float32)
-            a = (g / (1.0 + tl.exp(-g))).to(u.dtype)
-            x = (a.to(tl.float32) * u.to(tl.float32)).to(u.dtype)
-        xf = x.to(tl.float32)
-        if NORM:  # one pass: accumulate W @ (x * norm_w) and sum(x^2); the 1/rms factor is applied at the end
-            if HAS_RES:
-                x = (x + tl.load(r_ptr + offs_k, mask=mask_k, other=0.0)).to(x_ptr.dtype.element_ty)
-                tl.store(s_ptr + offs_k, x, mask=offs_k < sum_len)
-                xf = x.to(tl.float32)
-            sq += xf * xf
-            nw = tl.load(nw_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-            xf = xf * (nw + offset) if GEMMA else xf * nw
-        acc += w.to(tl.float32) * xf[None, :]
+    # the first weight tile is loaded before waiting for the kernel in front (PDL): no kernel writes weights
+    w = _load_w(w_ptr, rows, stride_w, 0, K, EVEN_K, BLOCK_K)
+    if PDL:
+        tl.extra.cuda.gdc_wait()  # x, the residual and y's readers: the previous kernel is done from here on
+        tl.extra.cuda.gdc_launch_dependents()
+    acc, sq = _gemv_step(acc, sq, w, 0, x_ptr, r_ptr, s_ptr, nw_ptr, K, sum_len, offset, SILU_MUL, NORM, HAS_RES,
+                         GEMMA, EVEN_K, BLOCK_K)
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        w = _load_w(w_ptr, rows, stride_w, k0, K, EVEN_K, BLOCK_K)
+        acc, sq = _gemv_step(acc, sq, w, k0, x_ptr, r_ptr, s_ptr, nw_ptr, K, sum_len, offset, SILU_MUL, NORM,
+                             HAS_RES, GEMMA, EVEN_K, BLOCK_K)
     y = tl.sum(acc, axis=1)
     if NORM:
         y = y / tl.sqrt(tl.sum(sq, 0) / K + eps)
     if HAS_BIAS:
         y += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+@functools.lru_cache(maxsize=None)
+def use_pdl(device_index: int) -> bool:
+    """Programmatic dependent launch (Hopper+, triton >= 3.4, not the interpreter; AD_TRITON_PDL=0 turns it off):
+    the next GEMV's programs start and stream their first weight tile while the kernel in front drains."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("AD_TRITON_PDL", "1") == "0":
+        return False
+    version = tuple(int(p) for p in triton.__version__.split(".")[:2])
+    return version >= (3, 4) and torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def _config(n: int, k: int) -> tuple[int, int, int]:
@@ -93,9 +134,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
     y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     s = torch.empty_like(x) if residual is not None else y
     block_n, block_k, warps = config or _config(n, k)
+    pdl = x.is_cuda and use_pdl(x.device.index if x.device.index is not None else torch.cuda.current_device())
+    extra = {"PDL": True, "launch_pdl": True} if pdl else {}
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         xr, weight, bias if bias is not None else weight, y, res, s, norm_weight if norm_weight is not None else xr,
         n, k, weight.stride(0), float(eps), float(weight_offset),
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, NORM=norm_weight is not None, HAS_RES=residual is not None,
-        GEMMA=weight_offset != 0.0, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+        GEMMA=weight_offset != 0.0, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
+        **extra)
     return (y, s) if residual is not None else y

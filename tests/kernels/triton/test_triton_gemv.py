@@ -95,3 +95,36 @@ def test_gpu_bf16_8b_shapes(mode, n, k):
     assert rel < 1e-2  # the fused norm skips one bf16 rounding of the normalised input
     if mode == "add_norm":
         assert torch.equal(s, ref_s)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_pdl_chain_in_a_cuda_graph_equals_no_pdl(monkeypatch):
+    """A chain of GEMVs, each reading the one before (launched with programmatic dependent launch), captured in a
+    CUDA graph: every replay gives the chain run without PDL, bit for bit (a missing wait would read stale x)."""
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    g = torch.Generator(device="cuda").manual_seed(3)
+    ws = [torch.randn(4096, 4096, generator=g, **bf) / 64 for _ in range(6)]
+    nw = torch.rand(4096, generator=g, **bf) + 0.5
+    x = torch.randn(1, 1, 4096, generator=g, **bf)
+
+    def chain(x):
+        for i, w in enumerate(ws):
+            x = gemv.gemv(x, w, norm_weight=nw, eps=1e-5) if i % 2 else gemv.gemv(x, w)
+        return x
+
+    assert gemv.use_pdl(torch.cuda.current_device())  # an H200: launched with PDL
+    monkeypatch.setenv("AD_TRITON_PDL", "0")
+    gemv.use_pdl.cache_clear()
+    want = chain(x)
+    monkeypatch.delenv("AD_TRITON_PDL")
+    gemv.use_pdl.cache_clear()
+    assert torch.equal(chain(x), want)
+    graph = torch.cuda.CUDAGraph()
+    chain(x)  # warm-up outside the capture
+    with torch.cuda.graph(graph):
+        out = chain(x)
+    for _ in range(20):
+        out.zero_()
+        graph.replay()
+        assert torch.equal(out, want)
