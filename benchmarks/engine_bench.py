@@ -156,10 +156,11 @@ def bench_c64(engine, res, n=64, isl=1024, osl=128):
     """Greedy vs sampled output tok/s on the same prompts (target: sampled >= 0.95x greedy)."""
     p = rand_prompts(n, isl, 6)
     hot = dict(temperature=0.8, top_p=0.95, seed=1234)
-    run(engine, p[:8], 16)
+    run(engine, p, 16)  # warm-up at full size (the first 64-prompt run paid ~2x: JIT and allocator growth)
     run(engine, p[:8], 16, **hot)
     greedy = run(engine, p, osl)
     sampled = run(engine, p, osl, **hot)
+    greedy = min(greedy, run(engine, p, osl))  # the better greedy run: the ratio errs against sampling
     res["c64"] = dict(requests=n, isl=isl, osl=osl, greedy_tok_s=n * osl / greedy, sampled_tok_s=n * osl / sampled,
                       sampled_over_greedy=greedy / sampled, sampling=hot)
 
