@@ -102,6 +102,18 @@ case "$phase" in
     step tput 110 python3 benchmarks/engine_bench.py --what tput,prof --page-size 64 --out "$W/tput.json"
     step mla_e2e 90 python3 benchmarks/mla_bench.py --what e2e --out "$W/mla_e2e.json"
     ;;
+  c6)  # session 6: programmatic dependent launch (tests, bs1 A/B), the c64 sampled ratio, throughput, MLA + hybrid bs1
+    step gpu_tests_c6 120 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 100 --tb=short -rfE --durations=10 \
+      tests/kernels/triton/test_triton_gemv.py tests/kernels/triton/test_triton_attention.py \
+      tests/kernels/triton/test_triton_pointwise.py tests/graph/test_cudagraph.py tests/e2e/test_backend_tokens.py \
+      -k "not flashinfer"
+    step dense_pdl 100 python3 benchmarks/engine_bench.py --what bs1,prof,ttft,c64 --page-size 64 --out "$W/dense_pdl.json"
+    step dense_nopdl 60 env AD_TRITON_PDL=0 python3 benchmarks/engine_bench.py --what bs1,prof --page-size 64 \
+      --out "$W/dense_nopdl.json"
+    step tput 100 python3 benchmarks/engine_bench.py --what tput --page-size 64 --out "$W/tput.json"
+    step mla_e2e 60 python3 benchmarks/mla_bench.py --what e2e --out "$W/mla_e2e.json"
+    step hybrid_bs1 70 python3 benchmarks/hybrid_bench.py --what bs1 --timeout 60 --out "$W/hybrid_bs1.json"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"

@@ -26,6 +26,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton import pdl
 from kernels.triton.fp8_round import interpreting, to_fp8
 
 LOG2E = 1.4426950408889634
@@ -35,7 +36,11 @@ _NEG_INIT = tl.constexpr(-1.0e30)  # finite start for running maxima: fully mask
 # --------------------------------------------------------------------------------------------- cache write
 @triton.jit
 def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, stride_kt, stride_vt, k_scale, v_scale,
-                     ROW: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr, INTERP: tl.constexpr):
+                     ROW: tl.constexpr, BLOCK: tl.constexpr, FP8: tl.constexpr, INTERP: tl.constexpr,
+                     PDL: tl.constexpr = False):
+    if PDL:  # programmatic dependent launch (kernels/triton/pdl.py): wait for the kernel in front first
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0)
     slot = tl.load(slot_ptr + t).to(tl.int64)
     if slot >= 0:
@@ -71,7 +76,7 @@ def write_kv_cache(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_ca
         k2, v2 = k2.to(k_cache.dtype), v2.to(v_cache.dtype)
     _kv_write_kernel[(T, triton.cdiv(row, block))](
         k2, v2, k_cache, v_cache, slot_mapping, k2.stride(0), v2.stride(0), float(k_scale), float(v_scale),
-        ROW=row, BLOCK=block, FP8=fp8, INTERP=interpreting())
+        ROW=row, BLOCK=block, FP8=fp8, INTERP=interpreting(), **pdl.launch_kwargs(k2))
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
@@ -242,7 +247,10 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
                          PS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
                          HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
                          KV_FP8: tl.constexpr, alibi_ptr=None,
-                         HAS_ALIBI: tl.constexpr = False):
+                         HAS_ALIBI: tl.constexpr = False, PDL: tl.constexpr = False):
+    if PDL:  # programmatic dependent launch (kernels/triton/pdl.py): wait for the kernel in front first
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -296,7 +304,11 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
 
 @triton.jit
 def _decode_reduce_kernel(op_ptr, ml_ptr, o_ptr, cu_seqlen_ptr, sinks_ptr, stride_ot, stride_oh, D, N_HEADS,
-                          SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SINKS: tl.constexpr):
+                          SPLITS: tl.constexpr, BLOCK_D: tl.constexpr, HAS_SINKS: tl.constexpr,
+                          PDL: tl.constexpr = False):
+    if PDL:  # programmatic dependent launch (kernels/triton/pdl.py): wait for the kernel in front first
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     b = tl.program_id(0)
     h = tl.program_id(1)
     offs_s = tl.arange(0, SPLITS)
@@ -365,10 +377,11 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         BLOCK_G=max(16, triton.next_power_of_2(group)), PS=ps, BLOCK_N=block_n, BLOCK_D=block_d, SPLITS=num_splits,
         HAS_CAP=has_cap, HAS_WINDOW=has_window, PREC=_prec(q), KV_FP8=is_fp8(k_cache), num_warps=num_warps,
         num_stages=num_stages,
-        alibi_ptr=alibi_slopes if alibi_slopes is not None else q, HAS_ALIBI=alibi_slopes is not None)
+        alibi_ptr=alibi_slopes if alibi_slopes is not None else q, HAS_ALIBI=alibi_slopes is not None,
+        **pdl.launch_kwargs(q))
     _decode_reduce_kernel[(B, n_heads)](
         part, ml, out, cu_seqlen, sinks if sinks is not None else q, out.stride(0), out.stride(1), d, n_heads,
-        SPLITS=num_splits, BLOCK_D=block_d, HAS_SINKS=sinks is not None, num_warps=4)
+        SPLITS=num_splits, BLOCK_D=block_d, HAS_SINKS=sinks is not None, num_warps=4, **pdl.launch_kwargs(q))
     return out
 
 

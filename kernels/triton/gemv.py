@@ -9,19 +9,19 @@ the activation never makes a round trip through memory (rounded to the input dty
 sum(x^2) accumulate together and 1/rms scales the result, so the weight stream starts at once (a separate pass
 for the rms first cost 3-7 us per GEMV on an H200). That skips the normalised value's rounding to the input
 dtype: results differ from the unfused ops by bf16 rounding, not more. Program 0 writes the residual sum.
-On Hopper the kernel is launched with programmatic dependent launch (`use_pdl`): it may start before the kernel in
+On Hopper the kernel is launched with programmatic dependent launch (kernels/triton/pdl.py): it may start before the kernel in
 front of it ends, loads its first weight tile, then waits (griddepcontrol) before it reads any activation.
 """
 
 from __future__ import annotations
 
-import functools
-import os
 from typing import Optional, Union
 
 import torch
 import triton
 import triton.language as tl
+
+from kernels.triton import pdl
 
 
 @triton.jit
@@ -95,16 +95,6 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, r_ptr, s_ptr, nw_ptr, N, K, stride_
     tl.store(y_ptr + offs_n, y.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
-@functools.lru_cache(maxsize=None)
-def use_pdl(device_index: int) -> bool:
-    """Programmatic dependent launch (Hopper+, triton >= 3.4, not the interpreter; AD_TRITON_PDL=0 turns it off):
-    the next GEMV's programs start and stream their first weight tile while the kernel in front drains."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or os.environ.get("AD_TRITON_PDL", "1") == "0":
-        return False
-    version = tuple(int(p) for p in triton.__version__.split(".")[:2])
-    return version >= (3, 4) and torch.cuda.get_device_capability(device_index)[0] >= 9
-
-
 def _config(n: int, k: int) -> tuple[int, int, int]:
     """(BLOCK_N, BLOCK_K, num_warps) by shape, from benchmarks/gemv_bench.py on an H200 (results/gemv_h200.json):
     the configs sit within ~5% of each other; wide outputs like 2 rows per program, narrow ones 16."""
@@ -134,12 +124,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = N
     y = torch.empty(*x.shape[:-1], n, dtype=x.dtype, device=x.device)
     s = torch.empty_like(x) if residual is not None else y
     block_n, block_k, warps = config or _config(n, k)
-    pdl = x.is_cuda and use_pdl(x.device.index if x.device.index is not None else torch.cuda.current_device())
-    extra = {"PDL": True, "launch_pdl": True} if pdl else {}
     _gemv_kernel[(triton.cdiv(n, block_n),)](
         xr, weight, bias if bias is not None else weight, y, res, s, norm_weight if norm_weight is not None else xr,
         n, k, weight.stride(0), float(eps), float(weight_offset),
         HAS_BIAS=bias is not None, SILU_MUL=silu_mul, NORM=norm_weight is not None, HAS_RES=residual is not None,
         GEMMA=weight_offset != 0.0, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-        **extra)
+        **pdl.launch_kwargs(x))
     return (y, s) if residual is not None else y

@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.triton import pdl
 from kernels.triton.fp8_round import interpreting
 
 
@@ -59,8 +60,11 @@ def _rope_heads(x_ptr, y_ptr, t, cos, sin, i, im, stride_xt, stride_xh, stride_y
 def _rope_qk_kernel(q_ptr, k_ptr, yq_ptr, yk_ptr, pos_ptr, cos_ptr, sin_ptr, sq_t, sq_h, sk_t, sk_h, syq_t, syq_h,
                     syk_t, syk_h, stride_cos, stride_sin, n_q, n_k, D, HALF, BLOCK_H: tl.constexpr,
                     BLOCK_HALF: tl.constexpr, BLOCK_D: tl.constexpr, INTERLEAVED: tl.constexpr,
-                    HAS_POS: tl.constexpr, BF16_BITS: tl.constexpr):
+                    HAS_POS: tl.constexpr, BF16_BITS: tl.constexpr, PDL: tl.constexpr = False):
     # one program per token: cos/sin are read once and applied to every q and k head
+    if PDL:  # programmatic dependent launch (kernels/triton/pdl.py): wait for the kernel in front first
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     i = tl.arange(0, BLOCK_HALF)
     im = i < HALF
@@ -90,7 +94,7 @@ def _launch(q2, k2, pos, cos, sin, half, interleaved):
             q2.shape[1], k2.shape[1], d, half, BLOCK_H=min(8, triton.next_power_of_2(max(q2.shape[1], k2.shape[1]))),
             BLOCK_HALF=triton.next_power_of_2(half), BLOCK_D=triton.next_power_of_2(tail) if tail > 0 else 0,
             INTERLEAVED=interleaved, HAS_POS=pos is not None,
-            BF16_BITS=interpreting() and q2.dtype == torch.bfloat16, num_warps=4)
+            BF16_BITS=interpreting() and q2.dtype == torch.bfloat16, num_warps=4, **pdl.launch_kwargs(q2))
     return yq, yk
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.triton import activation, fused_ops, gemv, norm  # noqa: F401 - fused_ops registers the ops
+from kernels.triton import activation, fused_ops, gemv, norm, pdl  # noqa: F401 - fused_ops registers the ops
 
 F = torch.nn.functional
 AD = torch.ops.auto_deploy
@@ -113,12 +113,12 @@ def test_gpu_pdl_chain_in_a_cuda_graph_equals_no_pdl(monkeypatch):
             x = gemv.gemv(x, w, norm_weight=nw, eps=1e-5) if i % 2 else gemv.gemv(x, w)
         return x
 
-    assert gemv.use_pdl(torch.cuda.current_device())  # an H200: launched with PDL
+    assert pdl.enabled(torch.cuda.current_device())  # an H200: launched with PDL
     monkeypatch.setenv("AD_TRITON_PDL", "0")
-    gemv.use_pdl.cache_clear()
+    pdl.enabled.cache_clear()
     want = chain(x)
     monkeypatch.delenv("AD_TRITON_PDL")
-    gemv.use_pdl.cache_clear()
+    pdl.enabled.cache_clear()
     assert torch.equal(chain(x), want)
     graph = torch.cuda.CUDAGraph()
     chain(x)  # warm-up outside the capture
@@ -128,3 +128,14 @@ def test_gpu_pdl_chain_in_a_cuda_graph_equals_no_pdl(monkeypatch):
         out.zero_()
         graph.replay()
         assert torch.equal(out, want)
+
+
+def test_pdl_is_off_in_the_interpreter_and_by_env(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    pdl.enabled.cache_clear()
+    assert not pdl.enabled(0) and pdl.launch_kwargs(torch.zeros(1)) == {}
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setenv("AD_TRITON_PDL", "0")
+    pdl.enabled.cache_clear()
+    assert not pdl.enabled(0)
+    pdl.enabled.cache_clear()
