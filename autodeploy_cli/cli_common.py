@@ -11,7 +11,7 @@ from typing import Callable, List, Optional
 
 import typer
 
-from autodeploy_cli.errors import ADError, did_you_mean
+from autodeploy_cli.errors import ADError, did_you_mean, first_line
 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
 CONFIG_HELP = (
@@ -50,7 +50,7 @@ def user_errors(fn: Callable) -> Callable:
         except Exception as e:  # an internal bug: one paragraph unless the user asked for the traceback
             if os.environ.get("AUTO_DEPLOY_LOG_LEVEL", "").upper() == "DEBUG":
                 raise
-            first = (str(e).strip().splitlines() or [""])[0]
+            first = first_line(e, default="")
             typer.secho(
                 f"ad: internal error: {type(e).__name__}: {first} This is a bug in ad, not in your input. Re-run "
                 "with AUTO_DEPLOY_LOG_LEVEL=DEBUG for the full traceback and include it in a bug report.",

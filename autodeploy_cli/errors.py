@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Iterable, Optional
 
 
 class ADError(Exception):
@@ -38,7 +38,9 @@ def shown(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def first_line(err: BaseException) -> str:
-    """The first line of an exception's message (its type name when the message is empty): one-paragraph errors."""
+def first_line(err: BaseException, default: Optional[str] = None) -> str:
+    """The first line of an exception's message (when empty: `default`, else its type name): one-paragraph errors."""
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    if text:
+        return text.splitlines()[0]
+    return type(err).__name__ if default is None else default

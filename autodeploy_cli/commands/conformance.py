@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from autodeploy_cli.errors import first_line
+
 SHRUNK_VOCAB = 512
 SHRUNK_MLP = 256
 SHRUNK_EXPERT_MLP = 64
@@ -207,7 +209,7 @@ def check_entry(name: str) -> CheckResult:
         else:
             result.status = "pass"
     except Exception as e:  # a failing entry is a result, not a crash of the sweep
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e, default="")
         result.error = f"{type(e).__name__}: {first}"[:300]
     result.seconds = time.perf_counter() - start
     return result

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 from autodeploy_cli.config.schema import ADConfig
 from autodeploy_cli.distributed import broadcast, groups
-from autodeploy_cli.errors import ADError
+from autodeploy_cli.errors import ADError, first_line
 
 T = TypeVar("T")
 LOOPBACK = "127.0.0.1"
@@ -100,7 +100,7 @@ def describe(exc: BaseException) -> tuple[str, int]:
         return "interrupted", 130
     if isinstance(exc, SystemExit):
         return f"exited with status {exc.code}", int(exc.code) if isinstance(exc.code, int) and exc.code else 1
-    first = (str(exc).strip().splitlines() or [""])[0]
+    first = first_line(exc, default="")
     return f"internal error: {type(exc).__name__}: {first}", 1
 
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from torch import fx
 
+from autodeploy_cli.errors import first_line
+
 # transform name fragment -> the coverage kind its misses belong to
 _KINDS = (("moe", "moe"), ("rope", "rope"), ("rmsnorm", "rmsnorm"), ("norm", "rmsnorm"), ("attention", "attention"),
           ("sdpa", "attention"), ("repeat_kv", "attention"), ("mla", "attention"))
@@ -51,7 +53,7 @@ def miss_kind(transform: str) -> str:
 
 def record_failure(misses: dict, transform: str, error: Exception) -> str:
     """Record a matcher's failure as a miss of its kind; returns the one-line reason."""
-    first = (str(error).strip().splitlines() or [""])[0][:200]
+    first = first_line(error, default="")[:200]
     reason = (f"not matched because `{transform}` met a graph it did not expect ({type(error).__name__}: {first}); "
               "the graph was left unchanged")
     entry: dict[str, Any] = {"where": "", "node": transform, "layer": None, "reason": reason, "chain": ""}
