@@ -215,15 +215,34 @@ def check_entry(name: str) -> CheckResult:
     return result
 
 
-def run_check(names: list[str], echo: Callable[[str], None] = print) -> list[CheckResult]:
-    """Check entries in order, printing one line per entry as it finishes."""
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _results(names: list[str], jobs: int):
+    """check_entry over names, in order; with jobs > 1 in that many spawned processes (one CPU share each)."""
+    if jobs <= 1 or len(names) <= 1:
+        yield from map(check_entry, names)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    threads = max(1, (os.cpu_count() or jobs) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        yield from pool.map(check_entry, names)
+
+
+def run_check(names: list[str], echo: Callable[[str], None] = print, jobs: int = 1) -> list[CheckResult]:
+    """Check entries in order (`jobs` processes at a time), printing one line per entry in order."""
     quiet = "AUTO_DEPLOY_LOG_LEVEL" not in os.environ
     if quiet:  # one line per entry; set AUTO_DEPLOY_LOG_LEVEL to see the pipeline logs
         os.environ["AUTO_DEPLOY_LOG_LEVEL"] = "WARNING"
     results = []
     try:
-        for i, name in enumerate(names, 1):
-            r = check_entry(name)
+        for i, r in enumerate(_results(names, jobs), 1):
             results.append(r)
             echo(f"[{i}/{len(names)}] {format_line(r)}")
     finally:

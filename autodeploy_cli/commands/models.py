@@ -134,9 +134,12 @@ def show(name: str) -> None:
     typer.echo(to_yaml(resolve(model=name)), nl=False)
 
 
-def check(names: list[str], report: Optional[Path], one_per_family: bool, command: str = "ad models --check") -> None:
+def check(names: list[str], report: Optional[Path], one_per_family: bool, command: str = "ad models --check",
+          jobs: int = 1) -> None:
     from model_registry import load_registry
 
+    if jobs < 1:
+        raise ADError(f"`--jobs` must be 1 or more (entries checked at once, one process each), got {jobs}.")
     if one_per_family:
         reg = load_registry()
         firsts: dict[str, str] = {}
@@ -147,7 +150,7 @@ def check(names: list[str], report: Optional[Path], one_per_family: bool, comman
     from autodeploy_cli.commands.conformance import run_check, summary, write_markdown
 
     typer.echo(f"conformance sweep: {len(names)} entries, shrunk, CPU float32, `ad build --verify`")
-    results = run_check(names, echo=typer.echo)
+    results = run_check(names, echo=typer.echo, jobs=jobs)
     s = summary(results)
     typer.echo(f"{len(results)} entries: {s['pass']} pass, {s['fail']} fail, {s['unsupported']} unsupported")
     if report:
@@ -174,6 +177,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
                                             "each family."),
         report: Optional[Path] = typer.Option(None, "--report", help="With --check: write the results as Markdown "
                                               "(e.g. model_registry/CONFORMANCE.md)."),
+        jobs: int = typer.Option(1, "--jobs", "-j", help="With --check: entries checked at once, one process each."),
     ) -> Any:
         """List registry entries (one line each when piped): id, family, params, world size, layers."""
         if ctx.invoked_subcommand is not None:
@@ -183,7 +187,7 @@ def register(app: typer.Typer, user_errors: Callable) -> None:
             command = "ad models --check" + (f" --family {family}" if family else "") + (
                 f" --search {search}" if search else "") + (" --one-per-family" if one_per_family else "") + (
                 f" --report {report}" if report else "")
-            check(names, report, one_per_family, command)
+            check(names, report, one_per_family, command, jobs)
         else:
             print_table(names)
 

@@ -87,7 +87,7 @@ def test_a_failing_entry_is_a_result_not_a_crash(monkeypatch):
 
 def test_one_entry_per_family_passes_verify_on_cpu(tmp_path):
     report = tmp_path / "conformance.md"
-    result = runner.invoke(app, ["models", "--check", "--one-per-family", "--report", str(report)])
+    result = runner.invoke(app, ["models", "--check", "--one-per-family", "--jobs", "2", "--report", str(report)])
     families = {e["family"] for e in load_registry().values() if not e.get("unsupported")}
     lines = [line for line in result.stdout.splitlines() if line.startswith("[")]
     assert len(lines) == len(families) == 40  # dense, MoE, MLA, hybrid (issue 17) and classic (issue 21) families
@@ -96,3 +96,9 @@ def test_one_entry_per_family_passes_verify_on_cpu(tmp_path):
     assert result.exit_code == 0
     assert f"{len(families)} entries: {len(families)} pass, 0 fail, 0 unsupported" in result.stdout
     assert "| internlm/internlm3-8b-instruct | internlm3 | pass |" in report.read_text()
+
+
+def test_check_jobs_must_be_positive():
+    result = runner.invoke(app, ["models", "--check", "--search", "Qwen3-0.6B", "--jobs", "0"])
+    assert result.exit_code == 2
+    assert "`--jobs` must be 1 or more (entries checked at once, one process each), got 0." in result.output
