@@ -15,6 +15,12 @@ from autodeploy_cli.pipeline.report import _timing_line
 BASE = ["skip_loading_weights=true", "max_seq_len=128", "device=cpu", "dtype=float32"]
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(monkeypatch, tmp_path_factory):
+    """Each test here starts from an empty cache (the rest of the suite shares one: tests/conftest.py)."""
+    monkeypatch.setenv("AD_CACHE_DIR", str(tmp_path_factory.mktemp("ad-cache")))
+
+
 def _export(tiny_dir, family="llama", *extra, stop="export_to_gm"):
     cfg = resolve([], [f"model={tiny_dir(family)}", *BASE, *extra])
     return build(cfg, stop_after=stop)
