@@ -25,19 +25,18 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_export_cache(tmp_path_factory):
-    """One export cache for the session: identical tiny models export once (hits in later tests, also in the
-    `ad` subprocesses the CLI and multi-rank tests start, which inherit the variable)."""
+    """One export cache for the session, never the user's home: identical tiny models export once (hits in later
+    tests, also in the `ad` subprocesses the CLI and multi-rank tests start, which inherit the variable); the
+    export-cache tests give each test its own folder."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("AD_CACHE_DIR", str(tmp_path_factory.mktemp("ad-cache-session")))
         yield
 
 
 @pytest.fixture(autouse=True)
-def _quiet_logs(monkeypatch, tmp_path_factory):
+def _quiet_logs(monkeypatch):
     monkeypatch.setenv("AUTO_DEPLOY_LOG_LEVEL", "WARNING")
     monkeypatch.delenv("AD_DUMP_GRAPHS_DIR", raising=False)
-    # the export cache: one folder for the whole session (never the user's home), so a tiny model exported by
-    # one test is a cache hit in the next; tests of the cache itself give theirs their own folder
 
 
 @pytest.fixture(scope="session")
