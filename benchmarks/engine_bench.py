@@ -6,6 +6,7 @@ bs1:  batch 1, prompt 128, 256 new tokens -> decode tok/s (target >= 240; floor 
 ttft: one 1024-token prompt, max_tokens 1 -> ms (target <= 35)
 tput: 256 requests, ISL 1024 / OSL 1024, all submitted at once, max_batch_size 256 -> output tok/s (>= 10,000)
 c64:  64 requests x 1024 / 128 at once, greedy, then sampled (temperature 0.8, top-p 0.95, seeded) -> the ratio
+profs: decode steps at batch 64 under the profiler, greedy and sampled; sampler: the sampling op alone at 64 rows
 long: one 32k-token prompt (TTFT; chunked prefill) and batch-1 decode at 32k context, against their floors:
       decode bytes = weights + the KV read per step, prefill FLOPs = 2 x params x tokens + causal attention
       (run it alone with --max-seq-len 33024 --override enable_chunked_prefill=true)
@@ -95,14 +96,15 @@ def _cuda_kernels(prof, repeats: int, unit: str) -> list[dict]:
     return sorted(rows, key=lambda r: -r[f"us_per_{unit}"])
 
 
-def profile_decode(engine, res, batch=1, steps=20, prompt=128):
+def profile_decode(engine, res, batch=1, steps=20, prompt=128, sampling=None):
     """Top kernels per decode-only step (torch.profiler), and the wall time per step around them."""
     from torch.profiler import ProfilerActivity, profile
 
     from autodeploy_cli.runtime.engine import SamplingParams
 
     for p in rand_prompts(batch, prompt, 5):
-        engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True, detokenize=False))
+        engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True, detokenize=False,
+                                             **(sampling or {})))
     decode_steps = engine.stats.decode_steps
     while engine.stats.decode_steps < decode_steps + 2:  # every prompt prefilled, two decode-only steps done
         engine.step()
@@ -117,8 +119,9 @@ def profile_decode(engine, res, batch=1, steps=20, prompt=128):
         engine.step()
     rows = _cuda_kernels(prof, steps, "step")
     total = sum(r["us_per_step"] for r in rows)
-    res[f"profile_b{batch}"] = dict(steps=steps, prompt=prompt, kernel_us_per_step=total,
-                                    wall_us_per_step_profiled=wall * 1e6, top=rows[:25])
+    key = f"profile_b{batch}" + ("_sampled" if sampling else "")
+    res[key] = dict(steps=steps, prompt=prompt, kernel_us_per_step=total, wall_us_per_step_profiled=wall * 1e6,
+                    top=rows[:25])
 
 
 def profile_prefill(engine, res, prompt=1024, runs=3):
@@ -152,10 +155,13 @@ def bench_tput(engine, res, n, isl, osl):
                        total_tok_s=n * (isl + osl) / dt, stats=delta)
 
 
+SAMPLED = dict(temperature=0.8, top_p=0.95, seed=1234)
+
+
 def bench_c64(engine, res, n=64, isl=1024, osl=128):
     """Greedy vs sampled output tok/s on the same prompts (target: sampled >= 0.95x greedy)."""
     p = rand_prompts(n, isl, 6)
-    hot = dict(temperature=0.8, top_p=0.95, seed=1234)
+    hot = SAMPLED
     run(engine, p, 16)  # warm-up at full size (the first 64-prompt run paid ~2x: JIT and allocator growth)
     run(engine, p[:8], 16, **hot)
     greedy = run(engine, p, osl)
@@ -163,6 +169,35 @@ def bench_c64(engine, res, n=64, isl=1024, osl=128):
     greedy = min(greedy, run(engine, p, osl))  # the better greedy run: the ratio errs against sampling
     res["c64"] = dict(requests=n, isl=isl, osl=osl, greedy_tok_s=n * osl / greedy, sampled_tok_s=n * osl / sampled,
                       sampled_over_greedy=greedy / sampled, sampling=hot)
+
+
+def profile_c64_steps(engine, res):
+    """Decode steps at batch 64 (1k context) under the profiler, greedy then sampled: where the sampled gap goes."""
+    profile_decode(engine, res, batch=64, steps=10, prompt=1024)
+    profile_decode(engine, res, batch=64, steps=10, prompt=1024, sampling=SAMPLED)
+
+
+def bench_sampler(engine, res, rows=64, reps=50):
+    """The sampling op alone on [rows, 128256] bf16 logits (temperature 0.8, top-p 0.95), Triton vs torch reference."""
+    from autodeploy_cli.ops.sampling import torch_sample_tokens
+    from kernels.triton.sampling import triton_sample_tokens
+
+    logits = (torch.randn(rows, LLAMA_8B["vocab_size"], device="cuda") * 4).bfloat16()
+    args = (torch.full((rows,), 0.8, device="cuda"), torch.zeros(rows, dtype=torch.int64, device="cuda"),
+            torch.full((rows,), 0.95, device="cuda"), torch.arange(rows, device="cuda"),
+            torch.arange(rows, device="cuda"))
+    out = {}
+    for name, fn in (("triton", triton_sample_tokens), ("torch", torch_sample_tokens),
+                     ("argmax", lambda x, *a: x.argmax(-1))):
+        fn(logits, *args)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            fn(logits, *args)
+        end.record()
+        torch.cuda.synchronize()
+        out[f"{name}_us"] = start.elapsed_time(end) * 1e3 / reps
+    res["sampler"] = dict(rows=rows, vocab=LLAMA_8B["vocab_size"], **out)
 
 
 def bench_long(engine, res, context=32768, new=128):
@@ -206,14 +241,15 @@ def main():
                copy_GBps=copy_bandwidth_gbps() if torch.cuda.is_available() else 0.0)
     res["bs1_floor_tok_s"] = res["copy_GBps"] * 1e9 / 15.01e9
     out = Path(a.out)
-    mbs = a.requests if "tput" in what else (64 if "c64" in what else 8)
+    mbs = a.requests if "tput" in what else (64 if "c64" in what or "profs" in what else 8)
     try:
         engine, build_s, over = build_engine(a, mbs)
         res.update(build_s=build_s, overrides=over, kv_pages=engine.iface.num_pages,
                    note=engine.build_result.report["transforms"][-1].get("note") if engine.build_result else None)
         out.write_text(json.dumps(res, indent=1))
         for name, part in (("bs1", bench_bs1), ("prof", profile_decode), ("profp", profile_prefill),
-                           ("ttft", bench_ttft), ("c64", bench_c64), ("long", bench_long)):
+                           ("ttft", bench_ttft), ("c64", bench_c64), ("profs", profile_c64_steps),
+                           ("sampler", bench_sampler), ("long", bench_long)):
             if name in what and not (name == "prof" and "tput" in what):  # with tput, prof profiles batch 256
                 part(engine, res)
                 out.write_text(json.dumps(res, indent=1))

@@ -114,6 +114,13 @@ case "$phase" in
     step mla_e2e 60 python3 benchmarks/mla_bench.py --what e2e --out "$W/mla_e2e.json"
     step hybrid_bs1 70 python3 benchmarks/hybrid_bench.py --what bs1 --timeout 60 --out "$W/hybrid_bs1.json"
     ;;
+  a7)  # session 7: the sampling kernel (tests, op timing), c64 sampled vs greedy with batch-64 step profiles, bs1, tput
+    step gpu_tests_a7 150 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 100 --tb=short -rfE --durations=10 \
+      tests/kernels/triton/test_triton_sampling.py tests/runtime/test_sampler.py tests/e2e/test_backend_tokens.py \
+      -k "not flashinfer"
+    step dense_a7 170 python3 benchmarks/engine_bench.py --what sampler,c64,profs,bs1 --page-size 64 --out "$W/dense_a7.json"
+    step tput_a7 110 python3 benchmarks/engine_bench.py --what tput,prof --page-size 64 --out "$W/tput_a7.json"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"

@@ -136,6 +136,7 @@ BACKEND_CHOICES: dict[str, tuple[str, ...]] = {
     "ssm": ("auto", "torch", "triton"),
     "causal_conv": ("auto", "torch", "triton"),
     "delta_rule": ("auto", "torch", "triton"),
+    "sampling": ("auto", "torch", "triton"),  # chosen by device (the engine's token sampler)
 }
 # (transform, option) -> the op family whose backend the option chooses
 TRANSFORM_BACKENDS: dict[tuple[str, str], str] = {

@@ -27,6 +27,7 @@ MODULES: dict[str, dict[str, str]] = {
     "moe": {"torch": "autodeploy_cli.ops.moe_fused", "triton": "kernels.triton.moe"},
     "compile": {},  # compile backends are wrappers in transforms/compile_model.py, not op modules
     "quant": {"torch": "autodeploy_cli.ops.quant", "triton": "kernels.triton.fp8_ops"},
+    "sampling": {"torch": "autodeploy_cli.ops.sampling", "triton": "kernels.triton.sampling"},
 }
 # family -> (backend on CUDA, backend elsewhere) for `auto`
 AUTO: dict[str, tuple[str, str]] = {
@@ -39,6 +40,7 @@ AUTO: dict[str, tuple[str, str]] = {
     "ssm": ("triton", "torch"),
     "causal_conv": ("triton", "torch"),
     "delta_rule": ("triton", "torch"),
+    "sampling": ("triton", "torch"),
 }
 # the config key a user sets for each family (named in errors)
 CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend", "compile": "compile_backend",
@@ -46,7 +48,7 @@ CONFIG_KEY = {"attention": "attn_backend", "fused": "transforms.<fusion>.backend
               "ssm": "transforms.insert_cached_ssm_attention.backend",
               "causal_conv": "transforms.insert_cached_causal_conv.backend",
               "delta_rule": "transforms.insert_cached_delta_rule.backend",
-              "moe": "transforms.fuse_moe.backend"}
+              "moe": "transforms.fuse_moe.backend", "sampling": "(the model's device)"}
 
 
 def resolve(family: str, name: str, device_type: str) -> str:

@@ -22,8 +22,8 @@ import torch
 from autodeploy_cli.config.schema import effective_max_num_tokens
 from autodeploy_cli.errors import ADError
 from autodeploy_cli.ops.cache import CachedSequenceInterface
-from autodeploy_cli.runtime import logprobs, sampler
-from autodeploy_cli.runtime.device_sampler import DeviceSampler
+from autodeploy_cli.runtime import logprobs
+from autodeploy_cli.runtime.sampler import DeviceSampler
 from autodeploy_cli.runtime.overlap import InFlight, TokenPipeline
 from autodeploy_cli.runtime.pages import PageManager
 from autodeploy_cli.runtime.request import (Completion, EngineStats, Request, SamplingParams, StepOutput, StopPolicy,
@@ -101,7 +101,7 @@ class Engine:
         self._next_id += 1
         ids = [int(t) for t in prompt_token_ids]
         seed = sp.seed if sp.seed is not None else self._rng.getrandbits(63)
-        req = Request(rid, ids, sp, prompt=prompt, generator=torch.Generator().manual_seed(seed), seed=seed)
+        req = Request(rid, ids, sp, prompt=prompt, seed=seed)
         error = self._request_error(ids, sp)
         if error:
             self._errors.append(self._fail(req, error))
@@ -186,18 +186,16 @@ class Engine:
         picked = logits if same else logits[torch.tensor(rows, device=logits.device)]
         if any(self._needs_host(r) for r in ready):
             return self._sample_on_host(picked, ready)
-        params = [r.sampling for r in ready]
-        if self._sampler.wants(params):  # temperature / top-k / top-p on the device: the overlap stays
-            tokens = self._sampler.sample(picked, params, [self._device_generator(r) for r in ready])
+        if self._sampler.wants([r.sampling for r in ready]):  # sampled on the device: the overlap stays
+            tokens = self._sample(picked, ready)
         else:
             tokens = picked.argmax(dim=-1)
         return self._tokens.launch(tokens, ready, self.scheduler.reserve_token)
 
-    def _device_generator(self, r: Request) -> torch.Generator:
-        """The request's generator on the model's device (seeded like its host one), made on first use."""
-        if r.device_generator is None:
-            r.device_generator = torch.Generator(device=self.iface.device).manual_seed(r.seed)
-        return r.device_generator
+    def _sample(self, logits: torch.Tensor, ready: list[Request]) -> torch.Tensor:
+        """One token per row on the device; each row's random number comes from (seed, index of the token drawn)."""
+        return self._sampler.sample(logits, [r.sampling for r in ready], [r.seed for r in ready],
+                                    [r.num_computed for r in ready])
 
     # --- logprobs and min_tokens: host-sampled steps, so greedy steps without them keep the overlap ---------------
     @staticmethod
@@ -209,7 +207,7 @@ class Engine:
         sampled tokens under the raw logits."""
         masked = logprobs.mask_below_min_tokens(picked, ready, self.eos_token_ids)
         try:
-            tokens = sampler.sample(masked, [r.sampling for r in ready], [r.generator for r in ready])
+            tokens = self._sample(masked, ready).tolist()
         except (RuntimeError, ValueError) as e:  # a request's sampling cannot run: those requests fail, not the engine
             self._errors += [self._fail(r, f"sampling failed: {type(e).__name__}: {e}") for r in ready]
             return None

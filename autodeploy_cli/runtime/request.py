@@ -14,7 +14,7 @@ class SamplingParams:
     temperature: float = 0.0  # 0 = greedy
     top_k: Optional[int] = None  # None or 0 = off
     top_p: float = 1.0
-    seed: Optional[int] = None  # per-request generator seed (None: drawn from the engine's seeded RNG)
+    seed: Optional[int] = None  # per-request sampling seed (None: drawn from the engine's seeded RNG)
     stop: list[str] = field(default_factory=list)  # stop strings (cut from the text)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
@@ -48,9 +48,7 @@ class Request:
     finish_reason: Optional[str] = None
     error: Optional[str] = None
     text: Optional[str] = None
-    generator: Any = None  # torch.Generator for sampling on the host (logprobs / min_tokens steps)
-    seed: int = 0  # the request's seed (its device generator is made from it on first use)
-    device_generator: Any = None  # torch.Generator on the model's device (sampling without a host sync)
+    seed: int = 0  # the request's seed: with a token's index, it gives the random number that token is drawn with
     logprobs: list["TokenLogprob"] = field(default_factory=list)  # per output token (when sampling.logprobs is set)
     prompt_logprobs: list[Optional["TokenLogprob"]] = field(default_factory=list)  # per prompt token, [0] = None
 

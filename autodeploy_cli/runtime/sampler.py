@@ -1,14 +1,73 @@
-"""Token sampling: greedy (temperature 0), or temperature + top-k + top-p with a per-request seeded generator."""
+"""Token sampling for the engine (one op call per step on the model's device, no host sync, reproducible per
+request) and the checks of a request's sampling parameters.
+
+The op is auto_deploy::<backend>_sample_tokens (the Triton kernel on CUDA, the torch reference elsewhere; semantics
+in autodeploy_cli/ops/sampling.py): greedy rows, temperature, top-k and top-p in one launch, the random number of
+each row hashed from (request seed, token index). So a seeded request draws the same tokens whatever shares its
+batch, after a preemption, and whether or not its step was sampled on the host (logprobs / min_tokens steps call
+the same op, then read the tokens). The per-row parameters travel in pinned buffers, copied asynchronously; two of
+them take turns (a buffer is rewritten only after its last copy is done, which the host has waited for anyway by
+reading that step's tokens).
+"""
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from autodeploy_cli.ops import backends
+from autodeploy_cli.ops.sampling import MIN_TEMPERATURE
 
-MIN_TEMPERATURE = 1e-5  # below this, sampling is greedy: dividing float32 logits by it would overflow
+_INT64 = 1 << 63
+
+
+def as_int64(seed: int) -> int:
+    """Any Python int -> the int64 with its low 64 bits (the hash reads bits)."""
+    return ((int(seed) + _INT64) % (1 << 64)) - _INT64
+
+
+def sampling_op(device: torch.device) -> Callable[..., torch.Tensor]:
+    """The sample_tokens op of the sampling backend for `device`."""
+    name = backends.resolve("sampling", "auto", device.type)
+    backends.load("sampling", name)
+    return getattr(torch.ops.auto_deploy, f"{name}_sample_tokens")
+
+
+class DeviceSampler:
+    def __init__(self, device: torch.device, max_batch_size: int):
+        self.device = device
+        self._op = sampling_op(device)
+        pin = device.type == "cuda"
+        # per buffer: temperature, top_p [2, R] float32 and top_k, seed, counter [3, R] int64 (one copy each)
+        self._bufs = [(torch.empty(2, max_batch_size, dtype=torch.float32, pin_memory=pin),
+                       torch.empty(3, max_batch_size, dtype=torch.int64, pin_memory=pin)) for _ in range(2)]
+        self._copied: list = [None, None]
+        self._flip = 0
+
+    @staticmethod
+    def wants(params: Sequence[Any]) -> bool:
+        """Whether any row needs sampling (else argmax alone)."""
+        return any(sp.temperature >= MIN_TEMPERATURE for sp in params)
+
+    def sample(self, logits: torch.Tensor, params: Sequence[Any], seeds: Sequence[int],
+               counters: Sequence[int]) -> torch.Tensor:
+        """logits [R, V] -> tokens [R] int64 on the device. counters: each row's token index in its sequence."""
+        n = len(params)
+        b, self._flip = self._flip, self._flip ^ 1
+        if self._copied[b] is not None:
+            self._copied[b].synchronize()  # its step's tokens were read already: this returns at once
+        host_f, host_i = self._bufs[b]
+        host_f[:, :n] = torch.tensor([[float(sp.temperature) for sp in params], [float(sp.top_p) for sp in params]])
+        host_i[:, :n] = torch.tensor([[int(sp.top_k or 0) for sp in params], [as_int64(s) for s in seeds],
+                                      [int(c) for c in counters]], dtype=torch.int64)
+        dev_f = host_f[:, :n].to(self.device, non_blocking=True)
+        dev_i = host_i[:, :n].to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self._copied[b] = torch.cuda.Event()
+            self._copied[b].record()
+        return self._op(logits, dev_f[0], dev_i[0], dev_f[1], dev_i[1], dev_i[2])
 
 
 def validate(sp: Any) -> Optional[str]:
@@ -24,33 +83,6 @@ def validate(sp: Any) -> Optional[str]:
     if sp.stop and not getattr(sp, "detokenize", True):
         return "stop strings need the output text: keep detokenize=True or use stop_token_ids"
     return None
-
-
-def filter_logits(logits: torch.Tensor, top_k: Optional[int], top_p: float) -> torch.Tensor:
-    """logits [V] (float) with everything outside the top-k / top-p set at -inf."""
-    if top_k is not None and 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the tokens before it already reach top_p (the first one always stays)
-        drop = (torch.cumsum(probs, dim=-1) - probs) >= top_p
-        logits = logits.masked_fill(drop.scatter(0, order, drop), float("-inf"))
-    return logits
-
-
-def sample(logits: torch.Tensor, params: Sequence[Any], generators: Sequence[Optional[torch.Generator]]) -> list[int]:
-    """logits [R, V] -> one token per row. Greedy rows need one device argmax; sampled rows run on the CPU."""
-    tokens = logits.argmax(dim=-1).tolist()  # the one device->host transfer of a greedy step
-    for i, sp in enumerate(params):
-        if sp.temperature < MIN_TEMPERATURE:
-            continue  # greedy: logits / t would overflow float32 (and the distribution is one-hot anyway)
-        row = logits[i].float().cpu()
-        row = (row - row.max()) / sp.temperature  # max first: a tiny temperature gives -inf, never inf - inf
-        probs = torch.softmax(filter_logits(row, sp.top_k, sp.top_p), dim=-1)
-        tokens[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
-    return tokens
 
 
 def validate_logprobs(sp: Any, vocab_size: Optional[int]) -> Optional[str]:
