@@ -183,7 +183,8 @@ class Engine:
         if not ready:
             return None
         same = spans is None and len(rows) == len(batch)
-        picked = logits if same else logits[torch.tensor(rows, device=logits.device)]
+        # the row index goes up without a blocking copy (that would wait for this step's forward to finish)
+        picked = logits if same else logits[torch.tensor(rows).to(logits.device, non_blocking=True)]
         if any(self._needs_host(r) for r in ready):
             return self._sample_on_host(picked, ready)
         if self._sampler.wants([r.sampling for r in ready]):  # sampled on the device: the overlap stays

@@ -62,12 +62,14 @@ class DeviceSampler:
         host_f[:, :n] = torch.tensor([[float(sp.temperature) for sp in params], [float(sp.top_p) for sp in params]])
         host_i[:, :n] = torch.tensor([[int(sp.top_k or 0) for sp in params], [as_int64(s) for s in seeds],
                                       [int(c) for c in counters]], dtype=torch.int64)
-        dev_f = host_f[:, :n].to(self.device, non_blocking=True)
-        dev_i = host_i[:, :n].to(self.device, non_blocking=True)
+        # whole buffers: a slice [:, :n] would be copied through pageable memory (a sync), and rows at offsets
+        # that change with n would make Triton compile the kernel again for each pointer alignment
+        dev_f = host_f.to(self.device, non_blocking=True)
+        dev_i = host_i.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             self._copied[b] = torch.cuda.Event()
             self._copied[b].record()
-        return self._op(logits, dev_f[0], dev_i[0], dev_f[1], dev_i[1], dev_i[2])
+        return self._op(logits, dev_f[0, :n], dev_i[0, :n], dev_f[1, :n], dev_i[1, :n], dev_i[2, :n])
 
 
 def validate(sp: Any) -> Optional[str]:

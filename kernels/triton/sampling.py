@@ -18,36 +18,35 @@ from autodeploy_cli.ops.sampling import MIN_TEMPERATURE
 
 @triton.jit
 def _keys(row_ptr, offs, V, KEY16: tl.constexpr):
-    """(values fp32, ordered int32 keys) of one chunk; lanes past V get -inf and the smallest key."""
+    """(values fp32, ordered int32 keys) of one chunk, from one load; lanes past V get -inf and the smallest key."""
     m = offs < V
+    raw = tl.load(row_ptr + offs, mask=m, other=float("-inf"))
     if KEY16:  # bf16: the 16-bit pattern is the key, so the bisections need 17 steps
-        b = tl.load(row_ptr + offs, mask=m, other=0.0).to(tl.int16, bitcast=True).to(tl.int32)
+        b = raw.to(tl.int16, bitcast=True).to(tl.int32)
         key = tl.where(b < 0, b ^ 0x7FFF, b)
     else:
-        b = tl.load(row_ptr + offs, mask=m, other=0.0).to(tl.float32).to(tl.int32, bitcast=True)
+        b = raw.to(tl.float32).to(tl.int32, bitcast=True)
         key = tl.where(b < 0, b ^ 0x7FFFFFFF, b)
-    x = tl.load(row_ptr + offs, mask=m, other=float("-inf")).to(tl.float32)
-    return x, tl.where(m, key, -2147483647 - 1)
+    return raw.to(tl.float32), tl.where(m, key, -2147483647 - 1)
 
 
 @triton.jit
 def _kept_mass(row_ptr, V, vmax, scale, threshold, BLOCK: tl.constexpr, KEY16: tl.constexpr):
-    """sum(exp((x - max) / T), key >= threshold) over the row."""
-    total = tl.zeros((), tl.float32)
+    """sum(exp((x - max) / T), key >= threshold) over the row (lane-wise partial sums, one reduction at the end)."""
+    total = tl.zeros([BLOCK], tl.float32)
     for start in range(0, V, BLOCK):
         x, key = _keys(row_ptr, start + tl.arange(0, BLOCK), V, KEY16)
-        e = tl.exp2((x - vmax) * scale)
-        total += tl.sum(tl.where(key >= threshold, e, 0.0), 0)
-    return total
+        total += tl.where(key >= threshold, tl.exp2((x - vmax) * scale), 0.0)
+    return tl.sum(total, 0)
 
 
 @triton.jit
 def _count_at_least(row_ptr, V, threshold, BLOCK: tl.constexpr, KEY16: tl.constexpr):
-    n = tl.zeros((), tl.int32)
+    n = tl.zeros([BLOCK], tl.int32)
     for start in range(0, V, BLOCK):
         _, key = _keys(row_ptr, start + tl.arange(0, BLOCK), V, KEY16)
-        n += tl.sum((key >= threshold).to(tl.int32), 0)
-    return n
+        n += (key >= threshold).to(tl.int32)
+    return tl.sum(n, 0)
 
 
 @triton.jit
@@ -65,20 +64,22 @@ def _sample_kernel(logits_ptr, stride, temp_ptr, topk_ptr, topp_ptr, seed_ptr, c
                    MIN_T: tl.constexpr, BLOCK: tl.constexpr, KEY16: tl.constexpr, ITERS: tl.constexpr):
     r = tl.program_id(0).to(tl.int64)
     row_ptr = logits_ptr + r * stride
-    # pass 1: max (and its first index), smallest and largest key
-    vmax = tl.full((), float("-inf"), tl.float32)
-    amax = tl.zeros((), tl.int32)
-    kmin = tl.full((), 2147483647, tl.int32)
-    kmax = tl.full((), -2147483647 - 1, tl.int32)
+    # pass 1: max (and its first index), smallest and largest key, lane-wise, reduced once
+    lane_max = tl.full([BLOCK], float("-inf"), tl.float32)
+    lane_arg = tl.zeros([BLOCK], tl.int32)
+    lane_kmin = tl.full([BLOCK], 2147483647, tl.int32)
+    lane_kmax = tl.full([BLOCK], -2147483647 - 1, tl.int32)
     for start in range(0, V, BLOCK):
         offs = start + tl.arange(0, BLOCK)
         x, key = _keys(row_ptr, offs, V, KEY16)
-        cmax = tl.max(x, 0)
-        carg = tl.min(tl.where(x == cmax, offs, V), 0)
-        amax = tl.where(cmax > vmax, carg, amax)
-        vmax = tl.maximum(vmax, cmax)
-        kmin = tl.minimum(kmin, tl.min(tl.where(offs < V, key, 2147483647), 0))
-        kmax = tl.maximum(kmax, tl.max(key, 0))
+        lane_arg = tl.where(x > lane_max, offs, lane_arg)  # strictly greater: each lane keeps its first maximum
+        lane_max = tl.maximum(lane_max, x)
+        lane_kmin = tl.minimum(lane_kmin, tl.where(offs < V, key, 2147483647))
+        lane_kmax = tl.maximum(lane_kmax, key)
+    vmax = tl.max(lane_max, 0)
+    amax = tl.min(tl.where(lane_max == vmax, lane_arg, V), 0)
+    kmin = tl.min(lane_kmin, 0)
+    kmax = tl.max(lane_kmax, 0)
     temp = tl.load(temp_ptr + r)
     token = amax.to(tl.int64)
     if temp >= MIN_T:
@@ -90,19 +91,21 @@ def _sample_kernel(logits_ptr, stride, temp_ptr, topk_ptr, topp_ptr, seed_ptr, c
         if (top_k > 0) & (top_k < V):
             hi = kmax.to(tl.int64) + 1
             for _ in range(ITERS):
-                mid = lo + (hi - lo) // 2
-                ok = _count_at_least(row_ptr, V, mid.to(tl.int32), BLOCK, KEY16) >= top_k
-                lo = tl.where(ok, mid, lo)
-                hi = tl.where(ok, hi, mid)
+                if hi - lo > 1:  # the keys span fewer bits than ITERS allows: the last passes are skipped
+                    mid = lo + (hi - lo) // 2
+                    ok = _count_at_least(row_ptr, V, mid.to(tl.int32), BLOCK, KEY16) >= top_k
+                    lo = tl.where(ok, mid, lo)
+                    hi = tl.where(ok, hi, mid)
         # top-p: the largest key whose kept mass still reaches top_p of the top-k set's
         if top_p < 1.0:
             goal = top_p * _kept_mass(row_ptr, V, vmax, scale, lo.to(tl.int32), BLOCK, KEY16)
             hi = kmax.to(tl.int64) + 1
             for _ in range(ITERS):
-                mid = lo + (hi - lo) // 2
-                ok = _kept_mass(row_ptr, V, vmax, scale, mid.to(tl.int32), BLOCK, KEY16) >= goal
-                lo = tl.where(ok, mid, lo)
-                hi = tl.where(ok, hi, mid)
+                if hi - lo > 1:
+                    mid = lo + (hi - lo) // 2
+                    ok = _kept_mass(row_ptr, V, vmax, scale, mid.to(tl.int32), BLOCK, KEY16) >= goal
+                    lo = tl.where(ok, mid, lo)
+                    hi = tl.where(ok, hi, mid)
         threshold = lo.to(tl.int32)
         target = _uniform(tl.load(seed_ptr + r), tl.load(counter_ptr + r)) * _kept_mass(
             row_ptr, V, vmax, scale, threshold, BLOCK, KEY16)
