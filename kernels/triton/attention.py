@@ -246,7 +246,8 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
                          stride_tok, stride_head, D, N_HEADS, GROUP: tl.constexpr, BLOCK_G: tl.constexpr,
                          PS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, SPLITS: tl.constexpr,
                          HAS_CAP: tl.constexpr, HAS_WINDOW: tl.constexpr, PREC: tl.constexpr,
-                         KV_FP8: tl.constexpr, alibi_ptr=None,
+                         KV_FP8: tl.constexpr, o_ptr, sinks_ptr, stride_ot, stride_oh,
+                         HAS_SINKS: tl.constexpr, alibi_ptr=None,
                          HAS_ALIBI: tl.constexpr = False, PDL: tl.constexpr = False):
     if PDL:  # programmatic dependent launch (kernels/triton/pdl.py): wait for the kernel in front first
         tl.extra.cuda.gdc_wait()
@@ -295,11 +296,22 @@ def _decode_split_kernel(q_ptr, kc_ptr, vc_ptr, op_ptr, ml_ptr, input_pos_ptr, s
         m_i, l_i, acc = _online_softmax_step(m_i, l_i, acc, s, v, PREC)
     if KV_FP8:
         acc = acc * v_scale
-    # partial results: unnormalised acc, running max (log2 domain) and sum, per (token, head, split)
-    base = (b * N_HEADS + heads).to(tl.int64) * SPLITS + split
-    tl.store(op_ptr + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_valid[:, None])
-    tl.store(ml_ptr + base * 2, m_i, mask=g_valid)
-    tl.store(ml_ptr + base * 2 + 1, l_i, mask=g_valid)
+    if SPLITS == 1:  # the whole range in this program: normalise and write the output, no reduce kernel
+        if HAS_SINKS:  # the sink joins the softmax denominator only
+            sink = tl.load(sinks_ptr + heads, mask=g_valid, other=0.0).to(tl.float32) * 1.4426950408889634
+            m_all = tl.maximum(m_i, sink)
+            alpha = tl.exp2(m_i - m_all)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha + tl.exp2(sink - m_all)
+        l_i = tl.where(l_i == 0.0, 1.0, l_i)  # a padded (empty) sequence: zeros, never NaN
+        out = acc / l_i[:, None]
+        tl.store(o_ptr + tok.to(tl.int64) * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
+                 out.to(o_ptr.dtype.element_ty), mask=g_valid[:, None] & (offs_d[None, :] < D))
+    else:  # partial results: unnormalised acc, running max (log2 domain) and sum, per (token, head, split)
+        base = (b * N_HEADS + heads).to(tl.int64) * SPLITS + split
+        tl.store(op_ptr + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=g_valid[:, None])
+        tl.store(ml_ptr + base * 2, m_i, mask=g_valid)
+        tl.store(ml_ptr + base * 2 + 1, l_i, mask=g_valid)
 
 
 @triton.jit
@@ -368,20 +380,24 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         num_splits = decode_num_splits(B, n_kv, max_kv_len, block_n)
     group = n_heads // n_kv
     block_d = triton.next_power_of_2(d)
-    part = torch.empty(B * n_heads * num_splits * block_d, dtype=torch.float32, device=q.device)
-    ml = torch.empty(B * n_heads * num_splits * 2, dtype=torch.float32, device=q.device)
+    one = num_splits == 1  # the split kernel writes the output itself
+    part = torch.empty(0 if one else B * n_heads * num_splits * block_d, dtype=torch.float32, device=q.device)
+    ml = torch.empty(0 if one else B * n_heads * num_splits * 2, dtype=torch.float32, device=q.device)
+    sinks_arg = sinks if sinks is not None else q
     _decode_split_kernel[(B, n_kv, num_splits)](
         q, k_cache, v_cache, part, ml, input_pos, seq_len, cu_seqlen, cache_loc, cu_num_pages,
         scale * LOG2E * _kscale(k_cache, k_scale), float(logit_cap or 0.0), int(sliding_window or 0), float(v_scale),
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), d, n_heads, GROUP=group,
         BLOCK_G=max(16, triton.next_power_of_2(group)), PS=ps, BLOCK_N=block_n, BLOCK_D=block_d, SPLITS=num_splits,
-        HAS_CAP=has_cap, HAS_WINDOW=has_window, PREC=_prec(q), KV_FP8=is_fp8(k_cache), num_warps=num_warps,
-        num_stages=num_stages,
+        HAS_CAP=has_cap, HAS_WINDOW=has_window, PREC=_prec(q), KV_FP8=is_fp8(k_cache), o_ptr=out,
+        sinks_ptr=sinks_arg, stride_ot=out.stride(0), stride_oh=out.stride(1), HAS_SINKS=sinks is not None,
+        num_warps=num_warps, num_stages=num_stages,
         alibi_ptr=alibi_slopes if alibi_slopes is not None else q, HAS_ALIBI=alibi_slopes is not None,
         **pdl.launch_kwargs(q))
-    _decode_reduce_kernel[(B, n_heads)](
-        part, ml, out, cu_seqlen, sinks if sinks is not None else q, out.stride(0), out.stride(1), d, n_heads,
-        SPLITS=num_splits, BLOCK_D=block_d, HAS_SINKS=sinks is not None, num_warps=4, **pdl.launch_kwargs(q))
+    if not one:
+        _decode_reduce_kernel[(B, n_heads)](
+            part, ml, out, cu_seqlen, sinks_arg, out.stride(0), out.stride(1), d, n_heads,
+            SPLITS=num_splits, BLOCK_D=block_d, HAS_SINKS=sinks is not None, num_warps=4, **pdl.launch_kwargs(q))
     return out
 
 

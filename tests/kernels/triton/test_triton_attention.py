@@ -118,6 +118,7 @@ def test_gpu_8b_shapes(dtype):
     dargs = (d.q, d.k_cache, d.v_cache, d.seq_len, d.input_pos, d.cu_seqlen, d.cache_loc, d.cu_num_pages)
     assert _rel(ta.decode_attention(*dargs), reference(d)) < tol
     assert _rel(ta.decode_attention(*dargs, num_splits=8), reference(d)) < tol
+    assert _rel(ta.decode_attention(*dargs, num_splits=1), reference(d)) < tol  # no reduce kernel
     # ALiBi at long contexts (Bloom's 2^-8i/n slopes): biases up to ~1000 in the log2-domain scores
     slopes = torch.pow(2.0, -8.0 * torch.arange(1, 33) / 32).cuda()
     assert _rel(ta.prefill_attention(*args, alibi_slopes=slopes), reference(b, alibi_slopes=slopes)) < tol
