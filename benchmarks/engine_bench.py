@@ -102,12 +102,16 @@ def profile_decode(engine, res, batch=1, steps=20, prompt=128, sampling=None):
 
     from autodeploy_cli.runtime.engine import SamplingParams
 
-    for p in rand_prompts(batch, prompt, 5):
-        engine.add_request(p, SamplingParams(max_tokens=steps + 8, ignore_eos=True, detokenize=False,
-                                             **(sampling or {})))
-    decode_steps = engine.stats.decode_steps
-    while engine.stats.decode_steps < decode_steps + 2:  # every prompt prefilled, two decode-only steps done
+    # enough tokens that the first requests still decode once the last prompt is prefilled (~7k tokens a step)
+    ids = [engine.add_request(p, SamplingParams(max_tokens=steps + 8 + batch * prompt // 4096, ignore_eos=True,
+                                                detokenize=False, **(sampling or {})))
+           for p in rand_prompts(batch, prompt, 5)]
+    quiet = 0
+    while quiet < 2 and engine.has_unfinished():  # two decode-only steps in a row with every request running
+        before = engine.stats.prefill_tokens
         engine.step()
+        full = not engine.scheduler.waiting and len(engine.scheduler.running) == batch
+        quiet = quiet + 1 if full and engine.stats.prefill_tokens == before else 0
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         t0 = time.perf_counter()
@@ -115,6 +119,8 @@ def profile_decode(engine, res, batch=1, steps=20, prompt=128, sampling=None):
             engine.step()
         torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / steps
+    for rid in ids:
+        engine.abort(rid)
     while engine.has_unfinished():
         engine.step()
     rows = _cuda_kernels(prof, steps, "step")

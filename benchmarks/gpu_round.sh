@@ -121,6 +121,14 @@ case "$phase" in
     step dense_a7 170 python3 benchmarks/engine_bench.py --what sampler,c64,profs,bs1 --page-size 64 --out "$W/dense_a7.json"
     step tput_a7 110 python3 benchmarks/engine_bench.py --what tput,prof --page-size 64 --out "$W/tput_a7.json"
     ;;
+  b7)  # session 7: sampler fixes (lane-wise sums, fixed pointer alignment), the decode reduce skipped at one split,
+       # a decode-only batch-256 profile
+    step gpu_tests_b7 170 python3 -m pytest -m gpu -v -p no:cacheprovider --timeout 100 --tb=short -rfE --durations=10 \
+      tests/kernels/triton/test_triton_sampling.py tests/runtime/test_sampler.py tests/kernels/triton/test_triton_attention.py \
+      tests/kernels/triton/test_fp8_kv_cache.py tests/graph/test_cudagraph.py tests/e2e/test_backend_tokens.py -k "not flashinfer"
+    step dense_b7 170 python3 benchmarks/engine_bench.py --what sampler,c64,profs,bs1,ttft --page-size 64 --out "$W/dense_b7.json"
+    step tput_b7 130 python3 benchmarks/engine_bench.py --what tput,prof --page-size 64 --out "$W/tput_b7.json"
+    ;;
   kernels)
     step moe_kernels 200 python3 benchmarks/moe_bench.py --what kernels --out "$W/moe_kernels.json"
     step mla_kernels 200 python3 benchmarks/mla_bench.py --what kernel --out "$W/mla_kernels.json"
