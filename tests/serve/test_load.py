@@ -90,9 +90,11 @@ def test_queue_limit_and_graceful_sigterm(tiny_dir, tmp_path):
     long = {"prompt": [5, 6], "max_tokens": 60, "temperature": 0, **IDS}
     longest = {**long, "max_tokens": 400, "stream": True}
     try:
-        conn, resp = _stream(server.url, {**long, "stream": True})
+        # a client that leaves after its first token: aborted, its pages back at once (480 tokens so a slow client
+        # cannot see the request finish first)
+        conn, resp = _stream(server.url, {**long, "max_tokens": 480, "stream": True})
         assert resp.readline().startswith(b"data: ")
-        conn.close()  # a client that leaves after its first token: aborted, its pages back at once
+        conn.close()
         m = _wait_idle(server)
         assert m['ad_request_finish_total{reason="abort"}'] == 1 and m["ad_kv_pages_used"] == 0
         conn, resp = _stream(server.url, longest)
