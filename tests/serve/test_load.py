@@ -90,8 +90,8 @@ def test_queue_limit_and_graceful_sigterm(tiny_dir, tmp_path):
     long = {"prompt": [5, 6], "max_tokens": 60, "temperature": 0, **IDS}
     longest = {**long, "max_tokens": 400, "stream": True}
     try:
-        # a client that leaves after its first token: aborted, its pages back at once (480 tokens so a slow client
-        # cannot see the request finish first)
+        # a client that leaves after its first token: aborted, its pages back at once (480 tokens: on a slow machine
+        # a short request could finish before the server sees the disconnect)
         conn, resp = _stream(server.url, {**long, "max_tokens": 480, "stream": True})
         assert resp.readline().startswith(b"data: ")
         conn.close()
